@@ -1,0 +1,374 @@
+"""Configuration schema: dataclasses registered in Hydra's ConfigStore.
+
+The YAML files under ``conf/`` only choose values; every key must exist here, so a typo in
+an override (``pretrain.epoch=5``) fails at composition instead of being silently ignored.
+Range checks that OmegaConf's type system cannot express live in :func:`validate`, which the
+runner calls before any work starts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from sdclr.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    # Where the dataset lives: a directory (torchvision CIFAR batches, an image-folder tree
+    # with train/ and test/, or a directory holding <archive>), or an image-folder .tar.gz.
+    root: str = "${oc.env:SDCLR_DATA,./data}"
+    format: str = "auto"  # auto | torchvision | folder
+    archive: str | None = None  # file name of an image-folder .tar.gz looked for inside root
+    # A .npy of the training labels in the dataset's original order. With it, an image-folder
+    # copy is put in that order, so index files made for the original dataset apply.
+    order_labels: str | None = None
+    download: bool = False
+    num_classes: int = MISSING
+    image_size: int = 32
+    train_per_class: int = MISSING  # images per class in the full training set
+    # Deterministic class-stratified subsample of every subset and of the test set.
+    fraction: float = 1.0
+    cache_dir: str = "${oc.env:SDCLR_CACHE,.cache/sdclr}"
+    mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # Split profile (protocol.md section 3).
+    val_per_class: int = MISSING
+    imbalance_factor: float = 100.0
+    fewshot_per_class: int = MISSING
+    # Pretraining augmentation: RandomResizedCrop scale range and Gaussian-blur probability.
+    crop_scale: list[float] = field(default_factory=lambda: [0.1, 1.0])
+    blur_p: float = 0.0
+    # Many/Medium/Few: "thirds" of the classes ranked by D_i count (CIFAR), or "thresholds"
+    # (Many > 100 images, Few < 20; ImageNet-style data).
+    group_scheme: str = "thirds"
+
+
+@dataclass
+class SplitConfig:
+    index: int = 1
+    pretrain_set: str = "D_i"  # D_i (long-tailed) | D_b (balanced control)
+    source: str = "generated"  # generated (splits/<data>/split<i>.npz) | official | file
+    file: str | None = None  # with source=file: an .npz written by `python -m sdclr.splits`
+    official_dir: str | None = None  # with source=official: dir of the reference .npy files
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "resnet18"  # any timm ResNet
+    cifar_stem: bool | None = None  # None: on for images <= 64 px
+    channels: list[int] | None = None  # timm ResNet stage widths; None keeps the model's own
+
+
+@dataclass
+class HeadConfig:
+    depth: int | None = None  # None: 2 for SimCLR, 3 for SDCLR (as published)
+    out_dim: int = 128
+
+
+@dataclass
+class PruneConfig:
+    ratio: float | None = None  # None: no pruned branch (SimCLR)
+    random_ratio: float = 0.0  # part of the pruned fraction removed at random, not by magnitude
+
+
+@dataclass
+class BNConfig:
+    mode: str = "auto"  # auto (dual for SDCLR, shared for SimCLR) | dual | shared
+
+
+@dataclass
+class PretrainConfig:
+    epochs: int = 2000
+    batch_size: int = 512
+    lr: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_epochs: int = 10
+    min_lr: float = 1e-6
+    temperature: float = 0.2
+    # The reference keeps the last partial batch; a remainder of one image is always dropped
+    # because batch norm cannot normalise a single sample.
+    drop_last: bool = False
+    log_every: int = 20  # steps between reading the device-side loss accumulator
+
+
+@dataclass
+class ProbeConfig:
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 30.0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    milestones: list[int] = field(default_factory=lambda: [10, 20])
+    gamma: float = 0.1
+    augment: bool = True  # pad-4 random crop + flip on the probe's training images
+    eval_batch_size: int = 512
+
+
+@dataclass
+class StageConfig:
+    name: str = "all"  # pretrain | linear | fewshot | all
+    checkpoint: str | None = None  # a pretrain checkpoint to evaluate (linear / fewshot)
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"  # none | wandb
+    project: str = "sdclr"
+    entity: str | None = None
+    mode: str = "auto"  # auto (offline without an API key) | online | offline | disabled
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    dir: str | None = None  # default: the job directory
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 100  # epochs between pretraining checkpoints (and always at the end)
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    bn: BNConfig = field(default_factory=BNConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    linear: ProbeConfig = field(default_factory=ProbeConfig)
+    fewshot: ProbeConfig = field(
+        default_factory=lambda: ProbeConfig(epochs=100, milestones=[40, 60])
+    )
+    stage: StageConfig = field(default_factory=StageConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    debug: bool = False  # show tracebacks for handled errors
+    smoke: bool = False  # marks a deliberately tiny run (printed with the results)
+
+
+def register_configs() -> None:
+    """Register the schema so ``conf/config.yaml`` can extend it, and the ``method_slug``
+    resolver used in output directory names (idempotent)."""
+    cs = ConfigStore.instance()
+    cs.store(name="sdclr_schema", node=Config)
+    OmegaConf.register_new_resolver("method_slug", _slug_from_ratio, replace=True)
+
+
+def _slug_from_ratio(ratio: float | None) -> str:
+    return "simclr" if ratio is None else f"sdclr-p{round(100 * float(ratio)):02d}"
+
+
+# --- derived settings -------------------------------------------------------------------
+
+
+def is_sdclr(cfg: DictConfig | Config) -> bool:
+    return cfg.prune.ratio is not None
+
+
+def bn_mode(cfg: DictConfig | Config) -> str:
+    if cfg.bn.mode == "auto":
+        return "dual" if is_sdclr(cfg) else "shared"
+    return cfg.bn.mode
+
+
+def head_depth(cfg: DictConfig | Config) -> int:
+    if cfg.head.depth is not None:
+        return int(cfg.head.depth)
+    return 3 if is_sdclr(cfg) else 2
+
+
+def cifar_stem(cfg: DictConfig | Config) -> bool:
+    if cfg.backbone.cifar_stem is not None:
+        return bool(cfg.backbone.cifar_stem)
+    return int(cfg.data.image_size) <= 64
+
+
+def method_label(cfg: DictConfig | Config) -> str:
+    """Human-readable recipe name used to group runs in reports."""
+    if is_sdclr(cfg):
+        name = f"SDCLR p={cfg.prune.ratio:g}"
+        if cfg.prune.random_ratio:
+            name += f" rand={cfg.prune.random_ratio:g}"
+    else:
+        name = "SimCLR"
+    parts = [name, f"{bn_mode(cfg)}-BN", f"head{head_depth(cfg)}"]
+    if cfg.split.pretrain_set != "D_i":
+        parts.append(f"on {cfg.split.pretrain_set}")
+    return " ".join(parts)
+
+
+def method_slug(cfg: DictConfig | Config) -> str:
+    """Short name for directories: ``sdclr-p90`` or ``simclr``."""
+    return _slug_from_ratio(cfg.prune.ratio)
+
+
+# --- validation -------------------------------------------------------------------------
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {message}")
+
+
+def _check_known_keys(cfg: DictConfig) -> None:
+    # Hydra's `+key=value` appends past the schema's struct flag; merging into the schema
+    # again catches such keys.
+    try:
+        OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.to_container(cfg, resolve=False))
+    except (ConfigKeyError, ValidationError) as e:
+        key = getattr(e, "full_key", "") or "?"
+        raise ConfigError(
+            f"config key '{key}': {e.msg if hasattr(e, 'msg') else e}; see "
+            f"`sdclr --cfg job` for the valid keys"
+        ) from e
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject impossible settings before any work, naming the offending key."""
+    _check_known_keys(cfg)
+    d = cfg.data
+    _check(0.0 < d.fraction <= 1.0, "data.fraction", f"must be in (0, 1], got {d.fraction}")
+    _check(
+        d.format in ("auto", "torchvision", "folder"),
+        "data.format",
+        f"must be auto, torchvision or folder, got '{d.format}'",
+    )
+    _check(d.num_classes >= 2, "data.num_classes", f"must be >= 2, got {d.num_classes}")
+    _check(d.image_size >= 8, "data.image_size", f"must be >= 8, got {d.image_size}")
+    _check(
+        0 < d.val_per_class < d.train_per_class,
+        "data.val_per_class",
+        f"must be in (0, data.train_per_class={d.train_per_class}), got {d.val_per_class}",
+    )
+    _check(
+        d.imbalance_factor >= 1, "data.imbalance_factor", f"must be >= 1, got {d.imbalance_factor}"
+    )
+    _check(
+        len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
+        "data.crop_scale",
+        f"must be [min, max] with 0 < min <= max <= 1, got {d.crop_scale}",
+    )
+    _check(0.0 <= d.blur_p <= 1.0, "data.blur_p", f"must be in [0, 1], got {d.blur_p}")
+    _check(
+        d.group_scheme in ("thirds", "thresholds"),
+        "data.group_scheme",
+        f"must be thirds or thresholds, got '{d.group_scheme}'",
+    )
+    _check(
+        len(d.mean) == 3 and len(d.std) == 3 and all(s > 0 for s in d.std),
+        "data.std",
+        "data.mean and data.std need three values, std positive",
+    )
+
+    s = cfg.split
+    _check(1 <= s.index <= 5, "split.index", f"must be 1..5, got {s.index}")
+    _check(
+        s.pretrain_set in ("D_i", "D_b"),
+        "split.pretrain_set",
+        f"must be D_i (long-tailed) or D_b (balanced control), got '{s.pretrain_set}'",
+    )
+    _check(
+        s.source in ("generated", "official", "file"),
+        "split.source",
+        f"must be generated, official or file, got '{s.source}'",
+    )
+    _check(
+        s.source != "file" or bool(s.file),
+        "split.file",
+        "split.source=file needs split.file=/path/to/split.npz",
+    )
+    _check(
+        s.source != "official" or bool(s.official_dir),
+        "split.official_dir",
+        "split.source=official needs split.official_dir=/dir/with/split1_D_i.npy",
+    )
+
+    r = cfg.prune.ratio
+    if r is not None:
+        _check(0.0 <= r < 1.0, "prune.ratio", f"must be in [0, 1) (or null for SimCLR), got {r}")
+    q = cfg.prune.random_ratio
+    _check(0.0 <= q < 1.0, "prune.random_ratio", f"must be in [0, 1), got {q}")
+    if r is not None:
+        _check(
+            q <= r,
+            "prune.random_ratio",
+            f"is a part of the pruned fraction, so must be <= prune.ratio={r}, got {q}",
+        )
+    else:
+        _check(q == 0.0, "prune.random_ratio", "needs a pruned branch (prune.ratio set)")
+    _check(
+        cfg.bn.mode in ("auto", "dual", "shared"),
+        "bn.mode",
+        f"must be auto, dual or shared, got '{cfg.bn.mode}'",
+    )
+    if cfg.head.depth is not None:
+        _check(cfg.head.depth >= 1, "head.depth", f"must be >= 1, got {cfg.head.depth}")
+    _check(cfg.head.out_dim >= 1, "head.out_dim", f"must be >= 1, got {cfg.head.out_dim}")
+    if cfg.backbone.channels is not None:
+        _check(
+            len(cfg.backbone.channels) == 4 and all(c > 0 for c in cfg.backbone.channels),
+            "backbone.channels",
+            "needs four positive stage widths, e.g. [64,128,256,512]",
+        )
+
+    p = cfg.pretrain
+    _check(p.epochs >= 1, "pretrain.epochs", f"must be >= 1, got {p.epochs}")
+    _check(p.batch_size >= 2, "pretrain.batch_size", f"must be >= 2, got {p.batch_size}")
+    _check(p.lr > 0 and math.isfinite(p.lr), "pretrain.lr", f"must be > 0, got {p.lr}")
+    _check(p.temperature > 0, "pretrain.temperature", f"must be > 0, got {p.temperature}")
+    _check(p.warmup_epochs >= 0, "pretrain.warmup_epochs", f"must be >= 0, got {p.warmup_epochs}")
+    _check(0 <= p.min_lr <= p.lr, "pretrain.min_lr", f"must be in [0, lr], got {p.min_lr}")
+    _check(p.log_every >= 1, "pretrain.log_every", f"must be >= 1, got {p.log_every}")
+    for name in ("linear", "fewshot"):
+        pc = cfg[name]
+        _check(pc.epochs >= 1, f"{name}.epochs", f"must be >= 1, got {pc.epochs}")
+        _check(pc.batch_size >= 1, f"{name}.batch_size", f"must be >= 1, got {pc.batch_size}")
+        _check(pc.lr > 0, f"{name}.lr", f"must be > 0, got {pc.lr}")
+        _check(
+            pc.eval_batch_size >= 1,
+            f"{name}.eval_batch_size",
+            f"must be >= 1, got {pc.eval_batch_size}",
+        )
+        _check(
+            list(pc.milestones) == sorted(pc.milestones), f"{name}.milestones", "must be increasing"
+        )
+
+    _check(
+        cfg.stage.name in ("pretrain", "linear", "fewshot", "all"),
+        "stage.name",
+        f"must be pretrain, linear, fewshot or all, got '{cfg.stage.name}'",
+    )
+    _check(
+        cfg.logger.name in ("none", "wandb"),
+        "logger.name",
+        f"must be none or wandb, got '{cfg.logger.name}'",
+    )
+    _check(
+        cfg.logger.mode in ("auto", "online", "offline", "disabled"),
+        "logger.mode",
+        f"must be auto, online, offline or disabled, got '{cfg.logger.mode}'",
+    )
+    _check(
+        cfg.checkpoint.every >= 1, "checkpoint.every", f"must be >= 1, got {cfg.checkpoint.every}"
+    )
+    dev = str(cfg.device)
+    _check(
+        dev in ("auto", "cpu") or dev.startswith("cuda"),
+        "device",
+        f"must be auto, cpu, cuda or cuda:N, got '{dev}'",
+    )
+
+
+def to_container(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,149 @@
+"""The pretraining loop: a plain loop over GPU- (or CPU-) resident uint8 images.
+
+Batches are index gathers into the resident dataset; both views are drawn with the batched
+augmentation ops from one seeded generator. The loss is accumulated on the device and read
+only every ``log_every`` steps, so the step itself never waits on the host.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from sdclr.augment import ContrastiveAugmentConfig, contrastive_view, normalize
+from sdclr.checkpoint import save_checkpoint
+from sdclr.errors import TrainingError
+from sdclr.method import ContrastiveMethod
+from sdclr.model import ContrastiveModel
+from sdclr.progress import progress_bar
+from sdclr.schedule import warmup_cosine
+
+
+def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> list[tuple[int, int]]:
+    """(start, end) of each batch; a trailing single image is dropped (BN needs two)."""
+    out = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
+    last = out[-1][1] - out[-1][0]
+    if last < 2 or (drop_last and last < batch_size):
+        out.pop()
+    return out
+
+
+def augment_config(data_cfg) -> ContrastiveAugmentConfig:
+    return ContrastiveAugmentConfig(
+        size=int(data_cfg.image_size),
+        scale=tuple(data_cfg.crop_scale),
+        blur_p=float(data_cfg.blur_p),
+    )
+
+
+def pretrain(
+    cfg,
+    model: ContrastiveModel,
+    method: ContrastiveMethod,
+    images: torch.Tensor,
+    generator: torch.Generator,
+    checkpoint_path: Path,
+    extra_state: dict[str, Any],
+    log=None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model`` on ``images`` (uint8 [N, 3, H, W] on the training device)."""
+    p = cfg.pretrain
+    device = images.device
+    n = len(images)
+    batches = batches_per_epoch(n, p.batch_size, p.drop_last)
+    total_steps = len(batches) * p.epochs
+    warmup_steps = len(batches) * p.warmup_epochs
+    aug = augment_config(cfg.data)
+    mean, std = list(cfg.data.mean), list(cfg.data.std)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
+    )
+    model.train()
+    t0 = time.time()
+    densities: list[float] = []
+    epoch_losses: list[float] = []
+    step = 0
+    lr = p.lr
+
+    def save(epoch: int) -> None:
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "epoch": epoch,
+                "step": step,
+                "masks": method.masks,
+                "mask_density": densities,
+                "epoch_losses": epoch_losses,
+                **extra_state,
+            },
+        )
+
+    bar = progress_bar(range(p.epochs), desc="pretrain", enabled=progress)
+    for epoch in bar:
+        density = method.on_epoch_start(model)
+        if density is not None:
+            densities.append(density)
+        perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
+        loss_sum = torch.zeros((), device=device)
+        window_sum = torch.zeros((), device=device)
+        window = 0
+        for start, end in batches:
+            lr = warmup_cosine(step, total_steps, warmup_steps, p.lr, p.min_lr)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x = images[perm[start:end]]
+            v1 = normalize(contrastive_view(x, aug, generator), mean, std)
+            v2 = normalize(contrastive_view(x, aug, generator), mean, std)
+            loss = method.loss(model, v1, v2)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach()
+            window_sum += loss.detach()
+            window += 1
+            step += 1
+            if step % p.log_every == 0:
+                value = float(window_sum) / window  # the only host sync, every log_every
+                _check_finite(value, epoch, step, lr)
+                if log is not None:
+                    log({"step": step, "epoch": epoch + 1, "loss": value, "lr": lr}, step)
+                window_sum.zero_()
+                window = 0
+        epoch_loss = float(loss_sum) / len(batches)
+        _check_finite(epoch_loss, epoch, step, lr)
+        epoch_losses.append(epoch_loss)
+        record = {"epoch": epoch + 1, "epoch_loss": epoch_loss, "lr": lr}
+        if density is not None:
+            record["mask_density"] = density
+        if log is not None:
+            log(record, step)
+        bar.set_postfix(loss=f"{epoch_loss:.4f}", lr=f"{lr:.3g}")
+        if (epoch + 1) % cfg.checkpoint.every == 0 or epoch + 1 == p.epochs:
+            save(epoch + 1)
+    result: dict[str, Any] = {
+        "epochs": p.epochs,
+        "steps": step,
+        "final_loss": epoch_losses[-1],
+        "epoch_loss": epoch_losses,
+        "images": n,
+        "batch_size": p.batch_size,
+        "seconds": time.time() - t0,
+    }
+    if method.pruned:
+        result["mask_density"] = densities
+    return result
+
+
+def _check_finite(value: float, epoch: int, step: int, lr: float) -> None:
+    if not math.isfinite(value):
+        raise TrainingError(
+            f"the loss became {value} at epoch {epoch + 1}, step {step} (lr {lr:.4g}); the "
+            f"last good checkpoint is kept. Lower pretrain.lr or check the data"
+        )

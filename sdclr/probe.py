@@ -1,0 +1,138 @@
+"""Linear and few-shot probes on a frozen encoder (protocol.md section 2).
+
+The backbone is frozen with BN in eval mode (dense branch, dense statistics); only a new
+linear layer is trained: init N(0, 0.01), bias 0, SGD with momentum, step decay at the
+milestones. Training images get the pad-4 random crop + flip every epoch, so their features
+are recomputed each epoch; validation and test features are computed once. The epoch with
+the best validation top-1 is the one whose test accuracy is reported.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+from torch import nn
+
+from sdclr.augment import normalize, pad_crop_flip
+from sdclr.metrics import summarize
+from sdclr.progress import progress_bar
+
+
+def _to_float(x: torch.Tensor) -> torch.Tensor:
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+@torch.no_grad()
+def extract_features(
+    backbone: nn.Module, images: torch.Tensor, mean: list[float], std: list[float], batch_size: int
+) -> torch.Tensor:
+    feats = []
+    for start in range(0, len(images), batch_size):
+        x = normalize(_to_float(images[start : start + batch_size]), mean, std)
+        feats.append(backbone(x).float())
+    return torch.cat(feats)
+
+
+@torch.no_grad()
+def _accuracy(linear: nn.Linear, feats: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((linear(feats).argmax(1) == labels).float().mean()) * 100.0
+
+
+def train_probe(
+    backbone: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    test_images: torch.Tensor,
+    test_labels: torch.Tensor,
+    cfg,
+    num_classes: int,
+    groups: dict,
+    mean: list[float],
+    std: list[float],
+    generator: torch.Generator,
+    desc: str = "probe",
+    progress: bool = True,
+    log=None,
+) -> dict:
+    """Train a linear probe; returns the metrics of :func:`sdclr.metrics.summarize` plus
+    ``best_epoch``, ``val_acc`` (per epoch) and ``seconds``."""
+    t0 = time.time()
+    device = images.device
+    backbone.eval()
+    for p in backbone.parameters():
+        p.requires_grad_(False)
+    train_idx_t = torch.as_tensor(train_idx, device=device)
+    val_feats = extract_features(
+        backbone, images[torch.as_tensor(val_idx, device=device)], mean, std, cfg.eval_batch_size
+    )
+    val_labels = labels[torch.as_tensor(val_idx, device=device)]
+    test_feats = extract_features(backbone, test_images, mean, std, cfg.eval_batch_size)
+    fixed_train = None
+    if not cfg.augment:  # no augmentation: the frozen features never change
+        fixed_train = extract_features(
+            backbone, images[train_idx_t], mean, std, cfg.eval_batch_size
+        )
+
+    linear = nn.Linear(val_feats.shape[1], num_classes).to(device)
+    nn.init.normal_(linear.weight, 0.0, 0.01)
+    nn.init.zeros_(linear.bias)
+    opt = torch.optim.SGD(
+        linear.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+    )
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.gamma)
+    n = len(train_idx_t)
+    best_acc, best_epoch, best_state, val_curve = -1.0, 0, None, []
+    bar = progress_bar(range(cfg.epochs), desc=desc, enabled=progress)
+    for epoch in bar:
+        perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
+        loss_sum = torch.zeros((), device=device)
+        for start in range(0, n, cfg.batch_size):
+            sel = perm[start : start + cfg.batch_size]
+            if fixed_train is not None:
+                feats = fixed_train[sel]
+            else:
+                with torch.no_grad():
+                    x = pad_crop_flip(_to_float(images[train_idx_t[sel]]), 4, generator)
+                    feats = backbone(normalize(x, mean, std)).float()
+            loss = nn.functional.cross_entropy(linear(feats), labels[train_idx_t[sel]])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach() * len(sel)
+        sched.step()
+        val_acc = _accuracy(linear, val_feats, val_labels)
+        val_curve.append(val_acc)
+        if val_acc > best_acc:
+            best_acc, best_epoch, best_state = (
+                val_acc,
+                epoch + 1,
+                copy.deepcopy(linear.state_dict()),
+            )
+        train_loss = float(loss_sum) / n
+        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_acc:.2f}")
+        if log is not None:
+            log(
+                {
+                    "epoch": epoch + 1,
+                    "loss": train_loss,
+                    "val_acc": val_acc,
+                    "lr": opt.param_groups[0]["lr"],
+                }
+            )
+    linear.load_state_dict(best_state)
+    with torch.no_grad():
+        pred = linear(test_feats).argmax(1).cpu().numpy()
+    result = summarize(pred, test_labels.cpu().numpy(), num_classes, groups)
+    result.update(
+        best_epoch=best_epoch,
+        best_val_acc=best_acc,
+        val_acc=val_curve,
+        train_images=int(n),
+        seconds=time.time() - t0,
+    )
+    return result

@@ -1,0 +1,344 @@
+"""The single Hydra entry point: ``sdclr [overrides]`` / ``python -m sdclr``.
+
+One job directory per run holds the resolved config, checkpoints, ``metrics.jsonl`` (every
+logged record), ``metrics.json`` (the results of each finished stage) and ``status.json``.
+Stages: ``pretrain``, ``linear``, ``fewshot``, or ``all`` (the three in order).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from sdclr.config import (
+    bn_mode,
+    head_depth,
+    is_sdclr,
+    method_label,
+    register_configs,
+    to_container,
+    validate,
+)
+from sdclr.errors import CheckpointError, ConfigError, SdclrError
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
+_FAILED_JOBS: list[str] = []
+
+
+# --- setup --------------------------------------------------------------------------------
+
+
+def compose_config(overrides: list[str] | None = None) -> DictConfig:
+    """The composed config without running Hydra's app machinery (tests, tools)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides or []))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(
+            "config key 'device': CUDA was asked for but no GPU is available; "
+            "use device=cpu or device=auto"
+        )
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_data(cfg: DictConfig):
+    from sdclr.data import load_image_data
+
+    d = cfg.data
+    return load_image_data(
+        d.root,
+        d.name,
+        d.format,
+        d.archive,
+        d.order_labels,
+        d.download,
+        d.image_size,
+        d.cache_dir,
+        progress=True,
+    )
+
+
+def _check_writable(job_dir: Path) -> None:
+    try:
+        job_dir.mkdir(parents=True, exist_ok=True)
+        probe = job_dir / f".write_test_{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(
+            f"the output directory {job_dir} is not writable ({e.strerror}); "
+            f"choose another with hydra.run.dir=PATH"
+        ) from e
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def _read_metrics(job_dir: Path) -> dict[str, Any]:
+    path = job_dir / "metrics.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+    return {}
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[str, Any]:
+    """Run the configured stages in ``job_dir``; returns the metrics dict."""
+    from sdclr.checkpoint import load_encoder, model_spec
+    from sdclr.method import ContrastiveMethod
+    from sdclr.metrics import class_groups
+    from sdclr.model import build_model
+    from sdclr.pretrain import pretrain
+    from sdclr.probe import train_probe
+    from sdclr.splits import apply_fraction, resolve_split, stratified_fraction
+    from sdclr.tracking import Tracker
+
+    validate(cfg)
+    job_dir = Path(job_dir)
+    _check_writable(job_dir)
+    device = resolve_device(str(cfg.device))
+    seed_everything(cfg.seed)
+    stages = ["pretrain", "linear", "fewshot"] if cfg.stage.name == "all" else [cfg.stage.name]
+    if (
+        "pretrain" not in stages
+        and cfg.stage.checkpoint is None
+        and not (job_dir / "checkpoints" / "pretrain.pt").is_file()
+    ):
+        raise CheckpointError(
+            f"stage={cfg.stage.name} evaluates a pretrained encoder, but no checkpoint was "
+            f"given and {job_dir}/checkpoints/pretrain.pt does not exist; pass "
+            f"stage.checkpoint=/path/to/job/checkpoints/pretrain.pt"
+        )
+
+    config = to_container(cfg)
+    OmegaConf.save(OmegaConf.create(config), job_dir / "config_resolved.yaml")
+    _write_json(job_dir / "status.json", {"status": "running", "stage": stages[0], "error": None})
+    data = load_data(cfg)
+    split = resolve_split(cfg.split, cfg.data, data.train_y)
+    split = apply_fraction(split, data.train_y, cfg.data.fraction)
+    test_idx = stratified_fraction(np.arange(len(data.test_y)), data.test_y, cfg.data.fraction)
+    counts = {s: split.counts(s, data.train_y).tolist() for s in ("D_i", "D_b", "S_b")}
+    groups = class_groups(counts["D_i"], cfg.data.group_scheme)
+    pretrain_idx = split.subset(cfg.split.pretrain_set)
+    if "pretrain" in stages and cfg.pretrain.batch_size > len(pretrain_idx):
+        raise ConfigError(
+            f"config key 'pretrain.batch_size': {cfg.pretrain.batch_size} is larger than the "
+            f"pretraining set ({len(pretrain_idx)} images of {cfg.split.pretrain_set}); lower "
+            f"the batch size or raise data.fraction"
+        )
+
+    metrics = _read_metrics(job_dir)
+    metrics["run"] = {
+        "method": "SDCLR" if is_sdclr(cfg) else "SimCLR",
+        "label": method_label(cfg),
+        "dataset": cfg.data.name,
+        "split": int(cfg.split.index),
+        "pretrain_set": cfg.split.pretrain_set,
+        "backbone": cfg.backbone.name,
+        "prune_ratio": cfg.prune.ratio,
+        "random_ratio": cfg.prune.random_ratio,
+        "bn": bn_mode(cfg),
+        "head_depth": head_depth(cfg),
+        "seed": int(cfg.seed),
+        "fraction": float(cfg.data.fraction),
+        "smoke": bool(cfg.smoke),
+        "device": str(device),
+        "split_source": split.source,
+        "data_source": data.source,
+        "data_fingerprint": data.fingerprint,
+    }
+    tracker = Tracker(job_dir)
+    if cfg.logger.name == "wandb":
+        tracker.start_wandb(
+            cfg.logger, config, name=job_dir.name, group=cfg.logger.group or sweep_group
+        )
+
+    images = torch.from_numpy(data.train_x).to(device)
+    labels = torch.from_numpy(data.train_y).to(device)
+    ckpt_path = job_dir / "checkpoints" / "pretrain.pt"
+    exit_code = 1
+    try:
+        for stage in stages:
+            _write_json(
+                job_dir / "status.json", {"status": "running", "stage": stage, "error": None}
+            )
+            if stage == "pretrain":
+                model = build_model(
+                    cfg.backbone.name,
+                    model_spec(cfg)["cifar_stem"],
+                    cfg.backbone.channels,
+                    head_depth(cfg),
+                    cfg.head.out_dim,
+                    bn_mode(cfg) == "dual",
+                ).to(device)
+                gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
+                method = ContrastiveMethod(
+                    cfg.pretrain.temperature,
+                    cfg.prune.ratio,
+                    cfg.prune.random_ratio,
+                    bn_mode(cfg) == "dual",
+                    gen,
+                )
+                result = pretrain(
+                    cfg,
+                    model,
+                    method,
+                    images[torch.as_tensor(pretrain_idx, device=device)],
+                    gen,
+                    ckpt_path,
+                    {"spec": model_spec(cfg), "config": config},
+                    log=lambda r, step: tracker.log(r, "pretrain", step),
+                )
+                result["split_counts"] = counts
+                result["pretrain_set"] = cfg.split.pretrain_set
+                result["checkpoint"] = str(ckpt_path)
+                metrics["pretrain"] = result
+            else:
+                source = cfg.stage.checkpoint or ckpt_path
+                model, _ = load_encoder(source, cfg.backbone.name)
+                backbone = model.to(device).backbone
+                probe_cfg = cfg[stage]
+                train_idx = split.pool if stage == "linear" else split.S_b
+                gen = torch.Generator(device=device).manual_seed(
+                    int(cfg.seed) + (1 if stage == "linear" else 2)
+                )
+                result = train_probe(
+                    backbone,
+                    images,
+                    labels,
+                    train_idx,
+                    split.val,
+                    images.new_tensor(data.test_x[test_idx]),
+                    labels.new_tensor(data.test_y[test_idx]),
+                    probe_cfg,
+                    data.num_classes,
+                    groups,
+                    list(cfg.data.mean),
+                    list(cfg.data.std),
+                    gen,
+                    desc=stage,
+                    log=lambda r, s=stage: tracker.log(r, s),
+                )
+                result["class_counts"] = counts["D_i"]
+                result["checkpoint"] = str(source)
+                metrics[stage] = result
+                tracker.summary(
+                    {f"{stage}/{k}": result[k] for k in ("acc", "many", "medium", "few", "std")}
+                )
+            _write_json(job_dir / "metrics.json", metrics)
+        exit_code = 0
+    finally:
+        tracker.finish(exit_code)
+    _write_json(
+        job_dir / "status.json", {"status": "completed", "stage": stages[-1], "error": None}
+    )
+    _print_summary(cfg, metrics, job_dir)
+    return metrics
+
+
+def _print_summary(cfg: DictConfig, metrics: dict[str, Any], job_dir: Path) -> None:
+    from sdclr.report import format_job_metrics
+
+    lines = [
+        f"\n{metrics['run']['label']} on {cfg.data.name} split {cfg.split.index} "
+        f"({cfg.split.pretrain_set})"
+    ]
+    if cfg.smoke or cfg.data.fraction < 1:
+        lines.append(
+            f"NOTE: smoke-scale run (data.fraction={cfg.data.fraction:g}, "
+            f"pretrain.epochs={cfg.pretrain.epochs}); the numbers show the pipeline "
+            f"works, not the method's accuracy."
+        )
+    if "pretrain" in metrics:
+        pre = metrics["pretrain"]
+        dens = pre.get("mask_density")
+        lines.append(
+            f"pretrain: {pre['epochs']} epochs, final loss {pre['final_loss']:.4f}, "
+            f"{pre['seconds']:.1f} s" + (f", mask density {dens[-1]:.3f}" if dens else "")
+        )
+    if "linear" in metrics or "fewshot" in metrics:
+        lines.append(format_job_metrics(metrics))
+    lines.append(f"job directory: {job_dir}")
+    print("\n".join(lines), flush=True)
+
+
+# --- Hydra entry ----------------------------------------------------------------------------
+
+
+def _hydra_job(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    job_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    group = Path(hc.sweep.dir).name if multirun else None
+    try:
+        run(cfg, job_dir, sweep_group=group)
+    except (SdclrError, Exception) as e:
+        handled = isinstance(e, SdclrError)
+        message = str(e) if handled else f"{type(e).__name__}: {e}"
+        try:
+            _write_json(
+                job_dir / "status.json",
+                {"status": "failed", "error": message, "traceback": traceback.format_exc()},
+            )
+        except OSError:
+            pass
+        if cfg.get("debug", False) or (not handled and not multirun):
+            raise
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        if not multirun:
+            sys.exit(2)
+        _FAILED_JOBS.append(f"{job_dir.name}: {message}")
+
+
+def main() -> None:
+    import hydra
+
+    register_configs()
+    entry = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(
+        _hydra_job
+    )
+    t0 = time.time()
+    entry()
+    if _FAILED_JOBS:
+        print(
+            f"{len(_FAILED_JOBS)} job(s) failed ({time.time() - t0:.0f} s):\n  "
+            + "\n  ".join(_FAILED_JOBS),
+            file=sys.stderr,
+        )
+        sys.exit(1)

@@ -1,0 +1,392 @@
+"""Long-tailed splits: the seeded generator, split files, and the reference index files.
+
+Protocol (protocol.md section 3), for a dataset with C classes and n images per class:
+
+* the training set is divided once, for all splits, into a balanced probe pool
+  (n - v per class) and a held-out validation set (v per class);
+* split s draws its own class order; class k of that order gets
+  floor(P * (1/imbalance)^(k/(C-1))) images of the pool (P = pool images per class): D_i;
+* D_b, the balanced control, has floor(|D_i| / C) images per class;
+* S_b, the few-shot probe set, has the few-shot count per class and lies inside both.
+
+Inside each class the pool is shuffled once per split and every subset takes a prefix of that
+shuffle, which makes S_b a subset of D_i and of D_b by construction.
+
+A split file (``.npz``) records the number of training images and a fingerprint of their
+labels, so it can never be applied to another copy or order of the data by accident.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sdclr.data import labels_fingerprint
+from sdclr.errors import DataError
+
+GENERATOR_VERSION = 1
+POOL_SEED = 0  # the pool/validation division is shared by all splits
+SUBSETS = ("D_i", "D_b", "S_b")
+REPO_SPLITS_DIR = Path(__file__).resolve().parent.parent / "splits"
+
+
+@dataclass
+class Split:
+    """Index arrays into the training set, plus what they were made for."""
+
+    dataset: str
+    index: int
+    num_classes: int
+    pool: np.ndarray
+    val: np.ndarray
+    D_i: np.ndarray
+    D_b: np.ndarray
+    S_b: np.ndarray
+    n_train: int
+    fingerprint: str
+    source: str
+
+    def subset(self, name: str) -> np.ndarray:
+        return {
+            "pool": self.pool,
+            "val": self.val,
+            "D_i": self.D_i,
+            "D_b": self.D_b,
+            "S_b": self.S_b,
+        }[name]
+
+    def counts(self, name: str, labels: np.ndarray) -> np.ndarray:
+        return np.bincount(labels[self.subset(name)], minlength=self.num_classes)
+
+
+def profile_counts(head: int, num_classes: int, imbalance_factor: float) -> list[int]:
+    """Exponential long-tail profile: floor(head * (1/imbalance)^(k/(C-1)))."""
+    mu = 1.0 / imbalance_factor
+    return [math.floor(head * mu ** (k / (num_classes - 1))) for k in range(num_classes)]
+
+
+def generate_split(
+    labels: np.ndarray,
+    num_classes: int,
+    index: int,
+    val_per_class: int,
+    imbalance_factor: float,
+    fewshot_per_class: int,
+    dataset: str = "",
+) -> Split:
+    """Build split ``index`` (1-based) deterministically from the training labels."""
+    labels = np.asarray(labels, dtype=np.int64)
+    per_class = np.bincount(labels, minlength=num_classes)
+    if len(per_class) != num_classes:
+        raise DataError(
+            f"labels go up to {len(per_class) - 1} but the data config says {num_classes} classes"
+        )
+    rng_pool = np.random.default_rng([POOL_SEED, GENERATOR_VERSION])
+    pool_by_class, val = [], []
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) <= val_per_class:
+            raise DataError(
+                f"class {c} has {len(idx)} training images, not enough for "
+                f"{val_per_class} validation images plus a pool; lower "
+                f"data.val_per_class"
+            )
+        idx = rng_pool.permutation(idx)
+        val.append(idx[:val_per_class])
+        pool_by_class.append(idx[val_per_class:])
+    head = int(min(len(p) for p in pool_by_class))
+    profile = profile_counts(head, num_classes, imbalance_factor)
+    balanced = sum(profile) // num_classes
+    if fewshot_per_class > profile[-1]:
+        raise DataError(
+            f"the few-shot set asks for {fewshot_per_class} images per class, but "
+            f"the smallest class of D_i has {profile[-1]}; lower "
+            f"data.fewshot_per_class or data.imbalance_factor"
+        )
+    if fewshot_per_class < 1:
+        raise DataError("data.fewshot_per_class must be >= 1")
+
+    rng = np.random.default_rng([index, GENERATOR_VERSION])
+    order = rng.permutation(num_classes)  # order[k] = the class with the k-th largest count
+    sets: dict[str, list[np.ndarray]] = {name: [] for name in SUBSETS}
+    for k, c in enumerate(order):
+        shuffled = rng.permutation(pool_by_class[c])
+        sets["D_i"].append(shuffled[: profile[k]])
+        sets["D_b"].append(shuffled[:balanced])
+        sets["S_b"].append(shuffled[:fewshot_per_class])
+    return Split(
+        dataset=dataset,
+        index=index,
+        num_classes=num_classes,
+        pool=np.sort(np.concatenate(pool_by_class)),
+        val=np.sort(np.concatenate(val)),
+        **{name: np.sort(np.concatenate(v)) for name, v in sets.items()},
+        n_train=len(labels),
+        fingerprint=labels_fingerprint(labels),
+        source=f"generated (seed {index}, generator v{GENERATOR_VERSION})",
+    )
+
+
+# --- files --------------------------------------------------------------------------------
+
+
+def split_path(dataset: str, index: int, splits_dir: Path = REPO_SPLITS_DIR) -> Path:
+    from sdclr.data import base_name
+
+    return Path(splits_dir) / base_name(dataset) / f"split{index}.npz"
+
+
+def save_split(split: Split, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "dataset": split.dataset,
+        "index": split.index,
+        "num_classes": split.num_classes,
+        "n_train": split.n_train,
+        "fingerprint": split.fingerprint,
+        "source": split.source,
+        "generator_version": GENERATOR_VERSION,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(
+            f,
+            meta=np.array(json.dumps(meta)),
+            pool=split.pool,
+            val=split.val,
+            **{name: split.subset(name) for name in SUBSETS},
+        )
+    tmp.replace(path)
+
+
+def load_split_file(path: Path, labels: np.ndarray, fix_hint: str = "") -> Split:
+    """Load a split file and check it was made for exactly this training set."""
+    if not path.is_file():
+        raise DataError(f"split file {path} not found. {fix_hint}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {k: z[k].astype(np.int64) for k in ("pool", "val", *SUBSETS)}
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(
+            f"split file {path} is not a valid sdclr split file ({e}); regenerate "
+            f"it with `python -m sdclr.splits`"
+        ) from e
+    n, fp = len(labels), labels_fingerprint(labels)
+    if meta["n_train"] != n or meta["fingerprint"] != fp:
+        raise DataError(
+            f"split file {path} was made for a training set of {meta['n_train']} images with "
+            f"label fingerprint {meta['fingerprint']}, but the loaded data has {n} images with "
+            f"fingerprint {fp}: the data is another copy or in another order. For the shared "
+            f"CIFAR JPEG copy set data.order_labels to its labels file; otherwise generate "
+            f"splits for this copy with `python -m sdclr.splits --out DIR` and pass "
+            f"split.source=file split.file=DIR/...npz"
+        )
+    return Split(
+        meta.get("dataset", ""),
+        int(meta["index"]),
+        int(meta["num_classes"]),
+        arrays["pool"],
+        arrays["val"],
+        arrays["D_i"],
+        arrays["D_b"],
+        arrays["S_b"],
+        n,
+        fp,
+        f"file {path}",
+    )
+
+
+def load_official_split(
+    directory: Path,
+    index: int,
+    labels: np.ndarray,
+    num_classes: int,
+    expected_profile: list[int],
+    dataset: str = "",
+) -> Split:
+    """The reference code's ``.npy`` index files, which index torchvision's CIFAR order."""
+    directory = Path(directory)
+    names = {
+        "pool": "trainIdxList.npy",
+        "val": "valIdxList.npy",
+        **{s: f"split{index}_{s}.npy" for s in SUBSETS},
+    }
+    arrays = {}
+    for key, name in names.items():
+        f = directory / name
+        if not f.is_file():
+            raise DataError(
+                f"official split file {f} not found; split.official_dir must hold "
+                f"trainIdxList.npy, valIdxList.npy and split<i>_D_i/D_b/S_b.npy"
+            )
+        try:
+            arrays[key] = np.load(f).astype(np.int64).ravel()
+        except (OSError, ValueError) as e:
+            raise DataError(f"official split file {f} is not a readable .npy ({e})") from e
+        if len(arrays[key]) and (arrays[key].min() < 0 or arrays[key].max() >= len(labels)):
+            raise DataError(
+                f"{f} indexes images up to {arrays[key].max()}, but the training "
+                f"set has {len(labels)}; these files belong to another dataset"
+            )
+    counts = np.sort(np.bincount(labels[arrays["D_i"]], minlength=num_classes))[::-1]
+    if list(counts) != list(expected_profile):
+        raise DataError(
+            f"the official D_i of split {index} gives per-class counts {list(counts)} on this "
+            f"data instead of the profile {list(expected_profile)}: the reference files index "
+            f"CIFAR in torchvision's original order, and this copy is in another order. Use the "
+            f"torchvision format, or set data.order_labels to the original-order labels file"
+        )
+    return Split(
+        dataset,
+        index,
+        num_classes,
+        arrays["pool"],
+        arrays["val"],
+        arrays["D_i"],
+        arrays["D_b"],
+        arrays["S_b"],
+        len(labels),
+        labels_fingerprint(labels),
+        f"official files in {directory}",
+    )
+
+
+def resolve_split(split_cfg, data_cfg, labels: np.ndarray) -> Split:
+    """The split a run asks for: a generated file in ``splits/``, an explicit file, or the
+    reference files."""
+    profile = profile_counts(
+        data_cfg.train_per_class - data_cfg.val_per_class,
+        data_cfg.num_classes,
+        data_cfg.imbalance_factor,
+    )
+    if split_cfg.source == "official":
+        return load_official_split(
+            Path(split_cfg.official_dir),
+            split_cfg.index,
+            labels,
+            data_cfg.num_classes,
+            profile,
+            data_cfg.name,
+        )
+    if split_cfg.source == "file":
+        return load_split_file(Path(split_cfg.file).expanduser(), labels)
+    path = split_path(data_cfg.name, split_cfg.index)
+    if not path.is_file():
+        # Datasets without committed files (e.g. a CIFAR-100 copy seen for the first time):
+        # generate, check against the profile, and keep the file next to the others.
+        split = generate_split(
+            labels,
+            data_cfg.num_classes,
+            split_cfg.index,
+            data_cfg.val_per_class,
+            data_cfg.imbalance_factor,
+            data_cfg.fewshot_per_class,
+            data_cfg.name,
+        )
+        try:
+            save_split(split, path)
+        except OSError:
+            pass  # read-only install: the split is deterministic, so using it unsaved is safe
+        return split
+    return load_split_file(path, labels, "Generate it with `python -m sdclr.splits`.")
+
+
+# --- fraction -----------------------------------------------------------------------------
+
+
+def stratified_fraction(
+    indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int = 0
+) -> np.ndarray:
+    """Keep max(1, round(fraction * n_c)) images of each class, chosen deterministically.
+
+    Each image has a fixed random priority (from ``seed``); a class keeps its lowest-priority
+    images, so smaller fractions give subsets of larger ones.
+    """
+    if fraction >= 1.0:
+        return indices
+    priority = np.random.default_rng([seed, 7]).permutation(len(labels))
+    kept = []
+    for c in np.unique(labels[indices]):
+        idx = indices[labels[indices] == c]
+        keep = max(1, int(round(fraction * len(idx))))
+        kept.append(idx[np.argsort(priority[idx], kind="stable")[:keep]])
+    return np.sort(np.concatenate(kept))
+
+
+def apply_fraction(split: Split, labels: np.ndarray, fraction: float) -> Split:
+    if fraction >= 1.0:
+        return split
+    sub = {
+        name: stratified_fraction(split.subset(name), labels, fraction)
+        for name in ("pool", "val", *SUBSETS)
+    }
+    return Split(
+        split.dataset,
+        split.index,
+        split.num_classes,
+        sub["pool"],
+        sub["val"],
+        sub["D_i"],
+        sub["D_b"],
+        sub["S_b"],
+        split.n_train,
+        split.fingerprint,
+        f"{split.source}, fraction {fraction:g}",
+    )
+
+
+# --- command line -------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m sdclr.splits [--out DIR] [hydra overrides...]``: write split files."""
+    parser = argparse.ArgumentParser(
+        prog="python -m sdclr.splits",
+        description="Generate the five long-tailed splits for a dataset and write them as "
+        ".npz files tied to the data's label fingerprint.",
+    )
+    parser.add_argument("--out", default=str(REPO_SPLITS_DIR), help="splits directory")
+    parser.add_argument("--splits", default="1,2,3,4,5", help="comma-separated split indices")
+    parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data=cifar10_lt")
+    args = parser.parse_args(argv)
+    from sdclr.errors import SdclrError
+    from sdclr.runner import compose_config, load_data
+
+    try:
+        cfg = compose_config(args.overrides)
+        data = load_data(cfg)
+        for i in [int(s) for s in args.splits.split(",")]:
+            split = generate_split(
+                data.train_y,
+                cfg.data.num_classes,
+                i,
+                cfg.data.val_per_class,
+                cfg.data.imbalance_factor,
+                cfg.data.fewshot_per_class,
+                cfg.data.name,
+            )
+            path = split_path(cfg.data.name, i, Path(args.out))
+            save_split(split, path)
+            counts = {s: split.counts(s, data.train_y) for s in SUBSETS}
+            order = np.argsort(-counts["D_i"], kind="stable")
+            print(
+                f"{path}: D_i {len(split.D_i)} (classes largest first: "
+                f"{' '.join(map(str, order))}; counts {counts['D_i'][order].tolist()}), "
+                f"D_b {len(split.D_b)}, S_b {len(split.S_b)}, pool {len(split.pool)}, "
+                f"val {len(split.val)}, fingerprint {split.fingerprint}"
+            )
+    except SdclrError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

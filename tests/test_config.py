@@ -1,0 +1,92 @@
+"""The schema: every config group option composes; typos and bad values fail early."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from sdclr.config import bn_mode, head_depth, method_label, validate
+from sdclr.errors import ConfigError
+from sdclr.runner import CONF_DIR, compose_config
+
+
+def group_options():
+    for group_dir in sorted(p for p in CONF_DIR.iterdir() if p.is_dir()):
+        for option in sorted(group_dir.glob("*.yaml")):
+            yield f"{group_dir.name}={option.stem}"
+
+
+@pytest.mark.parametrize("override", list(group_options()))
+def test_every_group_option_composes_and_validates(override):
+    cfg = compose_config([override])
+    validate(cfg)
+
+
+def test_defaults_are_the_published_sdclr_recipe():
+    cfg = compose_config([])
+    assert cfg.prune.ratio == 0.9 and bn_mode(cfg) == "dual" and head_depth(cfg) == 3
+    assert cfg.pretrain.epochs == 2000 and cfg.pretrain.batch_size == 512
+    assert cfg.pretrain.lr == 0.5 and cfg.pretrain.temperature == 0.2
+    assert cfg.linear.lr == 30 and list(cfg.linear.milestones) == [10, 20]
+    assert cfg.fewshot.epochs == 100 and list(cfg.fewshot.milestones) == [40, 60]
+    simclr = compose_config(["prune=none"])
+    assert bn_mode(simclr) == "shared" and head_depth(simclr) == 2
+    assert method_label(simclr).startswith("SimCLR")
+
+
+def test_unknown_key_fails_at_composition():
+    with pytest.raises(ConfigCompositionException, match="pretrain.epoch"):
+        compose_config(["pretrain.epoch=5"])
+    # Hydra lets `+key=value` append past the schema; validate() still refuses it
+    cfg = compose_config(["+pretrain.epoch=5"])
+    with pytest.raises(ConfigError, match=r"pretrain\.epoch"):
+        validate(cfg)
+
+
+def test_wrong_type_fails_at_composition():
+    with pytest.raises(Exception, match="pretrain.epochs"):
+        compose_config(["pretrain.epochs=many"])
+
+
+@pytest.mark.parametrize(
+    "override,key",
+    [
+        ("prune.ratio=1.0", "prune.ratio"),
+        ("prune.ratio=-0.1", "prune.ratio"),
+        ("pretrain.epochs=0", "pretrain.epochs"),
+        ("linear.epochs=-3", "linear.epochs"),
+        ("fewshot.epochs=0", "fewshot.epochs"),
+        ("pretrain.batch_size=0", "pretrain.batch_size"),
+        ("data.fraction=0", "data.fraction"),
+        ("data.fraction=1.5", "data.fraction"),
+        ("split.pretrain_set=D_x", "split.pretrain_set"),
+        ("prune.random_ratio=0.95", "prune.random_ratio"),
+        ("device=tpu", "device"),
+    ],
+)
+def test_out_of_range_values_name_the_key(override, key):
+    cfg = compose_config([override])
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg)
+
+
+def test_cli_rejects_bad_values_before_any_work(tmp_path, env):
+    for args, key in [
+        (["prune.ratio=1.2"], "prune.ratio"),
+        (["pretrain.epoch=3"], "epoch"),
+        (["prune=p95"], "p95"),
+    ]:
+        out = subprocess.run(
+            [sys.executable, "-m", "sdclr", *args, f"hydra.run.dir={tmp_path / 'run'}"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert out.returncode != 0
+        assert key in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+        assert not (tmp_path / "run" / "metrics.json").exists()

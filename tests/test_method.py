@@ -1,0 +1,244 @@
+"""Pin SimCLR and SDCLR down: the mask, the branches, the joint gradient, dual BN."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sdclr.backbone import DualBatchNorm, apply_cifar_stem, projection_head
+from sdclr.loss import nt_xent
+from sdclr.method import ContrastiveMethod
+from sdclr.model import build_model
+from sdclr.pruning import conv_weights, magnitude_masks, mask_density
+
+CHANNELS = [8, 16, 32, 64]
+
+
+def small_model(dual_bn: bool, depth: int = 3, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_model("resnet18", True, CHANNELS, depth, 16, dual_bn)
+
+
+def views(n=8, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, 32, 32, generator=g), torch.randn(n, 3, 32, 32, generator=g)
+
+
+def reference_nt_xent(z1, z2, t):
+    """The loss written out anchor by anchor, independent of sdclr.loss."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    total = 0.0
+    for a in range(2 * n):
+        pos = (a + n) % (2 * n)
+        sims = torch.stack([z[a] @ z[j] / t for j in range(2 * n) if j != a])
+        pos_sim = z[a] @ z[pos] / t
+        total = total - (pos_sim - torch.logsumexp(sims, 0))
+    return total / (2 * n)
+
+
+def test_nt_xent_matches_the_written_out_formula():
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(6, 5, generator=g), torch.randn(6, 5, generator=g)
+    for t in (0.2, 0.5):
+        assert torch.allclose(nt_xent(z1, z2, t), reference_nt_xent(z1, z2, t), atol=1e-5)
+    # identical views with orthogonal negatives give a lower loss than random ones
+    same = torch.eye(6, 5 + 1)[:, :5] * 10
+    assert nt_xent(same, same, 0.2) < nt_xent(z1, z2, 0.2)
+
+
+@pytest.mark.parametrize("ratio", [0.3, 0.5, 0.9])
+def test_mask_keeps_exactly_one_minus_p_of_the_conv_weights(ratio):
+    model = small_model(dual_bn=True)
+    named = conv_weights(model.backbone)
+    n = sum(w.numel() for _, w in named)
+    masks = magnitude_masks([w for _, w in named], ratio)
+    kept = sum(int(m.sum()) for m in masks)
+    assert kept == n - math.ceil(ratio * n)  # continuous random init: no ties
+    assert mask_density(masks) == pytest.approx(1 - ratio, abs=1.0 / n + 1e-12)
+    # global threshold: every kept weight is at least as large as every removed one
+    mags = torch.cat([w.detach().abs().flatten() for _, w in named])
+    keep = torch.cat([m.flatten() for m in masks])
+    assert mags[keep].min() >= mags[~keep].max()
+
+
+def test_mask_covers_every_conv_and_nothing_else():
+    model = small_model(dual_bn=True)
+    method = ContrastiveMethod(0.2, 0.9, dual_bn=True)
+    method.on_epoch_start(model)
+    convs = {f"{n}.weight" for n, m in model.backbone.named_modules() if isinstance(m, nn.Conv2d)}
+    assert set(method.masks) == convs
+    # stem, block convs and the 1x1 shortcut convs are all there
+    assert "conv1.weight" in convs and any("downsample" in c for c in convs)
+    for name, mask in method.masks.items():
+        assert mask.shape == dict(model.backbone.named_parameters())[name].shape
+
+
+def test_random_ratio_removes_the_same_count_with_random_picks():
+    model = small_model(dual_bn=True)
+    weights = [w for _, w in conv_weights(model.backbone)]
+    n = sum(w.numel() for w in weights)
+    a = magnitude_masks(weights, 0.9, 0.3, torch.Generator().manual_seed(0))
+    b = magnitude_masks(weights, 0.9, 0.3, torch.Generator().manual_seed(1))
+    for masks in (a, b):
+        assert sum(int(m.sum()) for m in masks) == n - math.ceil(0.9 * n)
+    assert any(not torch.equal(x, y) for x, y in zip(a, b))
+    only_random = magnitude_masks(weights, 0.5, 0.5, torch.Generator().manual_seed(0))
+    assert sum(int(m.sum()) for m in only_random) == n - math.ceil(0.5 * n)
+
+
+def test_prune_none_is_exactly_simclr():
+    """SimCLR reference: a plain timm ResNet + 2-layer head, both views in one batch."""
+    import timm
+
+    model = small_model(dual_bn=False, depth=2)
+    torch.manual_seed(5)
+    ref_backbone = apply_cifar_stem(
+        timm.create_model("resnet18", num_classes=0, channels=tuple(CHANNELS))
+    )
+    ref = nn.Sequential(ref_backbone, projection_head(ref_backbone.num_features, 2, 16))
+    ref.load_state_dict(
+        {
+            k.replace("backbone.", "0.").replace("head.", "1."): v
+            for k, v in model.state_dict().items()
+        }
+    )
+    v1, v2 = views()
+    method = ContrastiveMethod(0.2, prune_ratio=None, dual_bn=False)
+    method.on_epoch_start(model)
+    loss = method.loss(model, v1, v2)
+    loss.backward()
+    z = ref(torch.cat([v1, v2]))
+    ref_loss = reference_nt_xent(z[:8], z[8:], 0.2)
+    ref_loss.backward()
+    assert torch.allclose(loss, ref_loss, atol=1e-5)
+    ref_grads = dict(ref.named_parameters())
+    for name, p in model.named_parameters():
+        ref_name = name.replace("backbone.", "0.").replace("head.", "1.")
+        assert torch.allclose(p.grad, ref_grads[ref_name].grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_pruned_branch_is_the_masked_network_with_the_second_bn():
+    model = small_model(dual_bn=True)
+    method = ContrastiveMethod(0.2, 0.9, dual_bn=True)
+    method.on_epoch_start(model)
+    x, _ = views()
+    out = model(x, branch=1, masks=method.masks)
+    # reference: a copy whose conv weights are zeroed by the mask, BN copy 1 in every layer
+    pruned = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, mask in method.masks.items():
+            dict(pruned.backbone.named_parameters())[name].mul_(mask)
+    ref = pruned(x, branch=1)
+    assert torch.allclose(out, ref, atol=1e-5)
+    # and the dense model itself is untouched: the dense branch still differs
+    assert not torch.allclose(model(x, branch=0), ref, atol=1e-3)
+
+
+def test_joint_gradient_equals_the_reference_two_pass_gradient():
+    base = small_model(dual_bn=True)
+    v1, v2 = views()
+    joint = copy.deepcopy(base)
+    method = ContrastiveMethod(0.2, 0.9, dual_bn=True)
+    method.on_epoch_start(joint)
+    masks = method.masks
+    method.loss(joint, v1, v2).backward()
+
+    # reference (as the original code does it): dense pass with the pruned features
+    # detached, pruned pass with the dense features detached, gradients summed
+    ref = copy.deepcopy(base)
+    z1 = ref(v1, branch=0)
+    z2 = ref(v2, branch=1, masks=masks)
+    nt_xent(z1, z2.detach(), 0.2).backward()
+    nt_xent(z1.detach(), z2, 0.2).backward()
+    ref_grads = dict(ref.named_parameters())
+    checked = 0
+    for name, p in joint.named_parameters():
+        g_ref = ref_grads[name].grad
+        if p.grad is None:
+            assert g_ref is None or torch.count_nonzero(g_ref) == 0
+            continue
+        assert torch.allclose(p.grad, g_ref, atol=1e-6, rtol=1e-4), name
+        checked += 1
+    assert checked > 20
+
+
+def test_each_branch_updates_only_its_own_bn_statistics():
+    model = small_model(dual_bn=True)
+    model.train()
+    bns = [m for m in model.modules() if isinstance(m, DualBatchNorm)]
+    assert len(bns) > 10 and any(isinstance(m.bn[0], nn.BatchNorm1d) for m in bns)  # head too
+    x, _ = views()
+
+    def stats():
+        return [(m.bn[0].running_mean.clone(), m.bn[1].running_mean.clone()) for m in bns]
+
+    before = stats()
+    model(x, branch=0)
+    after_dense = stats()
+    assert all(not torch.equal(b[0], a[0]) for b, a in zip(before, after_dense))
+    assert all(torch.equal(b[1], a[1]) for b, a in zip(before, after_dense))
+    method = ContrastiveMethod(0.2, 0.9, dual_bn=True)
+    method.on_epoch_start(model)
+    model(x, branch=1, masks=method.masks)
+    after_pruned = stats()
+    assert all(torch.equal(a[0], p[0]) for a, p in zip(after_dense, after_pruned))
+    assert all(not torch.equal(a[1], p[1]) for a, p in zip(after_dense, after_pruned))
+
+
+def test_mask_changes_only_at_epoch_starts():
+    """Through the real pretraining loop: record the mask at every step."""
+    from omegaconf import OmegaConf
+
+    from sdclr.pretrain import pretrain
+    from sdclr.runner import compose_config
+
+    cfg = compose_config(
+        [
+            "pretrain.epochs=3",
+            "pretrain.batch_size=8",
+            "pretrain.warmup_epochs=1",
+            "pretrain.lr=2.0",
+            "checkpoint.every=100",
+        ]
+    )
+    model = small_model(dual_bn=True)
+    gen = torch.Generator().manual_seed(0)
+    method = ContrastiveMethod(0.2, 0.9, dual_bn=True, generator=gen)
+    seen = []
+    original = method.loss
+
+    def recording_loss(m, a, b):
+        seen.append((method_epoch[0], {k: v.clone() for k, v in method.masks.items()}))
+        return original(m, a, b)
+
+    method_epoch = [0]
+    original_start = method.on_epoch_start
+
+    def counting_start(m):
+        method_epoch[0] += 1
+        return original_start(m)
+
+    method.loss = recording_loss
+    method.on_epoch_start = counting_start
+    images = torch.randint(0, 256, (24, 3, 32, 32), dtype=torch.uint8)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as d:
+        result = pretrain(
+            cfg, model, method, images, gen, Path(d) / "c.pt", {}, log=None, progress=False
+        )
+    assert OmegaConf.is_config(cfg) and len(result["mask_density"]) == 3
+    assert len(seen) == 9  # 3 epochs x 3 steps
+    for epoch in (1, 2, 3):
+        masks = [m for e, m in seen if e == epoch]
+        assert all(all(torch.equal(masks[0][k], m[k]) for k in m) for m in masks[1:])
+    first = [m for e, m in seen if e == 1][0]
+    last = [m for e, m in seen if e == 3][0]
+    assert any(not torch.equal(first[k], last[k]) for k in first)
