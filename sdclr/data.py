@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import re
 import tarfile
 from collections.abc import Iterable
@@ -219,33 +220,58 @@ def _write_cache(path: Path, data: ImageData) -> None:
         pass  # caching is an optimisation; a read-only cache dir must not stop a run
 
 
-def _load_torchvision(root: Path, base: str, download: bool) -> ImageData:
-    import torchvision
+TORCHVISION_FILES = {
+    "cifar10": (
+        ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5"],
+        ["test_batch"],
+        "batches.meta",
+        "labels",
+        "label_names",
+    ),
+    "cifar100": (["train"], ["test"], "meta", "fine_labels", "fine_label_names"),
+}
 
-    cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}
-    if base not in cls:
+
+def _load_torchvision(root: Path, base: str, download: bool) -> ImageData:
+    """Read torchvision's CIFAR pickles directly (no md5 pass over the files each run)."""
+    if base not in TORCHVISION_FILES:
         raise DataError(f"torchvision format is supported for cifar10 and cifar100, not {base}")
-    try:
-        train = cls[base](str(root), train=True, download=download)
-        test = cls[base](str(root), train=False, download=download)
-    except RuntimeError as e:  # torchvision: "Dataset not found or corrupted"
-        raise DataError(
-            f"torchvision {base} under {root}: {e}. Re-download it with "
-            f"data.download=true, or use the image-folder layout"
-        ) from e
-    except Exception as e:  # network errors during download
-        raise DataError(
-            f"could not download {base} to {root} ({e}); fetch it on a machine "
-            f"with internet access and point data.root at it"
-        ) from e
-    return ImageData(
-        np.ascontiguousarray(train.data.transpose(0, 3, 1, 2)),
-        np.asarray(train.targets, dtype=np.int64),
-        np.ascontiguousarray(test.data.transpose(0, 3, 1, 2)),
-        np.asarray(test.targets, dtype=np.int64),
-        list(train.classes),
-        f"{root} (torchvision)",
-    )
+    folder = root / TORCHVISION_DIRS[base]
+    if download and not folder.is_dir():
+        import torchvision
+
+        cls = {"cifar10": torchvision.datasets.CIFAR10, "cifar100": torchvision.datasets.CIFAR100}
+        try:
+            cls[base](str(root), train=True, download=True)
+        except Exception as e:  # no network, disk full, ...
+            raise DataError(
+                f"could not download {base} to {root} ({e}); fetch it on a machine "
+                f"with internet access and point data.root at it"
+            ) from e
+    train_files, test_files, meta_file, label_key, names_key = TORCHVISION_FILES[base]
+
+    def read(name: str) -> dict:
+        path = folder / name
+        try:
+            with open(path, "rb") as f:
+                return pickle.load(f, encoding="latin1")
+        except (OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
+            raise DataError(
+                f"torchvision {base} file {path} is missing or corrupt ({e}); "
+                f"download it again (data.download=true) or use the image-folder "
+                f"layout"
+            ) from e
+
+    def stack(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        parts = [read(f) for f in files]
+        x = np.concatenate([np.asarray(p["data"], dtype=np.uint8) for p in parts])
+        y = np.concatenate([np.asarray(p[label_key], dtype=np.int64) for p in parts])
+        return np.ascontiguousarray(x.reshape(-1, 3, 32, 32)), y
+
+    train_x, train_y = stack(train_files)
+    test_x, test_y = stack(test_files)
+    classes = [str(c) for c in read(meta_file)[names_key]]
+    return ImageData(train_x, train_y, test_x, test_y, classes, f"{folder} (torchvision)")
 
 
 def _natural_key(name: str) -> list:

@@ -638,8 +638,8 @@ def _render(summary: Mapping[str, Any]) -> str:
     out.append(
         "Each cell is mean ± std over the splits of the completed jobs of that method; the ± "
         "is the **population** standard deviation (numpy `ddof=0`). `n` is the number of "
-        "splits (jobs) averaged. Std is each job's own `std` field (spread of its per-class "
-        "accuracy). "
+        "splits (jobs) averaged. The Std column is each job's balancedness: the population "
+        "std of its (Many, Medium, Few) accuracies, then averaged like the others. "
         "Failed and incomplete jobs are never averaged in."
     )
     methods = summary["methods"]
@@ -759,6 +759,29 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
     return markdown
 
 
+def _log_to_wandb(sweep_dir: Path, out_dir: Path, markdown: str, project: str) -> None:
+    from types import SimpleNamespace
+
+    from sdclr.tracking import Tracker, sweep_group
+
+    group = sweep_group(sweep_dir)
+    logger_cfg = SimpleNamespace(
+        mode="auto", project=project, entity=None, tags=["report"], dir=None
+    )
+    tracker = Tracker(Path(out_dir))
+    tracker.start_wandb(
+        logger_cfg, {"sweep_dir": str(sweep_dir)}, name=f"report-{group}", group=group
+    )
+    tracker.log_files(
+        tables={"report": markdown},
+        images={
+            "group_accuracy": Path(out_dir) / GROUP_PLOT,
+            "per_class_accuracy": Path(out_dir) / PER_CLASS_PLOT,
+        },
+    )
+    tracker.finish()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m sdclr.report",
@@ -768,12 +791,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--out", type=Path, default=None, help="where to write the report (default: sweep_dir)"
     )
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log the table and plots to W&B, in the group of the sweep's runs",
+    )
+    parser.add_argument("--wandb-project", default="sdclr", help="W&B project (default sdclr)")
     args = parser.parse_args(argv)
     try:
         markdown = build_report(args.sweep_dir, args.out)
     except ReportError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.wandb:
+        _log_to_wandb(args.sweep_dir, args.out or args.sweep_dir, markdown, args.wandb_project)
     try:
         sys.stdout.write(markdown)
     except UnicodeEncodeError:  # e.g. an ASCII-only locale: keep the report, lose the ±

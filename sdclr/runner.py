@@ -261,12 +261,32 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
             _write_json(job_dir / "metrics.json", metrics)
         exit_code = 0
     finally:
-        tracker.finish(exit_code)
+        if exit_code:
+            tracker.finish(exit_code)
     _write_json(
         job_dir / "status.json", {"status": "completed", "stage": stages[-1], "error": None}
     )
+    _job_report(job_dir, metrics, tracker)
+    tracker.finish(0)
     _print_summary(cfg, metrics, job_dir)
     return metrics
+
+
+def _job_report(job_dir: Path, metrics: dict[str, Any], tracker) -> None:
+    """This job's table and plots in ``job_dir/report`` (and W&B)."""
+    from sdclr.report import build_report, format_job_metrics
+
+    if "linear" not in metrics and "fewshot" not in metrics:
+        return
+    out = job_dir / "report"
+    build_report(job_dir, out)
+    tracker.log_files(
+        tables={"results": format_job_metrics(metrics)},
+        images={
+            "group_accuracy": out / "group_accuracy.png",
+            "per_class_accuracy": out / "per_class_accuracy.png",
+        },
+    )
 
 
 def _print_summary(cfg: DictConfig, metrics: dict[str, Any], job_dir: Path) -> None:
@@ -305,7 +325,9 @@ def _hydra_job(cfg: DictConfig) -> None:
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    group = Path(hc.sweep.dir).name if multirun else None
+    from sdclr.tracking import sweep_group
+
+    group = sweep_group(hc.sweep.dir) if multirun else None
     try:
         run(cfg, job_dir, sweep_group=group)
     except (SdclrError, Exception) as e:

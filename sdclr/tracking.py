@@ -34,6 +34,12 @@ def has_wandb_credentials() -> bool:
         return False
 
 
+def sweep_group(sweep_dir: str | Path) -> str:
+    """W&B group of a sweep's runs (and of its report): the sweep directory's last two parts,
+    e.g. ``2026-11-22_10-00-00`` for ``outputs/multirun/2026-11-22/10-00-00``."""
+    return "_".join(Path(sweep_dir).resolve().parts[-2:])
+
+
 class Tracker:
     """``log`` appends to ``metrics.jsonl`` (and W&B); ``summary`` sets final values."""
 

@@ -123,3 +123,31 @@ def test_wrong_image_size_is_refused(tmp_path):
     root = make_folder(tmp_path / "toy", size=40)
     with pytest.raises(DataError, match="40x40"):
         load(root)
+
+
+def test_torchvision_layout_reads_like_the_jpeg_copy(cifar10, tmp_path):
+    """Write the decoded copy as torchvision's CIFAR-10 pickles and read it back: same
+    images, same order, so split files and the reference index files apply to both."""
+    import pickle
+
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    for i in range(5):
+        sl = slice(10000 * i, 10000 * (i + 1))
+        batch = {
+            "data": cifar10.train_x[sl].reshape(10000, -1),
+            "labels": cifar10.train_y[sl].tolist(),
+        }
+        (folder / f"data_batch_{i + 1}").write_bytes(pickle.dumps(batch))
+    (folder / "test_batch").write_bytes(
+        pickle.dumps({"data": cifar10.test_x.reshape(10000, -1), "labels": cifar10.test_y.tolist()})
+    )
+    (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": cifar10.classes}))
+    data = load_image_data(str(tmp_path), "cifar10_lt", image_size=32, progress=False)
+    assert "torchvision" in data.source
+    assert data.fingerprint == cifar10.fingerprint
+    assert np.array_equal(data.train_x, cifar10.train_x)
+    assert data.classes == cifar10.classes
+    (folder / "data_batch_3").write_bytes(b"\x80\x04garbage")
+    with pytest.raises(DataError, match="data_batch_3"):
+        load_image_data(str(tmp_path), "cifar10_lt", image_size=32, progress=False)
