@@ -27,7 +27,7 @@ install: $(BIN)/python
 
 # Smoke scale so it finishes in minutes on a 2-core CPU. On a GPU, run the real schedule:
 #   make demo DEMO_ARGS="data.fraction=1 pretrain.epochs=2000 linear.epochs=30 fewshot.epochs=100 pretrain.batch_size=512"
-DEMO_ARGS ?= smoke=true data.fraction=0.02 pretrain.epochs=3 pretrain.batch_size=128 pretrain.warmup_epochs=1 linear.epochs=4 fewshot.epochs=10 linear.milestones=[2,3] fewshot.milestones=[5,8]
+DEMO_ARGS ?= smoke=true data.fraction=0.02 pretrain.epochs=3 pretrain.batch_size=16 pretrain.warmup_epochs=1 linear.epochs=4 fewshot.epochs=10 linear.milestones=[2,3] fewshot.milestones=[5,8]
 demo:
 	$(BIN)/sdclr stage=all prune=p90 split=split1 $(DEMO_ARGS)
 

@@ -83,7 +83,7 @@ def find_source(
     download: bool = False,
 ) -> Source:
     """Locate the data under ``root`` in one of the supported layouts, or explain."""
-    root_path = Path(root).expanduser()
+    root_path = Path(root).expanduser().absolute()
     base = base_name(dataset)
     tv_dir = TORCHVISION_DIRS.get(base)
     hint = (
