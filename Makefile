@@ -26,7 +26,7 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install -e ".[dev]"
 
 # Smoke scale so it finishes in minutes on a 2-core CPU. On a GPU, run the real schedule:
-#   make demo DEMO_ARGS="data.fraction=1 pretrain.epochs=2000 linear.epochs=30 fewshot.epochs=100 pretrain.batch_size=512"
+#   make demo DEMO_ARGS=   (empty: the published schedule, 2000 epochs on all of D_i)
 DEMO_ARGS ?= smoke=true data.fraction=0.02 pretrain.epochs=3 pretrain.batch_size=16 pretrain.warmup_epochs=1 linear.epochs=4 fewshot.epochs=10 linear.milestones=[2,3] fewshot.milestones=[5,8]
 demo:
 	$(BIN)/sdclr stage=all prune=p90 split=split1 $(DEMO_ARGS)
