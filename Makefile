@@ -8,7 +8,7 @@ export SDCLR_DATA
 SPLITS ?= split1,split2,split3,split4,split5
 DIR ?=
 
-.PHONY: install demo test test-fast lint format sweep sweep-smoke report clean help
+.PHONY: install demo test lint format sweep report bench bench-quick clean help
 
 help:
 	@echo "make install      create $(VENV) and install sdclr with its dev extras"
@@ -17,6 +17,8 @@ help:
 	@echo "make lint         ruff check + format check"
 	@echo "make sweep        the paper's comparison: SimCLR vs SDCLR over the five splits (full schedule, GPU)"
 	@echo "make report DIR=outputs/multirun/...   aggregate a sweep into report.md and plots"
+	@echo "make bench        speed benchmark on the best device found (see BENCHMARKS.md)"
+	@echo "make bench-quick  a few steps of the benchmark on the CPU"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +36,6 @@ demo:
 test:
 	$(BIN)/python -m pytest -q
 
-test-fast:
-	$(BIN)/python -m pytest -q -m "not slow"
-
 lint:
 	$(BIN)/ruff check sdclr tests scripts
 	$(BIN)/ruff format --check sdclr tests scripts
@@ -53,6 +52,12 @@ sweep:
 report:
 	@test -n "$(DIR)" || (echo "usage: make report DIR=outputs/multirun/<date>/<time>" && exit 2)
 	$(BIN)/python -m sdclr.report $(DIR)
+
+bench:
+	$(BIN)/python -m sdclr.bench
+
+bench-quick:
+	$(BIN)/python -m sdclr.bench --quick
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -152,6 +152,11 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # Step numerics; null/auto = by device: bf16 autocast, channels_last and torch.compile on
+    # CUDA, float32 without compile on CPU.
+    precision: str = "auto"  # auto | fp32 | bf16
+    channels_last: bool | None = None
+    compile: bool | None = None
     seed: int = 0
     debug: bool = False  # show tracebacks for handled errors
     smoke: bool = False  # marks a deliberately tiny run (printed with the results)
@@ -361,6 +366,11 @@ def validate(cfg: DictConfig) -> None:
     )
     _check(
         cfg.checkpoint.every >= 1, "checkpoint.every", f"must be >= 1, got {cfg.checkpoint.every}"
+    )
+    _check(
+        cfg.precision in ("auto", "fp32", "bf16"),
+        "precision",
+        f"must be auto, fp32 or bf16, got '{cfg.precision}'",
     )
     dev = str(cfg.device)
     _check(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,82 @@ def augment_config(data_cfg) -> ContrastiveAugmentConfig:
     )
 
 
+@dataclass
+class StepSettings:
+    """Numerics of the training step: bf16 autocast and channels_last on CUDA by default,
+    plain float32 on CPU."""
+
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def step_settings(cfg, device: torch.device) -> StepSettings:
+    cuda = device.type == "cuda"
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if cuda else "fp32")
+    channels_last = cfg.channels_last if cfg.channels_last is not None else cuda
+    compile_ = cfg.compile if cfg.compile is not None else cuda
+    return StepSettings(
+        torch.bfloat16 if precision == "bf16" else None, bool(channels_last), bool(compile_)
+    )
+
+
+def prepare_model(model: ContrastiveModel, settings: StepSettings) -> ContrastiveModel:
+    """channels_last and torch.compile in place (parameter names stay the same)."""
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if settings.compile:
+        model.backbone.compile()
+        model.head.compile()
+    return model
+
+
+def make_views(
+    x: torch.Tensor,
+    aug: ContrastiveAugmentConfig,
+    generator: torch.Generator,
+    mean: list[float],
+    std: list[float],
+    settings: StepSettings,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two independent augmentations of a uint8 batch, normalised."""
+    v1 = normalize(contrastive_view(x, aug, generator), mean, std)
+    v2 = normalize(contrastive_view(x, aug, generator), mean, std)
+    fmt = settings.memory_format
+    return v1.contiguous(memory_format=fmt), v2.contiguous(memory_format=fmt)
+
+
+def train_step(
+    model: ContrastiveModel,
+    method: ContrastiveMethod,
+    opt: torch.optim.Optimizer,
+    v1: torch.Tensor,
+    v2: torch.Tensor,
+    settings: StepSettings,
+) -> torch.Tensor:
+    """One optimisation step; returns the detached loss (no host synchronisation)."""
+    with torch.autocast(
+        v1.device.type,
+        dtype=settings.amp_dtype or torch.bfloat16,
+        enabled=settings.amp_dtype is not None,
+    ):
+        loss = method.loss(model, v1, v2)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.detach()
+
+
+def make_optimizer(model: ContrastiveModel, p) -> torch.optim.SGD:
+    return torch.optim.SGD(
+        model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
+    )
+
+
 def pretrain(
     cfg,
     model: ContrastiveModel,
@@ -54,15 +131,15 @@ def pretrain(
     """Train ``model`` on ``images`` (uint8 [N, 3, H, W] on the training device)."""
     p = cfg.pretrain
     device = images.device
+    settings = step_settings(cfg, device)
+    prepare_model(model, settings)
     n = len(images)
     batches = batches_per_epoch(n, p.batch_size, p.drop_last)
     total_steps = len(batches) * p.epochs
     warmup_steps = len(batches) * p.warmup_epochs
     aug = augment_config(cfg.data)
     mean, std = list(cfg.data.mean), list(cfg.data.std)
-    opt = torch.optim.SGD(
-        model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
-    )
+    opt = make_optimizer(model, p)
     model.train()
     t0 = time.time()
     densities: list[float] = []
@@ -98,15 +175,10 @@ def pretrain(
             lr = warmup_cosine(step, total_steps, warmup_steps, p.lr, p.min_lr)
             for group in opt.param_groups:
                 group["lr"] = lr
-            x = images[perm[start:end]]
-            v1 = normalize(contrastive_view(x, aug, generator), mean, std)
-            v2 = normalize(contrastive_view(x, aug, generator), mean, std)
-            loss = method.loss(model, v1, v2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sum += loss.detach()
-            window_sum += loss.detach()
+            v1, v2 = make_views(images[perm[start:end]], aug, generator, mean, std, settings)
+            loss = train_step(model, method, opt, v1, v2, settings)
+            loss_sum += loss
+            window_sum += loss
             window += 1
             step += 1
             if step % p.log_every == 0:
@@ -135,6 +207,9 @@ def pretrain(
         "images": n,
         "batch_size": p.batch_size,
         "seconds": time.time() - t0,
+        "precision": "bf16" if settings.amp_dtype else "fp32",
+        "channels_last": settings.channels_last,
+        "compile": settings.compile,
     }
     if method.pruned:
         result["mask_density"] = densities

@@ -25,14 +25,26 @@ def _to_float(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
 
 
+def _encode(backbone: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    with torch.autocast(
+        x.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None
+    ):
+        return backbone(x).float()
+
+
 @torch.no_grad()
 def extract_features(
-    backbone: nn.Module, images: torch.Tensor, mean: list[float], std: list[float], batch_size: int
+    backbone: nn.Module,
+    images: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    batch_size: int,
+    amp_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     feats = []
     for start in range(0, len(images), batch_size):
         x = normalize(_to_float(images[start : start + batch_size]), mean, std)
-        feats.append(backbone(x).float())
+        feats.append(_encode(backbone, x, amp_dtype))
     return torch.cat(feats)
 
 
@@ -58,9 +70,11 @@ def train_probe(
     desc: str = "probe",
     progress: bool = True,
     log=None,
+    amp_dtype: torch.dtype | None = None,
 ) -> dict:
     """Train a linear probe; returns the metrics of :func:`sdclr.metrics.summarize` plus
-    ``best_epoch``, ``val_acc`` (per epoch) and ``seconds``."""
+    ``best_epoch``, ``val_acc`` (per epoch) and ``seconds``. ``amp_dtype`` (bf16 on CUDA)
+    applies to the frozen backbone only; the linear layer trains in float32."""
     t0 = time.time()
     device = images.device
     backbone.eval()
@@ -68,14 +82,19 @@ def train_probe(
         p.requires_grad_(False)
     train_idx_t = torch.as_tensor(train_idx, device=device)
     val_feats = extract_features(
-        backbone, images[torch.as_tensor(val_idx, device=device)], mean, std, cfg.eval_batch_size
+        backbone,
+        images[torch.as_tensor(val_idx, device=device)],
+        mean,
+        std,
+        cfg.eval_batch_size,
+        amp_dtype,
     )
     val_labels = labels[torch.as_tensor(val_idx, device=device)]
-    test_feats = extract_features(backbone, test_images, mean, std, cfg.eval_batch_size)
+    test_feats = extract_features(backbone, test_images, mean, std, cfg.eval_batch_size, amp_dtype)
     fixed_train = None
     if not cfg.augment:  # no augmentation: the frozen features never change
         fixed_train = extract_features(
-            backbone, images[train_idx_t], mean, std, cfg.eval_batch_size
+            backbone, images[train_idx_t], mean, std, cfg.eval_batch_size, amp_dtype
         )
 
     linear = nn.Linear(val_feats.shape[1], num_classes).to(device)
@@ -98,7 +117,7 @@ def train_probe(
             else:
                 with torch.no_grad():
                     x = pad_crop_flip(_to_float(images[train_idx_t[sel]]), 4, generator)
-                    feats = backbone(normalize(x, mean, std)).float()
+                    feats = _encode(backbone, normalize(x, mean, std), amp_dtype)
             loss = nn.functional.cross_entropy(linear(feats), labels[train_idx_t[sel]])
             opt.zero_grad(set_to_none=True)
             loss.backward()

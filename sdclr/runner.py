@@ -121,7 +121,7 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
     from sdclr.method import ContrastiveMethod
     from sdclr.metrics import class_groups
     from sdclr.model import build_model
-    from sdclr.pretrain import pretrain
+    from sdclr.pretrain import pretrain, step_settings
     from sdclr.probe import train_probe
     from sdclr.splits import apply_fraction, resolve_split, stratified_fraction
     from sdclr.tracking import Tracker
@@ -251,6 +251,7 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
                     gen,
                     desc=stage,
                     log=lambda r, s=stage: tracker.log(r, s),
+                    amp_dtype=step_settings(cfg, device).amp_dtype,
                 )
                 result["class_counts"] = counts["D_i"]
                 result["checkpoint"] = str(source)

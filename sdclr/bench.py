@@ -1,0 +1,412 @@
+"""Speed benchmark: ``python -m sdclr.bench`` (``make bench``) / ``--quick`` (``make bench-quick``).
+
+Measured in one run on whatever device is found (CUDA events on a GPU, perf_counter on CPU),
+on CIFAR-10-LT split 1 (D_i, 11,165 images), ResNet-18 with the CIFAR stem, batch 512, with
+the suite's own training step (GPU-resident data, batched augmentation, the configured
+precision / channels_last / compile):
+
+* pretraining epoch time and views/s for SimCLR and for SDCLR (p90, dual BN), after warm-up;
+* the model-only ceiling: forward+backward+SGD of the same backbone and a 2-layer head on a
+  random device-resident batch of 2 x batch views in one pass, same numerics; and each method's
+  ratio to it;
+* ``sdclr_step_over_two_plain``: the SDCLR step (both branches, mask, dual BN, head, loss) on
+  ready-made views, over two plain forward+backward passes of the same backbone on the same
+  views: the overhead of SDCLR's machinery;
+* linear-probe time (30 epochs over the 45,000-image pool) and peak memory.
+
+``--quick`` runs a few steps of each at a small batch on the CPU so it can run anywhere (CI);
+epoch and probe times are then extrapolated from the measured steps and marked so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+class Timer:
+    """Wall time of a block; CUDA events when on a GPU (no host sync inside the block)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def measure(self, fn: Callable[[], Any], repeats: int) -> float:
+        """Seconds per call of ``fn``, averaged over ``repeats`` calls."""
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            for _ in range(repeats):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1000.0 / repeats
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - t0) / repeats
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        return (
+            out.stdout.strip() + ("-dirty" if dirty.strip() else "")
+            if out.returncode == 0
+            else "unknown"
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _autocast(device: torch.device, settings):
+    return torch.autocast(
+        device.type,
+        dtype=settings.amp_dtype or torch.bfloat16,
+        enabled=settings.amp_dtype is not None,
+    )
+
+
+def _time_method(ctx: dict[str, Any], ratio: float | None) -> dict[str, Any]:
+    """Augmentation + training step, as pretrain() runs them, after warm-up."""
+    from sdclr.method import ContrastiveMethod
+    from sdclr.model import build_model
+    from sdclr.pretrain import make_optimizer, make_views, prepare_model, train_step
+
+    device, settings, gen = ctx["device"], ctx["settings"], ctx["gen"]
+    d_i, batches = ctx["d_i"], ctx["batches"]
+    dual = ratio is not None
+    model = prepare_model(
+        build_model("resnet18", True, None, 3 if dual else 2, 128, dual).to(device), settings
+    )
+    method = ContrastiveMethod(0.2, ratio, 0.0, dual, gen)
+    opt = make_optimizer(model, ctx["cfg"].pretrain)
+    model.train()
+    method.on_epoch_start(model)
+    perm = torch.randperm(len(d_i), generator=gen, device=device)
+    cursor = [0]
+
+    def step() -> None:
+        start, end = batches[cursor[0] % len(batches)]
+        cursor[0] += 1
+        v1, v2 = make_views(
+            d_i[perm[start:end]], ctx["aug"], gen, ctx["mean"], ctx["std"], settings
+        )
+        train_step(model, method, opt, v1, v2, settings)
+
+    timer = ctx["timer"]
+    timer.measure(step, ctx["warmup"])  # compile happens here
+    cursor[0] = 0
+    per_step = timer.measure(step, ctx["timed_steps"])
+    mask_seconds = timer.measure(lambda: method.on_epoch_start(model), 1) if dual else 0.0
+    epoch = per_step * len(batches) + mask_seconds
+    return {
+        "step_seconds": per_step,
+        "epoch_seconds": epoch,
+        "views_per_second": 2 * len(d_i) / epoch,
+        "mask_seconds": mask_seconds,
+        "timed_steps": ctx["timed_steps"],
+        "extrapolated": ctx["timed_steps"] != len(batches),
+    }
+
+
+def _time_ceiling(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Forward+backward+SGD of backbone + 2-layer head on random resident views, one pass."""
+    from sdclr.model import build_model
+    from sdclr.pretrain import make_optimizer, prepare_model
+
+    device, settings, batch = ctx["device"], ctx["settings"], ctx["batch"]
+    model = prepare_model(build_model("resnet18", True, None, 2, 128, False).to(device), settings)
+    opt = make_optimizer(model, ctx["cfg"].pretrain)
+    x = torch.randn(2 * batch, 3, 32, 32, device=device).contiguous(
+        memory_format=settings.memory_format
+    )
+
+    def step() -> None:
+        with _autocast(device, settings):
+            z = nn.functional.normalize(model(x).float(), dim=1)
+            loss = (z @ z.t()).logsumexp(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    ctx["timer"].measure(step, ctx["warmup"])
+    per_step = ctx["timer"].measure(step, ctx["timed_steps"])
+    return {"step_seconds": per_step, "views_per_second": 2 * batch / per_step}
+
+
+def _time_step_ratio(ctx: dict[str, Any]) -> dict[str, float]:
+    """SDCLR step on ready-made views over two plain fwd+bwd passes of the same backbone."""
+    from sdclr.backbone import create_backbone
+    from sdclr.method import ContrastiveMethod
+    from sdclr.model import build_model
+    from sdclr.pretrain import make_optimizer, make_views, prepare_model, train_step
+
+    device, settings, gen, batch = ctx["device"], ctx["settings"], ctx["gen"], ctx["batch"]
+    model = prepare_model(build_model("resnet18", True, None, 3, 128, True).to(device), settings)
+    method = ContrastiveMethod(0.2, 0.9, 0.0, True, gen)
+    opt = make_optimizer(model, ctx["cfg"].pretrain)
+    model.train()
+    method.on_epoch_start(model)
+    v1, v2 = make_views(ctx["d_i"][:batch], ctx["aug"], gen, ctx["mean"], ctx["std"], settings)
+    plain = create_backbone("resnet18", True).to(device)  # no dual BN, no mask, no head
+    if settings.channels_last:
+        plain.to(memory_format=torch.channels_last)
+    if settings.compile:
+        plain.compile()
+    plain_opt = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
+
+    def sdclr_step() -> None:
+        train_step(model, method, opt, v1, v2, settings)
+
+    def two_plain() -> None:
+        with _autocast(device, settings):
+            loss = plain(v1).float().square().mean() + plain(v2).float().square().mean()
+        plain_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        plain_opt.step()
+
+    timer = ctx["timer"]
+    timer.measure(sdclr_step, ctx["warmup"])
+    timer.measure(two_plain, ctx["warmup"])
+    sd, tp = [], []
+    for _ in range(max(2, ctx["timed_steps"])):  # interleaved: noise hits both alike
+        sd.append(timer.measure(sdclr_step, 1))
+        tp.append(timer.measure(two_plain, 1))
+    return {
+        "sdclr_step_seconds": float(np.median(sd)),
+        "two_plain_seconds": float(np.median(tp)),
+        "sdclr_step_over_two_plain": float(np.median(sd) / np.median(tp)),
+    }
+
+
+def _time_probe(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """The linear probe (30 epochs over the pool); quick: a slice, one epoch, extrapolated."""
+    from sdclr.model import build_model
+    from sdclr.probe import train_probe
+
+    device, settings, split, data = ctx["device"], ctx["settings"], ctx["split"], ctx["data"]
+    model = build_model("resnet18", True, None, 3, 128, True).to(device)
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    cfg = ctx["cfg"].linear.copy()
+    pool, val_idx, test_idx = split.pool, split.val, np.arange(len(data.test_y))
+    if quick:
+        pool, val_idx, test_idx = pool[: 4 * ctx["batch"]], val_idx[:64], test_idx[:64]
+        cfg.epochs = 1
+    cfg.milestones = [m for m in cfg.milestones if m < cfg.epochs]
+    images, labels = ctx["images"], torch.from_numpy(data.train_y).to(device)
+    r = train_probe(
+        model.backbone,
+        images,
+        labels,
+        pool,
+        val_idx,
+        images.new_tensor(data.test_x[test_idx]),
+        labels.new_tensor(data.test_y[test_idx]),
+        cfg,
+        10,
+        {"many": [0], "medium": [1], "few": [2]},
+        ctx["mean"],
+        ctx["std"],
+        torch.Generator(device=device).manual_seed(1),
+        progress=False,
+        amp_dtype=settings.amp_dtype,
+    )
+    full_epochs = int(ctx["cfg"].linear.epochs)
+    scale = (len(split.pool) * full_epochs) / (len(pool) * cfg.epochs)
+    return {
+        "seconds": r["seconds"] * scale,
+        "measured_seconds": r["seconds"],
+        "images": len(split.pool),
+        "epochs": full_epochs,
+        "extrapolated": scale != 1.0,
+    }
+
+
+def run_benchmark(
+    quick: bool,
+    device_name: str = "auto",
+    batch_size: int | None = None,
+    steps: int | None = None,
+    compile_: bool | None = None,
+) -> dict[str, Any]:
+    from sdclr.pretrain import augment_config, batches_per_epoch, step_settings
+    from sdclr.runner import compose_config, load_data, resolve_device
+    from sdclr.splits import resolve_split
+
+    device = resolve_device("cpu" if quick and device_name == "auto" else device_name)
+    batch = batch_size or (16 if quick else 512)
+    overrides = [f"device={device}", f"pretrain.batch_size={batch}"]
+    if compile_ is not None:
+        overrides.append(f"compile={str(compile_).lower()}")
+    cfg = compose_config(overrides)
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True
+    data = load_data(cfg)
+    split = resolve_split(cfg.split, cfg.data, data.train_y)
+    images = torch.from_numpy(data.train_x).to(device)
+    d_i = images[torch.as_tensor(split.D_i, device=device)]
+    batches = batches_per_epoch(len(d_i), batch, False)
+    ctx = {
+        "cfg": cfg,
+        "device": device,
+        "settings": step_settings(cfg, device),
+        "batch": batch,
+        "data": data,
+        "split": split,
+        "images": images,
+        "d_i": d_i,
+        "batches": batches,
+        "timed_steps": steps or (2 if quick else len(batches)),
+        "warmup": 1 if quick else 15,
+        "aug": augment_config(cfg.data),
+        "mean": list(cfg.data.mean),
+        "std": list(cfg.data.std),
+        "gen": torch.Generator(device=device).manual_seed(0),
+        "timer": Timer(device),
+    }
+    results: dict[str, Any] = {
+        "simclr": _time_method(ctx, None),
+        "sdclr_p90": _time_method(ctx, 0.9),
+        "ceiling": _time_ceiling(ctx),
+    }
+    for name in ("simclr", "sdclr_p90"):
+        results[name]["fraction_of_ceiling"] = (
+            results[name]["views_per_second"] / results["ceiling"]["views_per_second"]
+        )
+    results.update(_time_step_ratio(ctx))
+    results["linear_probe"] = _time_probe(ctx, quick)
+    results["peak_memory_mb"] = _peak_memory_mb(device)
+    settings = ctx["settings"]
+    results["setup"] = {
+        "device": _device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "commit": _commit(),
+        "batch_size": batch,
+        "images": len(d_i),
+        "steps_per_epoch": len(batches),
+        "precision": "bf16" if settings.amp_dtype else "fp32",
+        "channels_last": settings.channels_last,
+        "compile": settings.compile,
+        "quick": quick,
+        "command": "python -m sdclr.bench " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    return results
+
+
+def format_table(r: dict[str, Any], json_path: Path) -> str:
+    s = r["setup"]
+    ex = " (extrapolated)"
+    lines = [
+        f"sdclr benchmark: {s['device']}, torch {s['torch']}, commit {s['commit']}, "
+        f"{s['precision']}, channels_last={s['channels_last']}, compile={s['compile']}",
+        f"CIFAR-10-LT split 1 D_i ({s['images']} images), ResNet-18 CIFAR stem, batch "
+        f"{s['batch_size']} ({s['steps_per_epoch']} steps/epoch)"
+        + (", QUICK: a few steps, epoch times extrapolated" if s["quick"] else ""),
+        "",
+        "| measurement | value |",
+        "|---|---:|",
+    ]
+    for name, label in (("simclr", "SimCLR"), ("sdclr_p90", "SDCLR p90 dual-BN")):
+        m = r[name]
+        lines += [
+            f"| {label}: epoch seconds{ex if m['extrapolated'] else ''} | "
+            f"{m['epoch_seconds']:.3f} |",
+            f"| {label}: views/s | {m['views_per_second']:,.0f} |",
+            f"| {label}: fraction of model-only ceiling | {m['fraction_of_ceiling']:.2f} |",
+        ]
+    lines += [
+        f"| model-only ceiling: views/s | {r['ceiling']['views_per_second']:,.0f} |",
+        f"| SDCLR step over two plain fwd+bwd passes | {r['sdclr_step_over_two_plain']:.3f} |",
+        f"| linear probe, {r['linear_probe']['epochs']} epochs x "
+        f"{r['linear_probe']['images']} images: seconds"
+        f"{ex if r['linear_probe']['extrapolated'] else ''} | {r['linear_probe']['seconds']:.1f} |",
+        f"| peak {'device' if s['device_type'] == 'cuda' else 'host RSS'} memory (MiB) | "
+        f"{r['peak_memory_mb']:,.0f} |",
+        "",
+        f"JSON: {json_path}",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sdclr.bench", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a few steps at batch 32 on the CPU (runs anywhere)"
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps per method (default: one epoch; quick: 3)",
+    )
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    args = parser.parse_args(argv)
+    from sdclr.errors import SdclrError
+
+    try:
+        r = run_benchmark(
+            args.quick, args.device, args.batch_size, args.steps, False if args.no_compile else None
+        )
+    except SdclrError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or REPO / "outputs" / "bench" / (
+        f"bench-{r['setup']['device_type']}{'-quick' if args.quick else ''}-"
+        f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=2))
+    print(format_table(r, out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
