@@ -75,6 +75,11 @@ def load_encoder(
 ) -> tuple[ContrastiveModel, dict[str, Any]]:
     """Rebuild the model from a checkpoint and check it is the backbone the run asks for."""
     payload = load_checkpoint(path)
+    if payload.get("finished") is False:
+        raise CheckpointError(
+            f"checkpoint {path} is from an unfinished pretraining (epoch {payload['epoch']}); "
+            f"resume it first (run its command again), then evaluate"
+        )
     spec = payload["spec"]
     if expected_backbone is not None and spec["backbone"] != expected_backbone:
         raise CheckpointError(

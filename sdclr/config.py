@@ -136,6 +136,14 @@ class CheckpointConfig:
 
 
 @dataclass
+class ResumeConfig:
+    # A job directory to continue (default: this job's own directory, which resumes
+    # automatically when it already holds a checkpoint).
+    path: str | None = None
+    force: bool = False  # continue even if result-affecting config keys differ
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -151,6 +159,7 @@ class Config:
     stage: StageConfig = field(default_factory=StageConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: ResumeConfig = field(default_factory=ResumeConfig)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Step numerics; null/auto = by device: bf16 autocast, channels_last and torch.compile on
     # CUDA, float32 without compile on CPU.

@@ -21,6 +21,7 @@ from sdclr.errors import TrainingError
 from sdclr.method import ContrastiveMethod
 from sdclr.model import ContrastiveModel
 from sdclr.progress import progress_bar
+from sdclr.resume import Interrupted, StopSignal, restore_rng, rng_state
 from sdclr.schedule import warmup_cosine
 
 
@@ -127,12 +128,19 @@ def pretrain(
     extra_state: dict[str, Any],
     log=None,
     progress: bool = True,
+    resume_from: dict[str, Any] | None = None,
+    stop: StopSignal | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` on ``images`` (uint8 [N, 3, H, W] on the training device)."""
+    """Train ``model`` on ``images`` (uint8 [N, 3, H, W] on the training device).
+
+    Checkpoints (every ``checkpoint.every`` epochs, at the end, and when ``stop`` reports a
+    signal) hold everything needed to continue exactly: weights, optimiser, position in the
+    epoch (its permutation and batch index), the current mask and every RNG state.
+    ``resume_from`` is such a checkpoint.
+    """
     p = cfg.pretrain
     device = images.device
     settings = step_settings(cfg, device)
-    prepare_model(model, settings)
     n = len(images)
     batches = batches_per_epoch(n, p.batch_size, p.drop_last)
     total_steps = len(batches) * p.epochs
@@ -140,14 +148,32 @@ def pretrain(
     aug = augment_config(cfg.data)
     mean, std = list(cfg.data.mean), list(cfg.data.std)
     opt = make_optimizer(model, p)
-    model.train()
-    t0 = time.time()
     densities: list[float] = []
     epoch_losses: list[float] = []
-    step = 0
+    step, start_epoch, start_batch = 0, 0, 0
+    perm: torch.Tensor | None = None
+    carried_loss = 0.0
+    seconds_before = 0.0
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        opt.load_state_dict(resume_from["optimizer"])
+        step, start_epoch = int(resume_from["step"]), int(resume_from["epoch"])
+        densities = list(resume_from["mask_density"])
+        epoch_losses = list(resume_from["epoch_losses"])
+        seconds_before = float(resume_from.get("seconds", 0.0))
+        restore_rng(resume_from["rng"], generator)
+        position = resume_from.get("position")
+        if position is not None:  # interrupted inside an epoch
+            start_batch = int(position["batch"])
+            perm = position["perm"].to(device)
+            carried_loss = float(position["loss_sum"])
+            method.masks = {k: v.to(device) for k, v in resume_from["masks"].items()}
+    prepare_model(model, settings)
+    model.train()
+    t0 = time.time()
     lr = p.lr
 
-    def save(epoch: int) -> None:
+    def save(epoch: int, position: dict[str, Any] | None = None) -> None:
         save_checkpoint(
             checkpoint_path,
             {
@@ -155,23 +181,38 @@ def pretrain(
                 "optimizer": opt.state_dict(),
                 "epoch": epoch,
                 "step": step,
-                "masks": method.masks,
+                "position": position,
+                "masks": {k: v.cpu() for k, v in (method.masks or {}).items()},
                 "mask_density": densities,
                 "epoch_losses": epoch_losses,
+                "rng": rng_state(generator),
+                "finished": epoch == p.epochs and position is None,
+                "seconds": seconds_before + time.time() - t0,
                 **extra_state,
             },
         )
 
-    bar = progress_bar(range(p.epochs), desc="pretrain", enabled=progress)
+    bar = progress_bar(
+        range(start_epoch, p.epochs),
+        desc="pretrain",
+        enabled=progress,
+        initial=start_epoch,
+        total=p.epochs,
+    )
     for epoch in bar:
-        density = method.on_epoch_start(model)
-        if density is not None:
-            densities.append(density)
-        perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
-        loss_sum = torch.zeros((), device=device)
+        resuming_mid_epoch = perm is not None
+        if resuming_mid_epoch:
+            density = None  # this epoch's mask was restored, its density already recorded
+        else:
+            density = method.on_epoch_start(model)
+            if density is not None:
+                densities.append(density)
+            perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
+        loss_sum = torch.zeros((), device=device) + carried_loss
         window_sum = torch.zeros((), device=device)
         window = 0
-        for start, end in batches:
+        for b in range(start_batch, len(batches)):
+            start, end = batches[b]
             lr = warmup_cosine(step, total_steps, warmup_steps, p.lr, p.min_lr)
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -188,6 +229,13 @@ def pretrain(
                     log({"step": step, "epoch": epoch + 1, "loss": value, "lr": lr}, step)
                 window_sum.zero_()
                 window = 0
+            if stop is not None and stop.requested and b + 1 < len(batches):
+                _check_finite(float(loss_sum), epoch, step, lr)
+                save(epoch, {"batch": b + 1, "perm": perm.cpu(), "loss_sum": float(loss_sum)})
+                raise Interrupted(
+                    _interrupt_message(stop.signum, epoch, step, checkpoint_path), stop.signum
+                )
+        start_batch, carried_loss, perm = 0, 0.0, None
         epoch_loss = float(loss_sum) / len(batches)
         _check_finite(epoch_loss, epoch, step, lr)
         epoch_losses.append(epoch_loss)
@@ -197,8 +245,14 @@ def pretrain(
         if log is not None:
             log(record, step)
         bar.set_postfix(loss=f"{epoch_loss:.4f}", lr=f"{lr:.3g}")
-        if (epoch + 1) % cfg.checkpoint.every == 0 or epoch + 1 == p.epochs:
+        last = epoch + 1 == p.epochs
+        interrupted = stop is not None and stop.requested
+        if (epoch + 1) % cfg.checkpoint.every == 0 or last or interrupted:
             save(epoch + 1)
+        if interrupted and not last:
+            raise Interrupted(
+                _interrupt_message(stop.signum, epoch + 1, step, checkpoint_path), stop.signum
+            )
     result: dict[str, Any] = {
         "epochs": p.epochs,
         "steps": step,
@@ -206,14 +260,25 @@ def pretrain(
         "epoch_loss": epoch_losses,
         "images": n,
         "batch_size": p.batch_size,
-        "seconds": time.time() - t0,
+        "seconds": seconds_before + time.time() - t0,
         "precision": "bf16" if settings.amp_dtype else "fp32",
         "channels_last": settings.channels_last,
         "compile": settings.compile,
+        "resumed": resume_from is not None,
     }
     if method.pruned:
         result["mask_density"] = densities
     return result
+
+
+def _interrupt_message(signum: int | None, epoch: int, step: int, path: Path) -> str:
+    import signal
+
+    name = signal.Signals(signum).name if signum else "signal"
+    return (
+        f"{name} received: stopped at epoch {epoch}, step {step}; checkpoint written to "
+        f"{path}. Run the same command again (same job directory) to resume"
+    )
 
 
 def _check_finite(value: float, epoch: int, step: int, lr: float) -> None:

@@ -71,6 +71,7 @@ def train_probe(
     progress: bool = True,
     log=None,
     amp_dtype: torch.dtype | None = None,
+    stop=None,
 ) -> dict:
     """Train a linear probe; returns the metrics of :func:`sdclr.metrics.summarize` plus
     ``best_epoch``, ``val_acc`` (per epoch) and ``seconds``. ``amp_dtype`` (bf16 on CUDA)
@@ -131,6 +132,14 @@ def train_probe(
                 val_acc,
                 epoch + 1,
                 copy.deepcopy(linear.state_dict()),
+            )
+        if stop is not None and stop.requested:
+            from sdclr.resume import Interrupted
+
+            raise Interrupted(
+                f"signal received during the {desc} probe (epoch {epoch + 1}); probes restart "
+                f"from scratch on resume: run the same command again",
+                stop.signum,
             )
         train_loss = float(loss_sum) / n
         bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_acc:.2f}")

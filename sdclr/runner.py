@@ -33,6 +33,7 @@ from sdclr.errors import CheckpointError, ConfigError, SdclrError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 _FAILED_JOBS: list[str] = []
+_STATE: dict[str, bool] = {"stage_started": False}
 
 
 # --- setup --------------------------------------------------------------------------------
@@ -102,6 +103,37 @@ def _write_json(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def _read_status(job_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((job_dir / "status.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _previous_checkpoint(path: Path, config: dict[str, Any], force: bool) -> dict | None:
+    """The job's own pretrain checkpoint, if any, after checking it belongs to this config."""
+    from sdclr.checkpoint import load_checkpoint
+    from sdclr.resume import config_differences
+
+    if not path.is_file():
+        return None
+    payload = load_checkpoint(path)
+    diffs = config_differences(payload.get("config", {}), config)
+    if diffs and not force:
+        raise ConfigError(
+            f"{path.parent.parent} holds a run with a different config, so resuming it would "
+            f"mix two experiments. Differing keys:\n  "
+            + "\n  ".join(diffs)
+            + "\nUse another output directory, or add resume.force=true to continue anyway"
+        )
+    if diffs:
+        print(
+            "resume.force=true: continuing despite config differences:\n  " + "\n  ".join(diffs),
+            file=sys.stderr,
+        )
+    return payload
+
+
 def _read_metrics(job_dir: Path) -> dict[str, Any]:
     path = job_dir / "metrics.json"
     if path.is_file():
@@ -123,9 +155,11 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
     from sdclr.model import build_model
     from sdclr.pretrain import pretrain, step_settings
     from sdclr.probe import train_probe
+    from sdclr.resume import StopSignal, config_hash
     from sdclr.splits import apply_fraction, resolve_split, stratified_fraction
     from sdclr.tracking import Tracker
 
+    _STATE["stage_started"] = False
     validate(cfg)
     job_dir = Path(job_dir)
     _check_writable(job_dir)
@@ -144,8 +178,20 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
         )
 
     config = to_container(cfg)
+    ckpt_path = job_dir / "checkpoints" / "pretrain.pt"
+    previous = _previous_checkpoint(ckpt_path, config, bool(cfg.resume.force))
+    metrics = _read_metrics(job_dir)
+    if previous is not None and not previous.get("finished"):
+        metrics.pop("pretrain", None)  # an unfinished pretrain invalidates later stages
+    done = [s for s in stages if s in metrics and (s != "pretrain" or previous is not None)]
+    todo = [s for s in stages if s not in done]
+    for s in done:
+        print(f"{s}: already finished in {job_dir} (resumed job); skipped", flush=True)
+    _STATE["stage_started"] = True
     OmegaConf.save(OmegaConf.create(config), job_dir / "config_resolved.yaml")
-    _write_json(job_dir / "status.json", {"status": "running", "stage": stages[0], "error": None})
+    _write_json(
+        job_dir / "status.json", {"status": "running", "stage": (todo or stages)[0], "error": None}
+    )
     data = load_data(cfg)
     split = resolve_split(cfg.split, cfg.data, data.train_y)
     split = apply_fraction(split, data.train_y, cfg.data.fraction)
@@ -160,7 +206,6 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
             f"the batch size or raise data.fraction"
         )
 
-    metrics = _read_metrics(job_dir)
     metrics["run"] = {
         "method": "SDCLR" if is_sdclr(cfg) else "SimCLR",
         "label": method_label(cfg),
@@ -181,19 +226,25 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
         "data_fingerprint": data.fingerprint,
     }
     tracker = Tracker(job_dir)
+    wandb_id = None
     if cfg.logger.name == "wandb":
-        tracker.start_wandb(
-            cfg.logger, config, name=job_dir.name, group=cfg.logger.group or sweep_group
+        wandb_id = tracker.start_wandb(
+            cfg.logger,
+            config,
+            name=job_dir.name,
+            group=cfg.logger.group or sweep_group,
+            resume_id=_read_status(job_dir).get("wandb_id") or (previous or {}).get("wandb_id"),
         )
 
     images = torch.from_numpy(data.train_x).to(device)
     labels = torch.from_numpy(data.train_y).to(device)
-    ckpt_path = job_dir / "checkpoints" / "pretrain.pt"
     exit_code = 1
+    stop = StopSignal().__enter__()
     try:
-        for stage in stages:
+        for stage in todo:
             _write_json(
-                job_dir / "status.json", {"status": "running", "stage": stage, "error": None}
+                job_dir / "status.json",
+                {"status": "running", "stage": stage, "error": None, "wandb_id": wandb_id},
             )
             if stage == "pretrain":
                 model = build_model(
@@ -219,9 +270,17 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
                     images[torch.as_tensor(pretrain_idx, device=device)],
                     gen,
                     ckpt_path,
-                    {"spec": model_spec(cfg), "config": config},
+                    {
+                        "spec": model_spec(cfg),
+                        "config": config,
+                        "config_hash": config_hash(config),
+                        "wandb_id": wandb_id,
+                    },
                     log=lambda r, step: tracker.log(r, "pretrain", step),
+                    resume_from=previous,
+                    stop=stop,
                 )
+                previous = None
                 result["split_counts"] = counts
                 result["pretrain_set"] = cfg.split.pretrain_set
                 result["checkpoint"] = str(ckpt_path)
@@ -252,6 +311,7 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
                     desc=stage,
                     log=lambda r, s=stage: tracker.log(r, s),
                     amp_dtype=step_settings(cfg, device).amp_dtype,
+                    stop=stop,
                 )
                 result["class_counts"] = counts["D_i"]
                 result["checkpoint"] = str(source)
@@ -262,10 +322,12 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
             _write_json(job_dir / "metrics.json", metrics)
         exit_code = 0
     finally:
+        stop.__exit__()
         if exit_code:
             tracker.finish(exit_code)
     _write_json(
-        job_dir / "status.json", {"status": "completed", "stage": stages[-1], "error": None}
+        job_dir / "status.json",
+        {"status": "completed", "stage": stages[-1], "error": None, "wandb_id": wandb_id},
     )
     _job_report(job_dir, metrics, tracker)
     tracker.finish(0)
@@ -323,24 +385,40 @@ def _hydra_job(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
+    from sdclr.resume import Interrupted
+
     hc = HydraConfig.get()
-    job_dir = Path(hc.runtime.output_dir)
+    resume_path = cfg.get("resume", {}).get("path")
+    job_dir = Path(resume_path).expanduser() if resume_path else Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     from sdclr.tracking import sweep_group
 
     group = sweep_group(hc.sweep.dir) if multirun else None
     try:
         run(cfg, job_dir, sweep_group=group)
+    except Interrupted as e:
+        _write_json(
+            job_dir / "status.json",
+            {
+                "status": "interrupted",
+                "error": str(e),
+                "wandb_id": _read_status(job_dir).get("wandb_id"),
+            },
+        )
+        print(f"interrupted: {e}", file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
     except (SdclrError, Exception) as e:
         handled = isinstance(e, SdclrError)
         message = str(e) if handled else f"{type(e).__name__}: {e}"
-        try:
-            _write_json(
-                job_dir / "status.json",
-                {"status": "failed", "error": message, "traceback": traceback.format_exc()},
-            )
-        except OSError:
-            pass
+        # an error before any stage ran (config, data) leaves an earlier job's files alone
+        if _STATE["stage_started"] or not (job_dir / "status.json").exists():
+            try:
+                _write_json(
+                    job_dir / "status.json",
+                    {"status": "failed", "error": message, "traceback": traceback.format_exc()},
+                )
+            except OSError:
+                pass
         if cfg.get("debug", False) or (not handled and not multirun):
             raise
         print(f"error: {message}", file=sys.stderr, flush=True)
@@ -349,9 +427,31 @@ def _hydra_job(cfg: DictConfig) -> None:
         _FAILED_JOBS.append(f"{job_dir.name}: {message}")
 
 
+def _precheck_output_dir(argv: list[str]) -> None:
+    """Hydra creates the job directory before any of our code runs and fails with a
+    traceback when it cannot; check the requested (or default) location first."""
+    target = Path("outputs")
+    for arg in argv:
+        for key in ("hydra.run.dir=", "hydra.sweep.dir="):
+            if arg.startswith(key):
+                target = Path(arg[len(key) :])
+    probe = target.expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK):
+        what = "is not a directory" if not probe.is_dir() else "is not writable"
+        print(
+            f"error: cannot create the output directory {target}: {probe} {what}; choose "
+            f"another with hydra.run.dir=PATH (hydra.sweep.dir=PATH for -m)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+
+
 def main() -> None:
     import hydra
 
+    _precheck_output_dir(sys.argv[1:])
     register_configs()
     entry = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(
         _hydra_job

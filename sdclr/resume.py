@@ -1,0 +1,132 @@
+"""What makes a run resumable: RNG state capture, the config comparison, and signals.
+
+A resumed run must produce what an uninterrupted one would have: every random stream that
+affects training (Python, NumPy, torch CPU and CUDA, the augmentation generator) is saved in
+checkpoints and restored, and a resume whose config differs in anything that changes results
+is refused with the list of differing keys (``resume.force=true`` overrides).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import signal
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdclr.errors import SdclrError
+
+# Keys that do not change what a run computes: where things are, how they are logged and how
+# often they are saved. Everything else must match for a resume.
+NON_RESULT_KEYS = (
+    "data.root",
+    "data.cache_dir",
+    "data.format",
+    "data.archive",
+    "data.download",
+    "logger",
+    "debug",
+    "smoke",
+    "checkpoint.every",
+    "pretrain.log_every",
+    "stage",
+    "resume",
+    "device",
+    "linear.eval_batch_size",
+    "fewshot.eval_batch_size",
+)
+
+
+class Interrupted(SdclrError):
+    """SIGTERM / SIGINT arrived; a checkpoint was written and the run can be resumed."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
+
+
+def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def _is_result_key(key: str) -> bool:
+    return not any(key == k or key.startswith(k + ".") for k in NON_RESULT_KEYS)
+
+
+def result_config(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in _flatten(config).items() if _is_result_key(k)}
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    blob = json.dumps(result_config(config), sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """``key: saved -> current`` for every result-affecting key that differs."""
+    a, b = result_config(saved), result_config(current)
+    return [
+        f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k)
+    ]
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None and state.get("generator") is not None:
+        generator.set_state(state["generator"])
+
+
+class StopSignal:
+    """Turns SIGTERM / SIGINT into a flag the training loop checks after each step, so the
+    loop can write a consistent checkpoint before exiting."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C stops at once
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
