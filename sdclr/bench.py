@@ -61,29 +61,20 @@ class Timer:
         return (time.perf_counter() - t0) / repeats
 
 
-def _commit() -> str:
+def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=REPO,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout
-        return (
-            out.stdout.strip() + ("-dirty" if dirty.strip() else "")
-            if out.returncode == 0
-            else "unknown"
-        )
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _commit() -> str:
+    """The commit benchmarked, marked -dirty when tracked files differ from it."""
+    head = _git("rev-parse", "--short", "HEAD")
+    if head is None:
         return "unknown"
+    return head + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def _device_name(device: torch.device) -> str:

@@ -174,3 +174,27 @@ def test_two_split_two_method_sweep_and_report(tmp_path, env):
     assert (sweep / "per_class_accuracy.png").stat().st_size > 1000
     assert report["counts"]["failed"] == 0
     assert "SimCLR" in out.stdout
+
+
+def test_pretraining_on_the_balanced_control(tmp_path, env):
+    job = tmp_path / "db"
+    ok(
+        sdclr(
+            [
+                "stage=pretrain",
+                "split=split2",
+                "split.pretrain_set=D_b",
+                "prune=none",
+                *TINY,
+                "pretrain.epochs=1",
+                f"hydra.run.dir={job}",
+            ],
+            env,
+        )
+    )
+    m = json.loads((job / "metrics.json").read_text())
+    assert m["pretrain"]["pretrain_set"] == "D_b"
+    assert m["pretrain"]["images"] == sum(m["pretrain"]["split_counts"]["D_b"])
+    assert len(set(m["pretrain"]["split_counts"]["D_b"])) == 1  # balanced
+    assert m["run"]["label"] == "SimCLR shared-BN head2 on D_b" and m["run"]["split"] == 2
+    assert "linear" not in m and "mask_density" not in m["pretrain"]
