@@ -177,6 +177,17 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="sdclr_schema", node=Config)
     OmegaConf.register_new_resolver("method_slug", _slug_from_ratio, replace=True)
+    OmegaConf.register_new_resolver("sdclr_now", _run_time, replace=True)
+
+
+def _run_time(fmt: str) -> str:
+    """Like Hydra's ``now``, but every torchrun rank gets rank 0's start time (the runner
+    shares it in SDCLR_RUN_TIME), so all ranks agree on the job directory."""
+    import os
+    from datetime import datetime
+
+    shared = os.environ.get("SDCLR_RUN_TIME")
+    return (datetime.fromisoformat(shared) if shared else datetime.now()).strftime(fmt)
 
 
 def _slug_from_ratio(ratio: float | None) -> str:

@@ -14,9 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from sdclr.augment import ContrastiveAugmentConfig, contrastive_view, normalize
 from sdclr.checkpoint import save_checkpoint
+from sdclr.distributed import any_rank, global_mean, world_size
+from sdclr.distributed import rank as get_rank
 from sdclr.errors import TrainingError
 from sdclr.method import ContrastiveMethod
 from sdclr.model import ContrastiveModel
@@ -25,11 +28,18 @@ from sdclr.resume import Interrupted, StopSignal, restore_rng, rng_state
 from sdclr.schedule import warmup_cosine
 
 
-def batches_per_epoch(n: int, batch_size: int, drop_last: bool) -> list[tuple[int, int]]:
-    """(start, end) of each batch; a trailing single image is dropped (BN needs two)."""
+def batches_per_epoch(
+    n: int, batch_size: int, drop_last: bool, world: int = 1
+) -> list[tuple[int, int]]:
+    """(start, end) of each global batch. A trailing single image is dropped (BN needs two);
+    under torchrun the last batch is cut to a multiple of the number of ranks (every rank
+    needs an equal slice for the feature gather)."""
     out = [(s, min(s + batch_size, n)) for s in range(0, n, batch_size)]
-    last = out[-1][1] - out[-1][0]
-    if last < 2 or (drop_last and last < batch_size):
+    start, end = out[-1]
+    end = start + (end - start) // world * world
+    out[-1] = (start, end)
+    last = end - start
+    if last < 2 * world or (drop_last and last < batch_size):
         out.pop()
     return out
 
@@ -91,6 +101,37 @@ def make_views(
     return v1.contiguous(memory_format=fmt), v2.contiguous(memory_format=fmt)
 
 
+class MethodStep(nn.Module):
+    """The whole forward of a step (both branches and the loss) as one module call, so that
+    DistributedDataParallel sees one forward per backward."""
+
+    def __init__(self, model: ContrastiveModel, method: ContrastiveMethod):
+        super().__init__()
+        self.model = model
+        self.method = method
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor) -> torch.Tensor:
+        return self.method.loss(self.model, v1, v2)
+
+
+def wrap_distributed(model: ContrastiveModel, method: ContrastiveMethod) -> nn.Module | None:
+    """DDP over the step when running under torchrun (gradients averaged over ranks)."""
+    if world_size() == 1:
+        return None
+    import inspect
+
+    device = next(model.parameters()).device
+    ddp_cls = nn.parallel.DistributedDataParallel
+    # global-batch BN keeps the buffers identical: no per-forward buffer broadcast
+    params = inspect.signature(ddp_cls.__init__).parameters
+    no_sync = "forward_sync_buffers" if "forward_sync_buffers" in params else "broadcast_buffers"
+    return ddp_cls(
+        MethodStep(model, method),
+        device_ids=[device.index] if device.type == "cuda" else None,
+        **{no_sync: False},
+    )
+
+
 def train_step(
     model: ContrastiveModel,
     method: ContrastiveMethod,
@@ -98,6 +139,7 @@ def train_step(
     v1: torch.Tensor,
     v2: torch.Tensor,
     settings: StepSettings,
+    ddp: nn.Module | None = None,
 ) -> torch.Tensor:
     """One optimisation step; returns the detached loss (no host synchronisation)."""
     with torch.autocast(
@@ -105,7 +147,7 @@ def train_step(
         dtype=settings.amp_dtype or torch.bfloat16,
         enabled=settings.amp_dtype is not None,
     ):
-        loss = method.loss(model, v1, v2)
+        loss = ddp(v1, v2) if ddp is not None else method.loss(model, v1, v2)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -142,7 +184,8 @@ def pretrain(
     device = images.device
     settings = step_settings(cfg, device)
     n = len(images)
-    batches = batches_per_epoch(n, p.batch_size, p.drop_last)
+    world, rank = world_size(), get_rank()
+    batches = batches_per_epoch(n, p.batch_size, p.drop_last, world)
     total_steps = len(batches) * p.epochs
     warmup_steps = len(batches) * p.warmup_epochs
     aug = augment_config(cfg.data)
@@ -173,7 +216,11 @@ def pretrain(
     t0 = time.time()
     lr = p.lr
 
+    ddp = wrap_distributed(model, method)
+
     def save(epoch: int, position: dict[str, Any] | None = None) -> None:
+        if rank != 0:
+            return
         save_checkpoint(
             checkpoint_path,
             {
@@ -217,26 +264,32 @@ def pretrain(
             for group in opt.param_groups:
                 group["lr"] = lr
             v1, v2 = make_views(images[perm[start:end]], aug, generator, mean, std, settings)
-            loss = train_step(model, method, opt, v1, v2, settings)
+            if world > 1:  # every rank draws the global batch's views, then takes its slice
+                v1, v2 = v1.chunk(world)[rank], v2.chunk(world)[rank]
+            loss = train_step(model, method, opt, v1, v2, settings, ddp)
             loss_sum += loss
             window_sum += loss
             window += 1
             step += 1
             if step % p.log_every == 0:
-                value = float(window_sum) / window  # the only host sync, every log_every
+                value = global_mean(window_sum) / window  # the only host sync in the loop
                 _check_finite(value, epoch, step, lr)
                 if log is not None:
                     log({"step": step, "epoch": epoch + 1, "loss": value, "lr": lr}, step)
                 window_sum.zero_()
                 window = 0
-            if stop is not None and stop.requested and b + 1 < len(batches):
-                _check_finite(float(loss_sum), epoch, step, lr)
-                save(epoch, {"batch": b + 1, "perm": perm.cpu(), "loss_sum": float(loss_sum)})
+            # ranks agree on stopping at the same step: checked at every step in one process,
+            # at the logging steps (which synchronise anyway) under torchrun
+            check = stop is not None and (world == 1 or step % p.log_every == 0)
+            if check and any_rank(stop.requested, device) and b + 1 < len(batches):
+                so_far = global_mean(loss_sum)
+                _check_finite(so_far, epoch, step, lr)
+                save(epoch, {"batch": b + 1, "perm": perm.cpu(), "loss_sum": so_far})
                 raise Interrupted(
                     _interrupt_message(stop.signum, epoch, step, checkpoint_path), stop.signum
                 )
         start_batch, carried_loss, perm = 0, 0.0, None
-        epoch_loss = float(loss_sum) / len(batches)
+        epoch_loss = global_mean(loss_sum) / len(batches)
         _check_finite(epoch_loss, epoch, step, lr)
         epoch_losses.append(epoch_loss)
         record = {"epoch": epoch + 1, "epoch_loss": epoch_loss, "lr": lr}
@@ -246,7 +299,7 @@ def pretrain(
             log(record, step)
         bar.set_postfix(loss=f"{epoch_loss:.4f}", lr=f"{lr:.3g}")
         last = epoch + 1 == p.epochs
-        interrupted = stop is not None and stop.requested
+        interrupted = stop is not None and any_rank(stop.requested, device)
         if (epoch + 1) % cfg.checkpoint.every == 0 or last or interrupted:
             save(epoch + 1)
         if interrupted and not last:

@@ -29,6 +29,7 @@ from sdclr.config import (
     to_container,
     validate,
 )
+from sdclr.distributed import is_main_process
 from sdclr.errors import CheckpointError, ConfigError, SdclrError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
@@ -98,6 +99,8 @@ def _check_writable(job_dir: Path) -> None:
 
 
 def _write_json(path: Path, obj: Any) -> None:
+    if not is_main_process():
+        return  # under torchrun, rank 0 alone writes the job's files
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str))
     os.replace(tmp, path)
@@ -150,6 +153,7 @@ def _read_metrics(job_dir: Path) -> dict[str, Any]:
 def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[str, Any]:
     """Run the configured stages in ``job_dir``; returns the metrics dict."""
     from sdclr.checkpoint import load_encoder, model_spec
+    from sdclr.distributed import convert_sync_batchnorm, init_from_env, world_size
     from sdclr.method import ContrastiveMethod
     from sdclr.metrics import class_groups
     from sdclr.model import build_model
@@ -163,7 +167,8 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
     validate(cfg)
     job_dir = Path(job_dir)
     _check_writable(job_dir)
-    device = resolve_device(str(cfg.device))
+    device = init_from_env(str(cfg.device)) or resolve_device(str(cfg.device))
+    main_process = is_main_process()
     seed_everything(cfg.seed)
     stages = ["pretrain", "linear", "fewshot"] if cfg.stage.name == "all" else [cfg.stage.name]
     if (
@@ -186,9 +191,11 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
     done = [s for s in stages if s in metrics and (s != "pretrain" or previous is not None)]
     todo = [s for s in stages if s not in done]
     for s in done:
-        print(f"{s}: already finished in {job_dir} (resumed job); skipped", flush=True)
+        if main_process:
+            print(f"{s}: already finished in {job_dir} (resumed job); skipped", flush=True)
     _STATE["stage_started"] = True
-    OmegaConf.save(OmegaConf.create(config), job_dir / "config_resolved.yaml")
+    if main_process:
+        OmegaConf.save(OmegaConf.create(config), job_dir / "config_resolved.yaml")
     _write_json(
         job_dir / "status.json", {"status": "running", "stage": (todo or stages)[0], "error": None}
     )
@@ -225,7 +232,7 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
         "data_source": data.source,
         "data_fingerprint": data.fingerprint,
     }
-    tracker = Tracker(job_dir)
+    tracker = Tracker(job_dir, enabled=main_process)
     wandb_id = None
     if cfg.logger.name == "wandb":
         wandb_id = tracker.start_wandb(
@@ -255,6 +262,8 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
                     cfg.head.out_dim,
                     bn_mode(cfg) == "dual",
                 ).to(device)
+                if world_size() > 1:
+                    convert_sync_batchnorm(model, device)
                 gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
                 method = ContrastiveMethod(
                     cfg.pretrain.temperature,
@@ -285,6 +294,8 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
                 result["pretrain_set"] = cfg.split.pretrain_set
                 result["checkpoint"] = str(ckpt_path)
                 metrics["pretrain"] = result
+            elif not main_process:
+                continue  # probes run on rank 0 alone
             else:
                 source = cfg.stage.checkpoint or ckpt_path
                 model, _ = load_encoder(source, cfg.backbone.name)
@@ -329,9 +340,10 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
         job_dir / "status.json",
         {"status": "completed", "stage": stages[-1], "error": None, "wandb_id": wandb_id},
     )
-    _job_report(job_dir, metrics, tracker)
-    tracker.finish(0)
-    _print_summary(cfg, metrics, job_dir)
+    if main_process:
+        _job_report(job_dir, metrics, tracker)
+        tracker.finish(0)
+        _print_summary(cfg, metrics, job_dir)
     return metrics
 
 
@@ -448,16 +460,41 @@ def _precheck_output_dir(argv: list[str]) -> None:
         sys.exit(2)
 
 
+def _share_start_time(argv: list[str]) -> None:
+    """Under torchrun, join the process group before Hydra picks the job directory and give
+    every rank rank 0's start time, so they all use the same directory."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "SDCLR_RUN_TIME" in os.environ:
+        return
+    from datetime import datetime
+
+    import torch.distributed as dist
+
+    from sdclr.distributed import init_from_env
+
+    device = next((a.split("=", 1)[1] for a in argv if a.startswith("device=")), "auto")
+    init_from_env(device)
+    stamp = [datetime.now().isoformat()]
+    dist.broadcast_object_list(stamp, src=0)
+    os.environ["SDCLR_RUN_TIME"] = stamp[0]
+
+
 def main() -> None:
     import hydra
 
     _precheck_output_dir(sys.argv[1:])
+    _share_start_time(sys.argv[1:])
     register_configs()
     entry = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(
         _hydra_job
     )
     t0 = time.time()
-    entry()
+    try:
+        entry()
+    finally:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
     if _FAILED_JOBS:
         print(
             f"{len(_FAILED_JOBS)} job(s) failed ({time.time() - t0:.0f} s):\n  "
