@@ -129,6 +129,15 @@ def init_from_env(device_name: str) -> torch.device | None:
     device, or None when not launched by torchrun."""
     import os
 
+    if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        # a multi-task SLURM job started by submitit (hydra/launcher=slurm): derive the
+        # torch.distributed variables (RANK, WORLD_SIZE, MASTER_ADDR, ...) from SLURM's
+        try:
+            from submitit.helpers import TorchDistributedEnvironment
+
+            TorchDistributedEnvironment().export()
+        except (ImportError, RuntimeError):
+            pass
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     use_cuda = torch.cuda.is_available() and device_name != "cpu"

@@ -90,3 +90,19 @@ def test_cli_rejects_bad_values_before_any_work(tmp_path, env):
         assert key in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
         assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_slurm_launcher_config_composes():
+    """The ready SLURM launcher (Hydra's submitit plugin, a dev/slurm extra)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from sdclr.config import register_configs
+
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=slurm"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher")
+    assert launcher.gpus_per_node == 1 and launcher.max_num_timeout == 3
