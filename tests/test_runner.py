@@ -198,3 +198,10 @@ def test_pretraining_on_the_balanced_control(tmp_path, env):
     assert len(set(m["pretrain"]["split_counts"]["D_b"])) == 1  # balanced
     assert m["run"]["label"] == "SimCLR shared-BN head2 on D_b" and m["run"]["split"] == 2
     assert "linear" not in m and "mask_density" not in m["pretrain"]
+
+
+def test_debug_shows_the_traceback(tmp_path, env):
+    env = dict(env, SDCLR_DATA=str(tmp_path / "nowhere"))
+    out = sdclr([*TINY, "debug=true", f"hydra.run.dir={tmp_path / 'run'}"], env)
+    assert out.returncode != 0
+    assert "DataError" in out.stderr and "does not exist" in out.stderr

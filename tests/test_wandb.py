@@ -91,3 +91,18 @@ def test_wandb_failure_never_stops_a_run(tmp_path, env):
     )
     assert json.loads((job / "status.json").read_text())["status"] == "completed"
     assert "W&B" in out.stderr or "wandb" in out.stderr.lower()
+
+
+def test_resumed_run_reattaches_to_the_same_wandb_run(tmp_path, env):
+    job = tmp_path / "job"
+    args = [sys.executable, "-m", "sdclr", "logger=wandb", *TINY, f"hydra.run.dir={job}"]
+    ok(
+        subprocess.run(
+            [*args, "stage=pretrain"], capture_output=True, text=True, env=env, timeout=600
+        )
+    )
+    run_id = json.loads((job / "status.json").read_text())["wandb_id"]
+    assert run_id
+    ok(subprocess.run([*args, "stage=all"], capture_output=True, text=True, env=env, timeout=600))
+    ids = {p.name.rsplit("-", 1)[-1] for p in (job / "wandb").glob("offline-run-*")}
+    assert ids == {run_id}  # the second invocation logged into the same run
