@@ -193,12 +193,6 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
     for s in done:
         if main_process:
             print(f"{s}: already finished in {job_dir} (resumed job); skipped", flush=True)
-    _STATE["stage_started"] = True
-    if main_process:
-        OmegaConf.save(OmegaConf.create(config), job_dir / "config_resolved.yaml")
-    _write_json(
-        job_dir / "status.json", {"status": "running", "stage": (todo or stages)[0], "error": None}
-    )
     data = load_data(cfg)
     split = resolve_split(cfg.split, cfg.data, data.train_y)
     split = apply_fraction(split, data.train_y, cfg.data.fraction)
@@ -213,6 +207,13 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
             f"the batch size or raise data.fraction"
         )
 
+    # inputs are checked: from here on this job's files are (re)written
+    _STATE["stage_started"] = True
+    if main_process:
+        OmegaConf.save(OmegaConf.create(config), job_dir / "config_resolved.yaml")
+    _write_json(
+        job_dir / "status.json", {"status": "running", "stage": (todo or stages)[0], "error": None}
+    )
     metrics["run"] = {
         "method": "SDCLR" if is_sdclr(cfg) else "SimCLR",
         "label": method_label(cfg),
