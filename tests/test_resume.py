@@ -113,6 +113,13 @@ def test_rerun_skips_finished_stages_and_refuses_config_drift(reference, tmp_pat
     assert "pretrain.lr: 0.5 -> 0.1" in out.stderr and "resume.force=true" in out.stderr
     assert (reference / "metrics.json").read_bytes() == before
     assert json.loads((reference / "status.json").read_text())["status"] == "completed"
+    # bad input in a finished job's directory leaves its files alone
+    out = sdclr(
+        [*RUN, f"hydra.run.dir={reference}"], dict(env, SDCLR_DATA=str(tmp_path / "nowhere"))
+    )
+    assert out.returncode == 2 and "does not exist" in out.stderr
+    assert (reference / "metrics.json").read_bytes() == before
+    assert json.loads((reference / "status.json").read_text())["status"] == "completed"
     out = ok(
         sdclr([*RUN, "pretrain.lr=0.1", "resume.force=true", f"hydra.run.dir={reference}"], env)
     )
