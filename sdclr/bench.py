@@ -244,13 +244,16 @@ def _time_probe(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
         amp_dtype=settings.amp_dtype,
     )
     full_epochs = int(ctx["cfg"].linear.epochs)
-    scale = (len(split.pool) * full_epochs) / (len(pool) * cfg.epochs)
+    # training epochs scale with pool size x epochs, the one-off val/test features with
+    # the number of evaluation images
+    train_scale = (len(split.pool) * full_epochs) / (len(pool) * cfg.epochs)
+    eval_scale = (len(split.val) + len(data.test_y)) / (len(val_idx) + len(test_idx))
     return {
-        "seconds": r["seconds"] * scale,
+        "seconds": r["train_seconds"] * train_scale + r["setup_seconds"] * eval_scale,
         "measured_seconds": r["seconds"],
         "images": len(split.pool),
         "epochs": full_epochs,
-        "extrapolated": scale != 1.0,
+        "extrapolated": train_scale != 1.0 or eval_scale != 1.0,
     }
 
 

@@ -107,6 +107,7 @@ def train_probe(
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.gamma)
     n = len(train_idx_t)
     best_acc, best_epoch, best_state, val_curve = -1.0, 0, None, []
+    t_train = time.time()
     bar = progress_bar(range(cfg.epochs), desc=desc, enabled=progress)
     for epoch in bar:
         perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
@@ -162,5 +163,7 @@ def train_probe(
         val_acc=val_curve,
         train_images=int(n),
         seconds=time.time() - t0,
+        setup_seconds=t_train - t0,  # frozen val/test (and fixed train) features
+        train_seconds=time.time() - t_train,
     )
     return result
