@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from sdclr.precision import autocast
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -87,14 +89,6 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
-
-
-def _autocast(device: torch.device, settings):
-    return torch.autocast(
-        device.type,
-        dtype=settings.amp_dtype or torch.bfloat16,
-        enabled=settings.amp_dtype is not None,
-    )
 
 
 def _time_method(ctx: dict[str, Any], ratio: float | None) -> dict[str, Any]:
@@ -153,7 +147,7 @@ def _time_ceiling(ctx: dict[str, Any]) -> dict[str, Any]:
     )
 
     def step() -> None:
-        with _autocast(device, settings):
+        with autocast(device.type, settings.amp_dtype):
             z = nn.functional.normalize(model(x).float(), dim=1)
             loss = (z @ z.t()).logsumexp(1).mean()
         opt.zero_grad(set_to_none=True)
@@ -190,7 +184,7 @@ def _time_step_ratio(ctx: dict[str, Any]) -> dict[str, float]:
         train_step(model, method, opt, v1, v2, settings)
 
     def two_plain() -> None:
-        with _autocast(device, settings):
+        with autocast(device.type, settings.amp_dtype):
             loss = plain(v1).float().square().mean() + plain(v2).float().square().mean()
         plain_opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -23,6 +23,7 @@ from sdclr.distributed import rank as get_rank
 from sdclr.errors import TrainingError
 from sdclr.method import ContrastiveMethod
 from sdclr.model import ContrastiveModel
+from sdclr.precision import autocast
 from sdclr.progress import progress_bar
 from sdclr.resume import Interrupted, StopSignal, restore_rng, rng_state
 from sdclr.schedule import warmup_cosine
@@ -142,11 +143,7 @@ def train_step(
     ddp: nn.Module | None = None,
 ) -> torch.Tensor:
     """One optimisation step; returns the detached loss (no host synchronisation)."""
-    with torch.autocast(
-        v1.device.type,
-        dtype=settings.amp_dtype or torch.bfloat16,
-        enabled=settings.amp_dtype is not None,
-    ):
+    with autocast(v1.device.type, settings.amp_dtype):
         loss = ddp(v1, v2) if ddp is not None else method.loss(model, v1, v2)
     opt.zero_grad(set_to_none=True)
     loss.backward()

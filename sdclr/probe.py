@@ -18,6 +18,7 @@ from torch import nn
 
 from sdclr.augment import normalize, pad_crop_flip
 from sdclr.metrics import summarize
+from sdclr.precision import autocast
 from sdclr.progress import progress_bar
 
 
@@ -26,9 +27,7 @@ def _to_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def _encode(backbone: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
-    with torch.autocast(
-        x.device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None
-    ):
+    with autocast(x.device.type, amp_dtype):
         return backbone(x).float()
 
 
