@@ -152,11 +152,10 @@ def _read_metrics(job_dir: Path) -> dict[str, Any]:
 
 def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[str, Any]:
     """Run the configured stages in ``job_dir``; returns the metrics dict."""
-    from sdclr.checkpoint import load_encoder, model_spec
+    from sdclr.checkpoint import build_from_spec, load_encoder, model_spec
     from sdclr.distributed import convert_sync_batchnorm, init_from_env, world_size
     from sdclr.method import ContrastiveMethod
     from sdclr.metrics import class_groups
-    from sdclr.model import build_model
     from sdclr.pretrain import pretrain, step_settings
     from sdclr.probe import train_probe
     from sdclr.resume import StopSignal, config_hash
@@ -247,94 +246,87 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
     images = torch.from_numpy(data.train_x).to(device)
     labels = torch.from_numpy(data.train_y).to(device)
     exit_code = 1
-    stop = StopSignal().__enter__()
     try:
-        for stage in todo:
-            _write_json(
-                job_dir / "status.json",
-                {"status": "running", "stage": stage, "error": None, "wandb_id": wandb_id},
-            )
-            if stage == "pretrain":
-                model = build_model(
-                    cfg.backbone.name,
-                    model_spec(cfg)["cifar_stem"],
-                    cfg.backbone.channels,
-                    head_depth(cfg),
-                    cfg.head.out_dim,
-                    bn_mode(cfg) == "dual",
-                ).to(device)
-                if world_size() > 1:
-                    convert_sync_batchnorm(model, device)
-                gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
-                method = ContrastiveMethod(
-                    cfg.pretrain.temperature,
-                    cfg.prune.ratio,
-                    cfg.prune.random_ratio,
-                    bn_mode(cfg) == "dual",
-                    gen,
+        with StopSignal() as stop:
+            for stage in todo:
+                _write_json(
+                    job_dir / "status.json",
+                    {"status": "running", "stage": stage, "error": None, "wandb_id": wandb_id},
                 )
-                result = pretrain(
-                    cfg,
-                    model,
-                    method,
-                    images[torch.as_tensor(pretrain_idx, device=device)],
-                    gen,
-                    ckpt_path,
-                    {
-                        "spec": model_spec(cfg),
-                        "config": config,
-                        "config_hash": config_hash(config),
-                        "wandb_id": wandb_id,
-                    },
-                    log=lambda r, step: tracker.log(r, "pretrain", step),
-                    resume_from=previous,
-                    stop=stop,
-                )
-                previous = None
-                result["split_counts"] = counts
-                result["pretrain_set"] = cfg.split.pretrain_set
-                result["checkpoint"] = str(ckpt_path)
-                metrics["pretrain"] = result
-            elif not main_process:
-                continue  # probes run on rank 0 alone
-            else:
-                source = cfg.stage.checkpoint or ckpt_path
-                model, _ = load_encoder(source, cfg.backbone.name)
-                backbone = model.to(device).backbone
-                probe_cfg = cfg[stage]
-                train_idx = split.pool if stage == "linear" else split.S_b
-                gen = torch.Generator(device=device).manual_seed(
-                    int(cfg.seed) + (1 if stage == "linear" else 2)
-                )
-                result = train_probe(
-                    backbone,
-                    images,
-                    labels,
-                    train_idx,
-                    split.val,
-                    images.new_tensor(data.test_x[test_idx]),
-                    labels.new_tensor(data.test_y[test_idx]),
-                    probe_cfg,
-                    data.num_classes,
-                    groups,
-                    list(cfg.data.mean),
-                    list(cfg.data.std),
-                    gen,
-                    desc=stage,
-                    log=lambda r, s=stage: tracker.log(r, s),
-                    amp_dtype=step_settings(cfg, device).amp_dtype,
-                    stop=stop,
-                )
-                result["class_counts"] = counts["D_i"]
-                result["checkpoint"] = str(source)
-                metrics[stage] = result
-                tracker.summary(
-                    {f"{stage}/{k}": result[k] for k in ("acc", "many", "medium", "few", "std")}
-                )
-            _write_json(job_dir / "metrics.json", metrics)
-        exit_code = 0
+                if stage == "pretrain":
+                    spec = model_spec(cfg)
+                    model = build_from_spec(spec).to(device)
+                    if world_size() > 1:
+                        convert_sync_batchnorm(model, device)
+                    gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
+                    method = ContrastiveMethod(
+                        cfg.pretrain.temperature,
+                        cfg.prune.ratio,
+                        cfg.prune.random_ratio,
+                        bn_mode(cfg) == "dual",
+                        gen,
+                    )
+                    result = pretrain(
+                        cfg,
+                        model,
+                        method,
+                        images[torch.as_tensor(pretrain_idx, device=device)],
+                        gen,
+                        ckpt_path,
+                        {
+                            "spec": spec,
+                            "config": config,
+                            "config_hash": config_hash(config),
+                            "wandb_id": wandb_id,
+                        },
+                        log=lambda r, step: tracker.log(r, "pretrain", step),
+                        resume_from=previous,
+                        stop=stop,
+                    )
+                    previous = None
+                    result["split_counts"] = counts
+                    result["pretrain_set"] = cfg.split.pretrain_set
+                    result["checkpoint"] = str(ckpt_path)
+                    metrics["pretrain"] = result
+                elif not main_process:
+                    continue  # probes run on rank 0 alone
+                else:
+                    source = cfg.stage.checkpoint or ckpt_path
+                    model, _ = load_encoder(source, cfg.backbone.name)
+                    backbone = model.to(device).backbone
+                    probe_cfg = cfg[stage]
+                    train_idx = split.pool if stage == "linear" else split.S_b
+                    gen = torch.Generator(device=device).manual_seed(
+                        int(cfg.seed) + (1 if stage == "linear" else 2)
+                    )
+                    result = train_probe(
+                        backbone,
+                        images,
+                        labels,
+                        train_idx,
+                        split.val,
+                        images.new_tensor(data.test_x[test_idx]),
+                        labels.new_tensor(data.test_y[test_idx]),
+                        probe_cfg,
+                        data.num_classes,
+                        groups,
+                        list(cfg.data.mean),
+                        list(cfg.data.std),
+                        gen,
+                        desc=stage,
+                        log=lambda r, s=stage: tracker.log(r, s),
+                        amp_dtype=step_settings(cfg, device).amp_dtype,
+                        stop=stop,
+                    )
+                    result["class_counts"] = counts["D_i"]
+                    result["checkpoint"] = str(source)
+                    metrics[stage] = result
+                    tracker.summary(
+                        {f"{stage}/{k}": result[k] for k in ("acc", "many", "medium", "few", "std")}
+                    )
+                _write_json(job_dir / "metrics.json", metrics)
+            exit_code = 0
     finally:
-        stop.__exit__()
         if exit_code:
             tracker.finish(exit_code)
     _write_json(
