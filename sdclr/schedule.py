@@ -1,4 +1,5 @@
-"""Per-iteration learning-rate schedule: linear warm-up, then cosine decay to ``min_lr``."""
+"""Per-iteration learning-rate schedule (linear warm-up, then cosine decay to ``min_lr``) and
+a cosine schedule for the contrastive temperature."""
 
 from __future__ import annotations
 
@@ -14,3 +15,16 @@ def warmup_cosine(
     decay_steps = max(total_steps - warmup_steps, 1)
     progress = min((step - warmup_steps) / decay_steps, 1.0)
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def cosine_temperature(
+    epoch: int | float, t_min: float = 0.1, t_max: float = 1.0, period: float = 400
+) -> float:
+    """Contrastive temperature oscillating between ``t_max`` (epoch 0, period, ...) and
+    ``t_min`` (half periods), after Kukleva et al. 2023 ("Temperature Schedules for
+    Self-Supervised Contrastive Methods on Long-Tail Data"): low temperatures favour
+    instance discrimination, high ones group semantically similar samples, and alternating
+    between them helps the tail classes."""
+    if period <= 0:
+        raise ValueError(f"period must be positive, got {period}")
+    return t_min + (t_max - t_min) * (1.0 + math.cos(2.0 * math.pi * epoch / period)) / 2.0
