@@ -1,0 +1,275 @@
+"""Tests for sdclr.boost (BCL): loss memory, strengths, batched RandAugment ops vs torchvision.
+
+Images are smooth random images on the 1/255 grid (like decoded 8-bit data). Tolerances: pixel
+ops, posterize, solarize, equalize, autocontrast and nearest-neighbour geometric ops are exact;
+the enhance blends 1e-6 (same formula, different float order); bilinear rotation 1e-5.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms.v2 import functional as TF
+
+from sdclr import boost as B
+
+N_STAT = 20000
+
+
+def _images(n: int = 6, size: int = 32, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 3, 6, 6, generator=g)
+    x = torch.nn.functional.interpolate(low, size=size, mode="bilinear").clamp(0, 1)
+    return (x * 255).round() / 255
+
+
+# ---------------------------------------------------------------------------------------------
+# loss memory and strengths
+# ---------------------------------------------------------------------------------------------
+
+
+def test_loss_memory_first_sight_then_momentum():
+    mem = B.LossMemory(5)
+    assert mem.momentum == 0.97 and len(mem) == 5
+    mem.update(torch.tensor([0, 2]), torch.tensor([2.0, 4.0]))
+    assert torch.equal(mem.ema, torch.tensor([2.0, 0.0, 4.0, 0.0, 0.0]))
+    assert mem.seen.tolist() == [True, False, True, False, False]
+
+    mem.update(torch.tensor([2, 3]), torch.tensor([1.0, 3.0]))
+    expected = torch.tensor([2.0, 0.0, 0.97 * 4.0 + 0.03 * 1.0, 3.0, 0.0])
+    torch.testing.assert_close(mem.ema, expected)
+    mem.update(torch.tensor([2]), torch.tensor([0.0], requires_grad=True))
+    torch.testing.assert_close(mem.ema[2], torch.tensor(0.97 * (0.97 * 4.0 + 0.03)))
+    # untouched samples keep their values exactly
+    assert mem.ema[0] == 2.0 and mem.ema[3] == 3.0 and mem.ema[1] == 0.0
+    assert not mem.ema.requires_grad
+
+
+def test_loss_memory_state_dict_round_trip():
+    mem = B.LossMemory(4, momentum=0.9)
+    mem.update(torch.tensor([1, 3]), torch.tensor([0.5, 1.5]))
+    state = mem.state_dict()
+    other = B.LossMemory(4)
+    other.load_state_dict(state)
+    assert torch.equal(other.ema, mem.ema) and torch.equal(other.seen, mem.seen)
+    assert other.momentum == 0.9
+    # the state is a copy, not a view of the live memory
+    mem.update(torch.tensor([1]), torch.tensor([9.0]))
+    assert state["ema"][1] == 0.5
+    with pytest.raises(ValueError):
+        B.LossMemory(3).load_state_dict(state)
+
+
+def test_strengths_hand_computed():
+    # mean 3, deviations [-2, -1, 0, 3], max |dev| 3 -> [-2/3, -1/3, 0, 1] -> (x + 1) / 2
+    s = B.strengths(torch.tensor([1.0, 2.0, 3.0, 6.0]))
+    torch.testing.assert_close(s, torch.tensor([1 / 6, 1 / 3, 1 / 2, 1.0]))
+    assert s[3] == 1.0
+    # the farthest sample below the mean reaches 0
+    s = B.strengths(torch.tensor([0.0, 5.0, 6.0, 5.0]))
+    assert s[0] == 0.0 and (s >= 0).all() and (s <= 1).all()
+    # same as BCL's standardise -> divide by max |.| -> (x + 1) / 2
+    ema = torch.rand(100, generator=torch.Generator().manual_seed(0)) * 7
+    z = (ema - ema.mean()) / ema.std()
+    torch.testing.assert_close(B.strengths(ema), (z / z.abs().max() + 1) / 2)
+    # order preserved
+    order = ema.argsort()
+    assert (B.strengths(ema)[order].diff() >= 0).all()
+
+
+def test_strengths_constant_input_is_safe():
+    for ema in (torch.full((7,), 3.0), torch.zeros(4), torch.tensor([2.5])):
+        s = B.strengths(ema)
+        assert torch.equal(s, torch.full_like(ema, 0.5))
+
+
+def test_memory_strengths_treat_unseen_as_average():
+    mem = B.LossMemory(4)
+    mem.update(torch.tensor([0, 1, 2]), torch.tensor([1.0, 2.0, 6.0]))
+    s = mem.strengths()
+    torch.testing.assert_close(s, B.strengths(torch.tensor([1.0, 2.0, 6.0, 3.0])))
+    assert torch.equal(B.LossMemory(3).strengths(), torch.full((3,), 0.5))
+
+
+# ---------------------------------------------------------------------------------------------
+# ops
+# ---------------------------------------------------------------------------------------------
+
+# autocontrast and equalize have no magnitude, so magnitude 0 is not a no-op for them
+WITH_MAGNITUDE = [op for op in range(B.NUM_OPS) if op not in (B.AUTOCONTRAST, B.EQUALIZE)]
+
+
+@pytest.mark.parametrize("op", WITH_MAGNITUDE, ids=[B.OP_NAMES[op] for op in WITH_MAGNITUDE])
+def test_op_at_magnitude_zero_is_identity(op):
+    x = _images()
+    out = B.OPS[op](x, torch.zeros(x.shape[0]))
+    # sharpness blends the border with itself: x * 1 + x * 0, exact as well
+    assert torch.equal(out, x)
+
+
+@pytest.mark.parametrize("op", range(B.NUM_OPS), ids=B.OP_NAMES)
+def test_op_range_shape_dtype(op):
+    x = _images(8, size=20)
+    mag = torch.linspace(-30, 30, 8)
+    out = B.OPS[op](x, mag)
+    assert out.shape == x.shape and out.dtype == torch.float32
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_fused_apply_op_matches_standalone_ops():
+    x = _images(B.NUM_OPS * 2)
+    ops = torch.arange(B.NUM_OPS).repeat(2)
+    mag = torch.linspace(-30, 30, B.NUM_OPS * 2)
+    out = B.apply_op(x, ops, mag)
+    for i in range(x.shape[0]):
+        ref = B.OPS[int(ops[i])](x[i : i + 1], mag[i : i + 1])
+        assert torch.equal(out[i : i + 1], ref), B.OP_NAMES[int(ops[i])]
+
+
+M = 15.0  # half of the range: factor 1.45, 15 degrees, shear 0.15, 6 bits, 7 px at 32 px
+
+
+def test_colour_ops_match_torchvision():
+    x = _images()
+    f = 1.0 + 0.9 * M / 30
+    torch.testing.assert_close(B.brightness(x, M), TF.adjust_brightness(x, f), atol=1e-6, rtol=0)
+    torch.testing.assert_close(B.contrast(x, M), TF.adjust_contrast(x, f), atol=1e-6, rtol=0)
+    torch.testing.assert_close(B.color(x, M), TF.adjust_saturation(x, f), atol=1e-6, rtol=0)
+    torch.testing.assert_close(B.sharpness(x, M), TF.adjust_sharpness(x, f), atol=1e-6, rtol=0)
+    g = 1.0 - 0.9 * M / 30  # negative magnitude: the other direction
+    torch.testing.assert_close(B.contrast(x, -M), TF.adjust_contrast(x, g), atol=1e-6, rtol=0)
+    torch.testing.assert_close(B.sharpness(x, -M), TF.adjust_sharpness(x, g), atol=1e-6, rtol=0)
+
+
+def test_pixel_ops_match_torchvision():
+    x = _images()
+    # threshold (256 * (1 - m / 30) - 0.5) / 255, between two 8-bit levels
+    thr = (256 * (1 - M / 30) - 0.5) / 255
+    assert torch.equal(B.solarize(x, M), TF.solarize(x, thr))
+    assert torch.equal(B.solarize(x, -M), TF.solarize(x, thr))  # unsigned op
+    assert torch.equal(B.solarize(x, 30.0), 1 - x)
+    assert torch.equal(B.posterize(x, M), TF.posterize(x, 6))
+    assert torch.equal(B.posterize(x, 30.0), TF.posterize(x, 4))
+    low_contrast = x * 0.5 + 0.2
+    assert torch.equal(B.autocontrast(low_contrast), TF.autocontrast(low_contrast))
+    flat = torch.full((2, 3, 8, 8), 0.3)
+    assert torch.equal(B.autocontrast(flat), TF.autocontrast(flat))
+    noisy = torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    for img in (x, noisy, flat):
+        assert torch.equal(B.equalize(img), TF.equalize(img))
+
+
+def test_geometric_ops_match_torchvision():
+    x = _images()
+    near = InterpolationMode.NEAREST
+    assert torch.equal(B.rotate(x, M), TF.rotate(x, M, interpolation=near))
+    assert torch.equal(B.rotate(x, -M), TF.rotate(x, -M, interpolation=near))
+    torch.testing.assert_close(
+        B.rotate(x, M, mode="bilinear"),
+        TF.rotate(x, M, interpolation=InterpolationMode.BILINEAR),
+        atol=1e-5,
+        rtol=0,
+    )
+    shear = math.degrees(math.atan(0.3 * M / 30))
+    kw = {"angle": 0.0, "translate": [0, 0], "scale": 1.0, "interpolation": near}
+    assert torch.equal(B.shear_x(x, M), TF.affine(x, shear=[shear, 0.0], center=[0, 0], **kw))
+    assert torch.equal(B.shear_y(x, -M), TF.affine(x, shear=[0.0, -shear], center=[0, 0], **kw))
+    t = int(150 / 331 * 32 * M / 30)
+    kw.pop("translate")
+    assert torch.equal(B.translate_x(x, M), TF.affine(x, translate=[t, 0], shear=[0.0, 0.0], **kw))
+    assert torch.equal(
+        B.translate_y(x, -M), TF.affine(x, translate=[0, -t], shear=[0.0, 0.0], **kw)
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# boosted augmentation
+# ---------------------------------------------------------------------------------------------
+
+
+def test_presets():
+    sd, sim = B.BoostConfig.for_sdclr(), B.BoostConfig.for_simclr()
+    assert (sd.k, sd.base, sd.span, sd.random_scale) == (2, 5.0, 25.0, True)
+    assert (sim.k, sim.base, sim.span, sim.random_scale) == (1, 10.0, 20.0, False)
+    with pytest.raises(ValueError):
+        B.BoostConfig(k=0, base=5.0, span=25.0, random_scale=True)
+    with pytest.raises(ValueError):
+        B.BoostConfig(k=1, base=10.0, span=25.0, random_scale=True)
+
+
+def test_zero_strength_leaves_images_unchanged():
+    x = _images(16)
+    for cfg in (B.BoostConfig.for_sdclr(), B.BoostConfig.for_simclr()):
+        out = B.boost(x, torch.zeros(16), cfg, torch.Generator().manual_seed(0))
+        assert torch.equal(out, x)
+    # mixed: zero-strength samples are untouched, full-strength ones are changed
+    s = torch.tensor([0.0, 1.0] * 8)
+    params = B.sample_boost_params(16, s, B.BoostConfig.for_sdclr(), torch.Generator())
+    assert not params.apply[s == 0].any() and params.apply[s == 1].all()
+    out = B.apply_boost(x, params)
+    assert torch.equal(out[s == 0], x[s == 0])
+
+
+def test_determinism_and_output_contract():
+    x = _images(12)
+    s = torch.linspace(0, 1, 12)
+    cfg = B.BoostConfig.for_sdclr()
+    a = B.boost(x, s, cfg, torch.Generator().manual_seed(7))
+    b = B.boost(x, s, cfg, torch.Generator().manual_seed(7))
+    c = B.boost(x, s, cfg, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == x.shape and a.dtype == torch.float32
+    assert a.min() >= 0 and a.max() <= 1
+    # uint8 input is accepted and scaled
+    u8 = (x * 255).round().to(torch.uint8)
+    from_u8 = B.boost(u8, s, cfg, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(from_u8, a, atol=1e-6, rtol=0)
+
+
+def test_slots_apply_in_order():
+    x = _images(2)
+    params = B.BoostParams(
+        ops=torch.tensor([[B.ROTATE, B.SOLARIZE], [B.SOLARIZE, B.ROTATE]]),
+        apply=torch.tensor([[True, True], [True, False]]),
+        magnitude=torch.tensor([[20.0, 10.0], [10.0, 20.0]]),
+    )
+    out = B.apply_boost(x, params)
+    assert torch.equal(out[:1], B.solarize(B.rotate(x[:1], 20.0), 10.0))
+    assert torch.equal(out[1:], B.solarize(x[1:], 10.0))
+
+
+def test_sdclr_magnitude_rule():
+    s = 0.8
+    gen = torch.Generator().manual_seed(0)
+    p = B.sample_boost_params(N_STAT, s, B.BoostConfig.for_sdclr(), gen)
+    assert p.ops.shape == p.apply.shape == p.magnitude.shape == (N_STAT, 2)
+    mag = p.magnitude.abs()
+    # one uniform per sample, shared by both slots; signs independent, fair
+    assert torch.equal(mag[:, 0], mag[:, 1])
+    assert mag.min() >= 5.0 and mag.max() <= 5.0 + 25.0 * s
+    assert abs(mag[:, 0].mean() - (5.0 + 25.0 * s / 2)) < 0.2  # sd of mean ~0.04
+    assert abs(mag[:, 0].std() - 25.0 * s / math.sqrt(12)) < 0.15
+    assert abs((p.magnitude < 0).float().mean() - 0.5) < 0.015
+    # apply probability = strength; ops uniform over the 14 choices
+    assert abs(p.apply.float().mean() - s) < 0.01
+    freq = torch.bincount(p.ops.flatten(), minlength=B.NUM_OPS).float() / p.ops.numel()
+    assert (freq - 1 / B.NUM_OPS).abs().max() < 0.01
+    # per-sample strengths scale the magnitude range
+    s_vec = torch.linspace(0, 1, N_STAT)
+    p = B.sample_boost_params(N_STAT, s_vec, B.BoostConfig.for_sdclr(), torch.Generator())
+    mag = p.magnitude[:, 0].abs()
+    assert (mag >= 5.0).all() and (mag <= 5.0 + 25.0 * s_vec + 1e-5).all()
+
+
+def test_simclr_magnitude_rule():
+    s_vec = torch.linspace(0, 1, N_STAT)
+    cfg = B.BoostConfig.for_simclr()
+    p = B.sample_boost_params(N_STAT, s_vec, cfg, torch.Generator().manual_seed(0))
+    assert p.ops.shape == (N_STAT, 1)
+    torch.testing.assert_close(p.magnitude[:, 0].abs(), 10.0 + 20.0 * s_vec)
+    # apply probability tracks the strength: compare halves
+    lo, hi = p.apply[: N_STAT // 2].float().mean(), p.apply[N_STAT // 2 :].float().mean()
+    assert abs(lo - 0.25) < 0.02 and abs(hi - 0.75) < 0.02
