@@ -20,20 +20,33 @@ from sdclr.errors import ConfigError
 
 
 @dataclass
+class ListsConfig:
+    """List files of ``relative/path label`` lines (relative to data.root, or absolute).
+    All null: the lists are generated from the image folder and saved under splits/."""
+
+    pool: str | None = None  # the linear probe's training images (balanced)
+    val: str | None = None  # null with other lists given: carved from pool (val_per_class)
+    test: str | None = None
+    D_i: str | None = None  # long-tailed pretraining set
+    D_b: str | None = None  # balanced control of the same size
+    S_b: str | None = None  # few-shot probe set
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     # Where the dataset lives: a directory (torchvision CIFAR batches, an image-folder tree
     # with train/ and test/, or a directory holding <archive>), or an image-folder .tar.gz.
     root: str = "${oc.env:SDCLR_DATA,./data}"
-    format: str = "auto"  # auto | torchvision | folder
+    format: str = "auto"  # auto | torchvision | folder | lists
     archive: str | None = None  # file name of an image-folder .tar.gz looked for inside root
     # A .npy of the training labels in the dataset's original order. With it, an image-folder
     # copy is put in that order, so index files made for the original dataset apply.
     order_labels: str | None = None
     download: bool = False
-    num_classes: int = MISSING
+    num_classes: int | None = MISSING  # null: from the data (image folders, list files)
     image_size: int = 32
-    train_per_class: int = MISSING  # images per class in the full training set
+    train_per_class: int | None = None  # images per class in the full training set (CIFAR)
     # Deterministic class-stratified subsample of every subset and of the test set.
     fraction: float = 1.0
     cache_dir: str = "${oc.env:SDCLR_CACHE,.cache/sdclr}"
@@ -49,6 +62,28 @@ class DataConfig:
     # Many/Medium/Few: "thirds" of the classes ranked by D_i count (CIFAR), or "thresholds"
     # (Many > 100 images, Few < 20; ImageNet-style data).
     group_scheme: str = "thirds"
+    # --- image files (ImageNet-style data, your own folders) -----------------------------
+    # memory: decode every image once into one uint8 array (CIFAR; images of one size, or
+    # resized to cache_size); stream: decode per batch (GPU JPEG decoder on CUDA, loader
+    # workers on CPU). stream, cache_size or format=lists selects the image-file path.
+    decode: str = "memory"
+    cache_size: int | None = None  # memory decode of varied sizes: shorter side, centre square
+    workers: int | None = None  # CPU decode workers (null: min(8, cores))
+    train_dir: str = "train"  # <root>/<train_dir>/<class>/* (or <root>/<class>/* without it)
+    test_dir: str = "test"  # a test folder next to it (ImageNet: val); without it, carve one
+    test_per_class: int = 0  # test images carved per class when there is no test folder
+    class_list: str | None = None  # file of class folder names to use (e.g. ImageNet-100)
+    lists: ListsConfig = field(default_factory=ListsConfig)
+    # D_i profile of generated lists: exp (imbalance head/tail), pareto, or none (keep the
+    # folder's own counts); head_count null = the smallest class pool (CIFAR rule).
+    profile: str = "exp"
+    head_count: int | None = None
+    tail_count: int | None = None
+    pareto_exponent: float = 3.0
+    # probes: pad (pad-4 crop + flip, CIFAR) or resized (RandomResizedCrop + flip, ImageNet);
+    # evaluation images: Resize(eval_resize) + CenterCrop(image_size), null = as they are
+    probe_crop: str = "pad"
+    eval_resize: int | None = None
 
 
 @dataclass
@@ -58,6 +93,7 @@ class SplitConfig:
     source: str = "generated"  # generated (splits/<data>/split<i>.npz) | official | file
     file: str | None = None  # with source=file: an .npz written by `python -m sdclr.splits`
     official_dir: str | None = None  # with source=official: dir of the reference .npy files
+    dir: str | None = None  # where generated splits / lists live (null: the repo's splits/)
 
 
 @dataclass
@@ -178,6 +214,13 @@ def register_configs() -> None:
     cs.store(name="sdclr_schema", node=Config)
     OmegaConf.register_new_resolver("method_slug", _slug_from_ratio, replace=True)
     OmegaConf.register_new_resolver("sdclr_now", _run_time, replace=True)
+    OmegaConf.register_new_resolver("sdclr_if_pruned", _if_pruned, replace=True)
+
+
+def _if_pruned(ratio: float | None, pruned: Any, dense: Any) -> Any:
+    """``${sdclr_if_pruned:${prune.ratio},a,b}``: a for SDCLR, b for SimCLR (e.g. the
+    ImageNet-100 temperature, 0.3 for SDCLR and 0.2 for SimCLR)."""
+    return dense if ratio is None else pruned
 
 
 def _run_time(fmt: str) -> str:
@@ -211,6 +254,12 @@ def head_depth(cfg: DictConfig | Config) -> int:
     if cfg.head.depth is not None:
         return int(cfg.head.depth)
     return 3 if is_sdclr(cfg) else 2
+
+
+def uses_files(cfg: DictConfig | Config) -> bool:
+    """Image-file datasets (catalogue of files + lists) rather than one decoded array."""
+    d = cfg.data
+    return d.format == "lists" or d.decode == "stream" or d.cache_size is not None
 
 
 def cifar_stem(cfg: DictConfig | Config) -> bool:
@@ -265,16 +314,72 @@ def validate(cfg: DictConfig) -> None:
     d = cfg.data
     _check(0.0 < d.fraction <= 1.0, "data.fraction", f"must be in (0, 1], got {d.fraction}")
     _check(
-        d.format in ("auto", "torchvision", "folder"),
+        d.format in ("auto", "torchvision", "folder", "lists"),
         "data.format",
-        f"must be auto, torchvision or folder, got '{d.format}'",
+        f"must be auto, torchvision, folder or lists, got '{d.format}'",
     )
-    _check(d.num_classes >= 2, "data.num_classes", f"must be >= 2, got {d.num_classes}")
+    files = uses_files(cfg)
+    if d.num_classes is not None:
+        _check(d.num_classes >= 2, "data.num_classes", f"must be >= 2, got {d.num_classes}")
+    else:
+        _check(files, "data.num_classes", "may be null only for image files (data.decode=stream)")
     _check(d.image_size >= 8, "data.image_size", f"must be >= 8, got {d.image_size}")
+    if d.train_per_class is not None:
+        _check(
+            0 < d.val_per_class < d.train_per_class,
+            "data.val_per_class",
+            f"must be in (0, data.train_per_class={d.train_per_class}), got {d.val_per_class}",
+        )
+    else:
+        _check(files, "data.train_per_class", "is needed for CIFAR-style data")
+        _check(d.val_per_class >= 0, "data.val_per_class", f"must be >= 0, got {d.val_per_class}")
     _check(
-        0 < d.val_per_class < d.train_per_class,
-        "data.val_per_class",
-        f"must be in (0, data.train_per_class={d.train_per_class}), got {d.val_per_class}",
+        d.decode in ("memory", "stream"),
+        "data.decode",
+        f"must be memory or stream, got '{d.decode}'",
+    )
+    _check(
+        d.cache_size is None or d.cache_size >= d.image_size,
+        "data.cache_size",
+        f"must be >= data.image_size={d.image_size} (or null), got {d.cache_size}",
+    )
+    _check(d.workers is None or d.workers >= 0, "data.workers", f"must be >= 0, got {d.workers}")
+    _check(d.test_per_class >= 0, "data.test_per_class", f"must be >= 0, got {d.test_per_class}")
+    _check(
+        d.profile in ("exp", "pareto", "none"),
+        "data.profile",
+        f"must be exp, pareto or none, got '{d.profile}'",
+    )
+    _check(
+        d.head_count is None or d.head_count >= 1,
+        "data.head_count",
+        f"must be >= 1, got {d.head_count}",
+    )
+    _check(
+        d.tail_count is None or (d.tail_count >= 1 and d.tail_count <= (d.head_count or 10**9)),
+        "data.tail_count",
+        f"must be in [1, data.head_count], got {d.tail_count}",
+    )
+    _check(d.pareto_exponent > 0, "data.pareto_exponent", "must be > 0")
+    _check(
+        d.probe_crop in ("pad", "resized"),
+        "data.probe_crop",
+        f"must be pad or resized, got '{d.probe_crop}'",
+    )
+    _check(
+        d.probe_crop == "resized" or not (files and d.decode == "stream"),
+        "data.probe_crop",
+        "the pad-4 crop needs images of one size; use resized with data.decode=stream",
+    )
+    _check(
+        d.eval_resize is None or d.eval_resize >= d.image_size,
+        "data.eval_resize",
+        f"must be >= data.image_size={d.image_size} (or null), got {d.eval_resize}",
+    )
+    _check(
+        d.format != "lists" or any(v for v in dict(d.lists).values()),
+        "data.lists",
+        "data.format=lists needs list files: data.lists.D_i, .pool and .test at least",
     )
     _check(
         d.imbalance_factor >= 1, "data.imbalance_factor", f"must be >= 1, got {d.imbalance_factor}"

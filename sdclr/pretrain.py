@@ -16,17 +16,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdclr.augment import ContrastiveAugmentConfig, contrastive_view, normalize
+from sdclr.augment import ContrastiveAugmentConfig, normalize
 from sdclr.checkpoint import save_checkpoint
 from sdclr.distributed import any_rank, global_mean, world_size
 from sdclr.distributed import rank as get_rank
 from sdclr.errors import TrainingError
+from sdclr.imagebank import FileImages, TensorImages, as_images
 from sdclr.method import ContrastiveMethod
 from sdclr.model import ContrastiveModel
 from sdclr.precision import autocast
 from sdclr.progress import progress_bar
 from sdclr.resume import Interrupted, StopSignal, restore_rng, rng_state
 from sdclr.schedule import warmup_cosine
+from sdclr.views import Batch, contrastive_view
 
 
 def batches_per_epoch(
@@ -88,14 +90,14 @@ def prepare_model(model: ContrastiveModel, settings: StepSettings) -> Contrastiv
 
 
 def make_views(
-    x: torch.Tensor,
+    x: Batch,
     aug: ContrastiveAugmentConfig,
     generator: torch.Generator,
     mean: list[float],
     std: list[float],
     settings: StepSettings,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independent augmentations of a uint8 batch, normalised."""
+    """Two independent augmentations of a uint8 batch (resident or decoded files), normalised."""
     v1 = normalize(contrastive_view(x, aug, generator), mean, std)
     v2 = normalize(contrastive_view(x, aug, generator), mean, std)
     fmt = settings.memory_format
@@ -161,7 +163,7 @@ def pretrain(
     cfg,
     model: ContrastiveModel,
     method: ContrastiveMethod,
-    images: torch.Tensor,
+    images: torch.Tensor | TensorImages | FileImages,
     generator: torch.Generator,
     checkpoint_path: Path,
     extra_state: dict[str, Any],
@@ -170,7 +172,8 @@ def pretrain(
     resume_from: dict[str, Any] | None = None,
     stop: StopSignal | None = None,
 ) -> dict[str, Any]:
-    """Train ``model`` on ``images`` (uint8 [N, 3, H, W] on the training device).
+    """Train ``model`` on ``images``: uint8 [N, 3, H, W] on the training device, or a bank of
+    image files decoded per batch (:mod:`sdclr.imagebank`).
 
     Checkpoints (every ``checkpoint.every`` epochs, at the end, and when ``stop`` reports a
     signal) hold everything needed to continue exactly: weights, optimiser, position in the
@@ -178,9 +181,10 @@ def pretrain(
     ``resume_from`` is such a checkpoint.
     """
     p = cfg.pretrain
-    device = images.device
+    bank = as_images(images)
+    device = bank.device
     settings = step_settings(cfg, device)
-    n = len(images)
+    n = len(bank)
     world, rank = world_size(), get_rank()
     batches = batches_per_epoch(n, p.batch_size, p.drop_last, world)
     total_steps = len(batches) * p.epochs
@@ -255,12 +259,12 @@ def pretrain(
         loss_sum = torch.zeros((), device=device) + carried_loss
         window_sum = torch.zeros((), device=device)
         window = 0
-        for b in range(start_batch, len(batches)):
-            start, end = batches[b]
+        pending = bank.batches([perm[s:e] for s, e in batches[start_batch:]])
+        for b, x in zip(range(start_batch, len(batches)), pending):
             lr = warmup_cosine(step, total_steps, warmup_steps, p.lr, p.min_lr)
             for group in opt.param_groups:
                 group["lr"] = lr
-            v1, v2 = make_views(images[perm[start:end]], aug, generator, mean, std, settings)
+            v1, v2 = make_views(x, aug, generator, mean, std, settings)
             if world > 1:  # every rank draws the global batch's views, then takes its slice
                 v1, v2 = v1.chunk(world)[rank], v2.chunk(world)[rank]
             loss = train_step(model, method, opt, v1, v2, settings, ddp)

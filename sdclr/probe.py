@@ -2,9 +2,11 @@
 
 The backbone is frozen with BN in eval mode (dense branch, dense statistics); only a new
 linear layer is trained: init N(0, 0.01), bias 0, SGD with momentum, step decay at the
-milestones. Training images get the pad-4 random crop + flip every epoch, so their features
-are recomputed each epoch; validation and test features are computed once. The epoch with
-the best validation top-1 is the one whose test accuracy is reported.
+milestones. Training images get the pad-4 random crop + flip (CIFAR) or RandomResizedCrop +
+flip (ImageNet) every epoch, so their features are recomputed each epoch; validation and test
+features (as they are, or Resize + CenterCrop) are computed once. The epoch with the best
+validation top-1 is the one whose test accuracy is reported. Images may be resident tensors or
+files decoded per batch (:mod:`sdclr.imagebank`).
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from sdclr.augment import normalize, pad_crop_flip
+from sdclr.augment import normalize
+from sdclr.imagebank import FileImages, TensorImages, as_images
 from sdclr.metrics import summarize
 from sdclr.precision import autocast
 from sdclr.progress import progress_bar
+from sdclr.views import eval_view, probe_train_view
 
 
 def _to_float(x: torch.Tensor) -> torch.Tensor:
@@ -48,17 +52,39 @@ def extract_features(
 
 
 @torch.no_grad()
+def extract_bank_features(
+    backbone: nn.Module,
+    bank: TensorImages | FileImages,
+    idx: torch.Tensor,
+    mean: list[float],
+    std: list[float],
+    batch_size: int,
+    size: int,
+    resize: int | None = None,
+    amp_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """Features of ``bank[idx]`` under the evaluation view, batch by batch."""
+    feats = []
+    chunks = [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
+    for x in bank.batches(chunks):
+        feats.append(_encode(backbone, normalize(eval_view(x, size, resize), mean, std), amp_dtype))
+    if not feats:
+        raise ValueError("no images to extract features from")
+    return torch.cat(feats)
+
+
+@torch.no_grad()
 def _accuracy(linear: nn.Linear, feats: torch.Tensor, labels: torch.Tensor) -> float:
     return float((linear(feats).argmax(1) == labels).float().mean()) * 100.0
 
 
 def train_probe(
     backbone: nn.Module,
-    images: torch.Tensor,
+    images: torch.Tensor | TensorImages | FileImages,
     labels: torch.Tensor,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
-    test_images: torch.Tensor,
+    test_images: torch.Tensor | TensorImages | FileImages,
     test_labels: torch.Tensor,
     cfg,
     num_classes: int,
@@ -71,31 +97,37 @@ def train_probe(
     log=None,
     amp_dtype: torch.dtype | None = None,
     stop=None,
+    crop: str = "pad",
+    size: int | None = None,
+    eval_resize: int | None = None,
 ) -> dict:
     """Train a linear probe; returns the metrics of :func:`sdclr.metrics.summarize` plus
     ``best_epoch``, ``val_acc`` (per epoch) and ``seconds``. ``amp_dtype`` (bf16 on CUDA)
-    applies to the frozen backbone only; the linear layer trains in float32."""
+    applies to the frozen backbone only; the linear layer trains in float32. ``crop`` is the
+    training augmentation (``pad`` or ``resized``, see :mod:`sdclr.views`), ``size`` the input
+    size (default: the images' own) and ``eval_resize`` the Resize before the centre crop."""
     t0 = time.time()
-    device = images.device
+    bank, test_bank = as_images(images), as_images(test_images)
+    device = bank.device
+    if size is None:
+        size = int(bank.images.shape[-1]) if isinstance(bank, TensorImages) else 224
     backbone.eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
     train_idx_t = torch.as_tensor(train_idx, device=device)
-    val_feats = extract_features(
-        backbone,
-        images[torch.as_tensor(val_idx, device=device)],
-        mean,
-        std,
-        cfg.eval_batch_size,
-        amp_dtype,
-    )
-    val_labels = labels[torch.as_tensor(val_idx, device=device)]
-    test_feats = extract_features(backbone, test_images, mean, std, cfg.eval_batch_size, amp_dtype)
+    val_idx_t = torch.as_tensor(val_idx, device=device)
+
+    def features(b, idx: torch.Tensor) -> torch.Tensor:
+        return extract_bank_features(
+            backbone, b, idx, mean, std, cfg.eval_batch_size, size, eval_resize, amp_dtype
+        )
+
+    val_feats = features(bank, val_idx_t)
+    val_labels = labels[val_idx_t]
+    test_feats = features(test_bank, torch.arange(len(test_bank), device=device))
     fixed_train = None
     if not cfg.augment:  # no augmentation: the frozen features never change
-        fixed_train = extract_features(
-            backbone, images[train_idx_t], mean, std, cfg.eval_batch_size, amp_dtype
-        )
+        fixed_train = features(bank, train_idx_t)
 
     linear = nn.Linear(val_feats.shape[1], num_classes).to(device)
     nn.init.normal_(linear.weight, 0.0, 0.01)
@@ -111,13 +143,14 @@ def train_probe(
     for epoch in bar:
         perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
         loss_sum = torch.zeros((), device=device)
-        for start in range(0, n, cfg.batch_size):
-            sel = perm[start : start + cfg.batch_size]
+        sels = [perm[s : s + cfg.batch_size] for s in range(0, n, cfg.batch_size)]
+        raw = bank.batches([train_idx_t[sel] for sel in sels]) if fixed_train is None else sels
+        for sel, x in zip(sels, raw):
             if fixed_train is not None:
                 feats = fixed_train[sel]
             else:
                 with torch.no_grad():
-                    x = pad_crop_flip(_to_float(images[train_idx_t[sel]]), 4, generator)
+                    x = probe_train_view(x, crop, size, generator)
                     feats = _encode(backbone, normalize(x, mean, std), amp_dtype)
             loss = nn.functional.cross_entropy(linear(feats), labels[train_idx_t[sel]])
             opt.zero_grad(set_to_none=True)

@@ -154,12 +154,12 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
     """Run the configured stages in ``job_dir``; returns the metrics dict."""
     from sdclr.checkpoint import build_from_spec, load_encoder, model_spec
     from sdclr.distributed import convert_sync_batchnorm, init_from_env, world_size
+    from sdclr.loading import load_run_data
     from sdclr.method import ContrastiveMethod
     from sdclr.metrics import class_groups
     from sdclr.pretrain import pretrain, step_settings
     from sdclr.probe import train_probe
     from sdclr.resume import StopSignal, config_hash
-    from sdclr.splits import apply_fraction, resolve_split, stratified_fraction
     from sdclr.tracking import Tracker
 
     _STATE["stage_started"] = False
@@ -192,12 +192,22 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
     for s in done:
         if main_process:
             print(f"{s}: already finished in {job_dir} (resumed job); skipped", flush=True)
-    data = load_data(cfg)
-    split = resolve_split(cfg.split, cfg.data, data.train_y)
-    split = apply_fraction(split, data.train_y, cfg.data.fraction)
-    test_idx = stratified_fraction(np.arange(len(data.test_y)), data.test_y, cfg.data.fraction)
+    data = load_run_data(cfg, device)
+    split = data.split
     counts = {s: split.counts(s, data.train_y).tolist() for s in ("D_i", "D_b", "S_b")}
     groups = class_groups(counts["D_i"], cfg.data.group_scheme)
+    probes = [s for s in stages if s != "pretrain"]
+    if probes and not data.labelled:
+        raise ConfigError(
+            f"config key 'stage.name': {data.source} has no class folders, so there are no "
+            f"labels for the {probes[0]} probe; run stage=pretrain, or sort the images into "
+            f"<root>/<class>/ folders"
+        )
+    if probes and len(data.test_labels) == 0:
+        raise ConfigError(
+            f"config key 'stage.name': the {probes[0]} probe needs test images and the data "
+            f"has none; add a test folder or set data.test_per_class"
+        )
     pretrain_idx = split.subset(cfg.split.pretrain_set)
     if "pretrain" in stages and cfg.pretrain.batch_size > len(pretrain_idx):
         raise ConfigError(
@@ -243,8 +253,6 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
             resume_id=_read_status(job_dir).get("wandb_id") or (previous or {}).get("wandb_id"),
         )
 
-    images = torch.from_numpy(data.train_x).to(device)
-    labels = torch.from_numpy(data.train_y).to(device)
     exit_code = 1
     try:
         with StopSignal() as stop:
@@ -270,7 +278,7 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
                         cfg,
                         model,
                         method,
-                        images[torch.as_tensor(pretrain_idx, device=device)],
+                        _subset(data.train, pretrain_idx),
                         gen,
                         ckpt_path,
                         {
@@ -301,12 +309,12 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
                     )
                     result = train_probe(
                         backbone,
-                        images,
-                        labels,
+                        data.train,
+                        data.train_labels,
                         train_idx,
                         split.val,
-                        images.new_tensor(data.test_x[test_idx]),
-                        labels.new_tensor(data.test_y[test_idx]),
+                        data.test,
+                        data.test_labels,
                         probe_cfg,
                         data.num_classes,
                         groups,
@@ -317,6 +325,9 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
                         log=lambda r, s=stage: tracker.log(r, s),
                         amp_dtype=step_settings(cfg, device).amp_dtype,
                         stop=stop,
+                        crop=cfg.data.probe_crop,
+                        size=int(cfg.data.image_size),
+                        eval_resize=cfg.data.eval_resize,
                     )
                     result["class_counts"] = counts["D_i"]
                     result["checkpoint"] = str(source)
@@ -338,6 +349,15 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
         tracker.finish(0)
         _print_summary(cfg, metrics, job_dir)
     return metrics
+
+
+def _subset(images, idx: np.ndarray):
+    """The pretraining set: a gathered copy of resident images, or a view of the files."""
+    from sdclr.imagebank import FileImages, TensorImages
+
+    if isinstance(images, TensorImages):
+        return TensorImages(images.take(torch.as_tensor(idx, device=images.device)))
+    return FileImages(images.root, [images.paths[i] for i in idx], images.device, images.workers)
 
 
 def _job_report(job_dir: Path, metrics: dict[str, Any], tracker) -> None:

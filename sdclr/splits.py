@@ -51,6 +51,9 @@ class Split:
     n_train: int
     fingerprint: str
     source: str
+    # Test images carved from the training set (image folders without a test folder); None
+    # when the dataset has its own test set.
+    test: np.ndarray | None = None
 
     def subset(self, name: str) -> np.ndarray:
         return {
@@ -59,6 +62,7 @@ class Split:
             "D_i": self.D_i,
             "D_b": self.D_b,
             "S_b": self.S_b,
+            "test": self.test,
         }[name]
 
     def counts(self, name: str, labels: np.ndarray) -> np.ndarray:
@@ -71,6 +75,62 @@ def profile_counts(head: int, num_classes: int, imbalance_factor: float) -> list
     return [math.floor(head * mu ** (k / (num_classes - 1))) for k in range(num_classes)]
 
 
+def pareto_counts(head: int, tail: int, num_classes: int, exponent: float) -> list[int]:
+    """Pareto (type II) rank-size profile from ``head`` down to ``tail`` images:
+    floor(head * (1 + k * s)^-exponent), with s chosen so that the last class gets ``tail``.
+
+    ImageNet-LT was drawn "from a Pareto distribution with alpha 6" without a formula; with
+    exponent 3 this law gives 116,711 images for 1,000 classes from 1280 to 5 (ImageNet-LT:
+    115,846) and 12,988 for 100 classes from 1280 to 6 (ImageNet-100-LT: 12,205). For the
+    published sets, use their list files.
+    """
+    if num_classes == 1:
+        return [head]
+    s = ((head / tail) ** (1.0 / exponent) - 1.0) / (num_classes - 1)
+    counts = [math.floor(head * (1.0 + k * s) ** (-exponent) + 1e-9) for k in range(num_classes)]
+    counts[-1] = max(counts[-1], tail)  # guard the float rounding of the last class
+    return counts
+
+
+def long_tail_profile(
+    kind: str,
+    num_classes: int,
+    head: int,
+    imbalance_factor: float | None = None,
+    tail: int | None = None,
+    exponent: float = 3.0,
+) -> list[int]:
+    """Per-rank image counts of D_i: ``exp`` (head * (1/imbalance)^(k/(C-1)); the imbalance
+    is head/tail when ``tail`` is given) or ``pareto`` (:func:`pareto_counts`)."""
+    if kind == "exp":
+        factor = head / tail if tail else float(imbalance_factor or 1.0)
+        return profile_counts(head, num_classes, factor)
+    if kind == "pareto":
+        if not tail:
+            tail = max(1, math.floor(head / float(imbalance_factor or 1.0)))
+        return pareto_counts(head, tail, num_classes, exponent)
+    raise DataError(f"unknown long-tail profile '{kind}'; use exp, pareto or none")
+
+
+def _assign_ranks(order: np.ndarray, pool_sizes: list[int], profile: list[int]) -> list[int]:
+    """Class for each rank of the profile: the first class of the split's random order whose
+    pool can supply that many images. With pools all at least the head count (CIFAR) this is
+    the random order itself; with uneven pools (ImageNet) big ranks go to big classes."""
+    remaining = [int(c) for c in order]
+    chosen = []
+    for k, need in enumerate(profile):
+        pick = next((c for c in remaining if pool_sizes[c] >= need), None)
+        if pick is None:
+            raise DataError(
+                f"no class has the {need} pool images that rank {k + 1} of the long-tail "
+                f"profile needs (largest remaining pool: "
+                f"{max(pool_sizes[c] for c in remaining)}); lower data.head_count"
+            )
+        remaining.remove(pick)
+        chosen.append(pick)
+    return chosen
+
+
 def generate_split(
     labels: np.ndarray,
     num_classes: int,
@@ -79,8 +139,18 @@ def generate_split(
     imbalance_factor: float,
     fewshot_per_class: int,
     dataset: str = "",
+    profile: list[int] | str | None = None,
+    test_per_class: int = 0,
+    fewshot_in_d_i: bool = True,
 ) -> Split:
-    """Build split ``index`` (1-based) deterministically from the training labels."""
+    """Build split ``index`` (1-based) deterministically from the training labels.
+
+    ``profile`` None is the CIFAR rule (exponential from the smallest pool, ``imbalance_factor``);
+    a list gives explicit per-rank counts (ImageNet-style profiles); ``"none"`` keeps every pool
+    image in D_i (a collection that is long-tailed already). ``test_per_class`` carves a test
+    set too, for image folders without one. ``fewshot_in_d_i`` demands that S_b lies inside D_i
+    (CIFAR); ImageNet's 1% set has more images per class than its tail classes.
+    """
     labels = np.asarray(labels, dtype=np.int64)
     per_class = np.bincount(labels, minlength=num_classes)
     if len(per_class) != num_classes:
@@ -88,36 +158,59 @@ def generate_split(
             f"labels go up to {len(per_class) - 1} but the data config says {num_classes} classes"
         )
     rng_pool = np.random.default_rng([POOL_SEED, GENERATOR_VERSION])
-    pool_by_class, val = [], []
+    pool_by_class, val, test = [], [], []
+    held = val_per_class + test_per_class
     for c in range(num_classes):
         idx = np.flatnonzero(labels == c)
-        if len(idx) <= val_per_class:
+        if len(idx) <= held:
             raise DataError(
                 f"class {c} has {len(idx)} training images, not enough for "
-                f"{val_per_class} validation images plus a pool; lower "
-                f"data.val_per_class"
+                f"{val_per_class} validation + {test_per_class} test images plus at least one "
+                f"for training; lower data.val_per_class"
+                + (" / data.test_per_class or add a test folder" if test_per_class else "")
             )
         idx = rng_pool.permutation(idx)
-        val.append(idx[:val_per_class])
-        pool_by_class.append(idx[val_per_class:])
-    head = int(min(len(p) for p in pool_by_class))
-    profile = profile_counts(head, num_classes, imbalance_factor)
-    balanced = sum(profile) // num_classes
-    if fewshot_per_class > profile[-1]:
-        raise DataError(
-            f"the few-shot set asks for {fewshot_per_class} images per class, but "
-            f"the smallest class of D_i has {profile[-1]}; lower "
-            f"data.fewshot_per_class or data.imbalance_factor"
-        )
+        test.append(idx[:test_per_class])
+        val.append(idx[test_per_class:held])
+        pool_by_class.append(idx[held:])
+    pool_sizes = [len(p) for p in pool_by_class]
+    keep_all = isinstance(profile, str) and profile == "none"
+    if keep_all:
+        counts = sorted(pool_sizes, reverse=True)
+    elif profile is None:
+        counts = profile_counts(int(min(pool_sizes)), num_classes, imbalance_factor)
+    else:
+        counts = [int(c) for c in profile]
+        if len(counts) != num_classes:
+            raise DataError(f"the profile has {len(counts)} counts for {num_classes} classes")
+    balanced = sum(counts) // num_classes
+    if keep_all:  # the largest balanced subset no bigger than D_i
+        balanced = min(balanced, min(pool_sizes))
     if fewshot_per_class < 1:
         raise DataError("data.fewshot_per_class must be >= 1")
+    if fewshot_in_d_i and fewshot_per_class > min(counts):
+        raise DataError(
+            f"the few-shot set asks for {fewshot_per_class} images per class, but "
+            f"the smallest class of D_i has {min(counts)}; lower "
+            f"data.fewshot_per_class or data.imbalance_factor"
+        )
+    short = [c for c in range(num_classes) if pool_sizes[c] < fewshot_per_class]
+    if short:
+        raise DataError(
+            f"class {short[0]} has {pool_sizes[short[0]]} pool images, fewer than "
+            f"data.fewshot_per_class={fewshot_per_class}; lower it"
+        )
 
     rng = np.random.default_rng([index, GENERATOR_VERSION])
     order = rng.permutation(num_classes)  # order[k] = the class with the k-th largest count
+    if keep_all:
+        ranked = [int(c) for c in order]
+    else:
+        ranked = _assign_ranks(order, pool_sizes, counts)
     sets: dict[str, list[np.ndarray]] = {name: [] for name in SUBSETS}
-    for k, c in enumerate(order):
+    for k, c in enumerate(ranked):
         shuffled = rng.permutation(pool_by_class[c])
-        sets["D_i"].append(shuffled[: profile[k]])
+        sets["D_i"].append(shuffled if keep_all else shuffled[: counts[k]])
         sets["D_b"].append(shuffled[:balanced])
         sets["S_b"].append(shuffled[:fewshot_per_class])
     return Split(
@@ -130,6 +223,7 @@ def generate_split(
         n_train=len(labels),
         fingerprint=labels_fingerprint(labels),
         source=f"generated (seed {index}, generator v{GENERATOR_VERSION})",
+        test=np.sort(np.concatenate(test)) if test_per_class else None,
     )
 
 
@@ -339,6 +433,7 @@ def apply_fraction(split: Split, labels: np.ndarray, fraction: float) -> Split:
         split.n_train,
         split.fingerprint,
         f"{split.source}, fraction {fraction:g}",
+        None if split.test is None else stratified_fraction(split.test, labels, fraction),
     )
 
 

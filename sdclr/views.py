@@ -1,0 +1,190 @@
+"""What a batch of images becomes at each stage, for resident batches and decoded files alike.
+
+A batch is either a uint8 tensor ``[B, 3, H, W]`` (resident data: every op is batched, see
+:mod:`sdclr.augment`) or a list of uint8 ``[3, H_i, W_i]`` tensors of different sizes (files
+decoded per batch). For a list, the geometric step (crop box sampled per image from its own
+size with torchvision's rule, then bicubic antialiased resize) runs image by image on the
+device; everything after it (flip, jitter, grayscale, blur, normalisation) is batched.
+
+* :func:`contrastive_view`: the pretraining view (protocol.md section 1);
+* :func:`probe_train_view`: ``pad`` = pad-4 random crop + flip (CIFAR), ``resized`` =
+  RandomResizedCrop(size) + flip (ImageNet);
+* :func:`eval_view`: as is (CIFAR), or Resize(``resize``) + CenterCrop(size) (ImageNet).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sdclr.augment import (
+    ContrastiveAugmentConfig,
+    ContrastiveParams,
+    _rand,
+    apply_color_jitter,
+    apply_gaussian_blur,
+    apply_grayscale,
+    apply_horizontal_flip,
+    pad_crop_flip,
+    resized_crop_boxes,
+    sample_bernoulli,
+    sample_blur_params,
+    sample_crop_boxes,
+    sample_jitter_params,
+    to_float,
+)
+from sdclr.augment import contrastive_view as tensor_contrastive_view
+
+Batch = Tensor | list[Tensor]
+_ATTEMPTS = 10
+
+
+def batch_size(x: Batch) -> int:
+    return len(x)
+
+
+def _device(x: Batch) -> torch.device:
+    return x.device if isinstance(x, Tensor) else x[0].device
+
+
+def sample_crop_boxes_sized(
+    heights: Tensor,
+    widths: Tensor,
+    scale: tuple[float, float],
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """``RandomResizedCrop.get_params`` for images of different sizes: ``[n, 4]`` int64
+    ``(top, left, h, w)``, the same rule as :func:`sdclr.augment.sample_crop_boxes` (ten
+    attempts, first valid one, central fallback with the ratio clamped) with per-image sizes."""
+    dev = heights.device
+    n = len(heights)
+    height, width = heights.to(torch.float64), widths.to(torch.float64)
+    area = (height * width)[:, None]
+    u_area = _rand((n, _ATTEMPTS), generator, dev, torch.float64)
+    u_ratio = _rand((n, _ATTEMPTS), generator, dev, torch.float64)
+    target = area * (scale[0] + (scale[1] - scale[0]) * u_area)
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(lo + (hi - lo) * u_ratio)
+    w_try = torch.round(torch.sqrt(target * aspect))
+    h_try = torch.round(torch.sqrt(target / aspect))
+    valid = (w_try > 0) & (w_try <= width[:, None]) & (h_try > 0) & (h_try <= height[:, None])
+    first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)
+    found = valid.any(dim=1)
+    in_ratio = width / height
+    fb_w = torch.where(
+        in_ratio < min(ratio),
+        width,
+        torch.where(in_ratio > max(ratio), torch.round(height * max(ratio)), width),
+    )
+    fb_h = torch.where(
+        in_ratio < min(ratio),
+        torch.round(width / min(ratio)),
+        height,
+    )
+    h = torch.where(found, h_try.gather(1, first).squeeze(1), fb_h)
+    w = torch.where(found, w_try.gather(1, first).squeeze(1), fb_w)
+    u_pos = _rand((n, 2), generator, dev, torch.float64)
+    top = torch.minimum(torch.floor(u_pos[:, 0] * (height - h + 1)), height - h)
+    left = torch.minimum(torch.floor(u_pos[:, 1] * (width - w + 1)), width - w)
+    top = torch.where(found, top, torch.div(height - fb_h, 2, rounding_mode="floor"))
+    left = torch.where(found, left, torch.div(width - fb_w, 2, rounding_mode="floor"))
+    return torch.stack((top, left, h, w), dim=1).to(torch.int64)
+
+
+def _sizes(images: list[Tensor]) -> tuple[Tensor, Tensor]:
+    dev = images[0].device
+    hw = torch.tensor([list(im.shape[-2:]) for im in images], device=dev)
+    return hw[:, 0], hw[:, 1]
+
+
+def crop_resize_each(images: list[Tensor], boxes: Tensor, size: int) -> Tensor:
+    """Crop each image to its box and resize to ``size`` (bicubic, antialiased, clamped):
+    float32 ``[B, 3, size, size]`` in [0, 1]."""
+    out = []
+    for img, (top, left, h, w) in zip(images, boxes.tolist()):  # one sync for the batch
+        crop = to_float(img[None, :, top : top + h, left : left + w])
+        out.append(
+            F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True).clamp_(0, 1)
+        )
+    return torch.cat(out)
+
+
+def resize_center_crop_each(images: list[Tensor], resize: int, size: int) -> Tensor:
+    """torchvision Resize(resize) (shorter side, bilinear, antialiased) + CenterCrop(size)."""
+    from torchvision.transforms.v2 import functional as TF
+
+    out = []
+    for img in images:
+        x = TF.resize(to_float(img[None]), resize, antialias=True)
+        out.append(TF.center_crop(x, [size, size]).clamp_(0, 1))
+    return torch.cat(out)
+
+
+# --- the three views -------------------------------------------------------------------------
+
+
+def contrastive_view(
+    x: Batch, cfg: ContrastiveAugmentConfig, generator: torch.Generator | None = None
+) -> Tensor:
+    """One random pretraining view: float32 ``[B, 3, size, size]`` in [0, 1]."""
+    if isinstance(x, Tensor):
+        return tensor_contrastive_view(x, cfg, generator)
+    n, dev = len(x), x[0].device
+    heights, widths = _sizes(x)
+    boxes = sample_crop_boxes_sized(heights, widths, cfg.scale, cfg.ratio, generator)
+    # the remaining draws in the same order as augment.sample_contrastive_params
+    flip = sample_bernoulli(n, cfg.flip_p, generator, dev)
+    jitter = sample_jitter_params(n, *cfg.jitter, p=cfg.jitter_p, generator=generator, device=dev)
+    gray = sample_bernoulli(n, cfg.gray_p, generator, dev)
+    blur, sigma = sample_blur_params(n, cfg.blur_p, cfg.blur_sigma, generator, dev)
+    p = ContrastiveParams(boxes, flip, jitter, gray, blur, sigma)
+    out = crop_resize_each(x, p.boxes, cfg.size)
+    out = apply_horizontal_flip(out, p.flip)
+    out = apply_color_jitter(out, p.jitter)
+    out = apply_grayscale(out, p.gray)
+    if cfg.blur_p > 0:
+        out = apply_gaussian_blur(out, p.blur_sigma, p.blur)
+    return out
+
+
+def probe_train_view(
+    x: Batch,
+    mode: str,
+    size: int,
+    generator: torch.Generator | None = None,
+    scale: tuple[float, float] = (0.08, 1.0),
+) -> Tensor:
+    """The linear probe's training augmentation."""
+    if mode == "pad":
+        if not isinstance(x, Tensor):
+            raise ValueError("the pad-4 crop needs equally sized images (data.probe_crop=resized)")
+        return pad_crop_flip(to_float(x), 4, generator)
+    if mode != "resized":
+        raise ValueError(f"unknown probe crop mode {mode!r}")
+    n, dev = len(x), _device(x)
+    if isinstance(x, Tensor):
+        boxes = sample_crop_boxes(n, x.shape[2], x.shape[3], scale, (3 / 4, 4 / 3), generator, dev)
+        out = resized_crop_boxes(x, boxes, size)
+    else:
+        heights, widths = _sizes(x)
+        boxes = sample_crop_boxes_sized(heights, widths, scale, (3 / 4, 4 / 3), generator)
+        out = crop_resize_each(x, boxes, size)
+    return apply_horizontal_flip(out, sample_bernoulli(n, 0.5, generator, dev))
+
+
+def eval_view(x: Batch, size: int, resize: int | None) -> Tensor:
+    """Validation / test images: as they are, or Resize(resize) + CenterCrop(size)."""
+    if not isinstance(x, Tensor):
+        return resize_center_crop_each(x, resize or size, size)
+    if resize is None and x.shape[-2:] == (size, size):
+        return to_float(x)
+    # a resident (square-cached) batch: the central box that Resize + CenterCrop keeps
+    h, w = x.shape[-2:]
+    keep = size / float(resize or size)
+    bh, bw = max(1, round(min(h, w) * keep)), max(1, round(min(h, w) * keep))
+    box = torch.tensor([(h - bh) // 2, (w - bw) // 2, bh, bw], device=x.device)
+    return resized_crop_boxes(x, box.expand(len(x), 4), size)
