@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,6 +29,11 @@ from torch import Tensor
 from sdclr.errors import DataError
 
 Batch = Tensor | list[Tensor]
+# torchvision >= 0.29 marks torchvision.io's decoders as superseded by TorchCodec; they are
+# still the decoders that ship with torchvision (and the GPU machine's 0.26 has no TorchCodec)
+warnings.filterwarnings(
+    "ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning
+)
 
 
 class TensorImages:
