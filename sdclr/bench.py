@@ -12,7 +12,12 @@ precision / channels_last / compile):
 * ``sdclr_step_over_two_plain``: the SDCLR step (both branches, mask, dual BN, head, loss) on
   ready-made views, over two plain forward+backward passes of the same backbone on the same
   views: the overhead of SDCLR's machinery;
-* linear-probe time (30 epochs over the 45,000-image pool) and peak memory.
+* linear-probe time (30 epochs over the 45,000-image pool) and peak memory;
+* the 224-px row: images/s of the image-file path (JPEG decoding on the device in batches,
+  then both pretraining views with the batched ops at 224 px, protocol.md's ImageNet recipe)
+  against a DataLoader + PIL + torchvision.transforms baseline doing the same work in the
+  same run with the same number of workers. The JPEGs are real CIFAR-10 images re-encoded at
+  varied ImageNet-like sizes (320-500 px), written to a temporary folder.
 
 ``--quick`` runs a few steps of each at a small batch on the CPU so it can run anywhere (CI);
 epoch and probe times are then extrapolated from the measured steps and marked so.
@@ -251,6 +256,104 @@ def _time_probe(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
     }
 
 
+class _PilTwoViews(torch.utils.data.Dataset):
+    """The baseline: what a reference-style loader does per image, in loader workers."""
+
+    def __init__(self, files: list[Path]):
+        from torchvision import transforms as T
+
+        self.files = files
+        self.transform = T.Compose(
+            [
+                T.RandomResizedCrop(
+                    224, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC
+                ),
+                T.RandomHorizontalFlip(),
+                T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+                T.RandomGrayscale(p=0.2),
+                T.RandomApply([T.GaussianBlur(23, (0.1, 2.0))], p=0.5),
+                T.ToTensor(),
+                T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+
+        with Image.open(self.files[i]) as im:
+            im = im.convert("RGB")
+            return self.transform(im), self.transform(im)
+
+
+def _write_jpegs(images: np.ndarray, folder: Path, seed: int = 0) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    files = []
+    for i, img in enumerate(images):
+        w, h = (int(v) for v in rng.integers(320, 501, size=2))
+        path = folder / f"{i:05d}.jpg"
+        Image.fromarray(img.transpose(1, 2, 0)).resize((w, h), Image.BICUBIC).save(path, quality=90)
+        files.append(path)
+    return files
+
+
+def _time_loading_224(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """Images/s of the 224-px loading + two-view augmentation: suite vs DataLoader + PIL."""
+    import os
+    import tempfile
+
+    from sdclr.augment import ContrastiveAugmentConfig
+    from sdclr.imagebank import FileImages
+    from sdclr.pretrain import make_views
+
+    device, data = ctx["device"], ctx["data"]
+    n, batch = (32, 16) if quick else (2048, 256)
+    workers = min(8, os.cpu_count() or 1)
+    aug = ContrastiveAugmentConfig(size=224, scale=(0.08, 1.0), blur_p=0.5)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with tempfile.TemporaryDirectory(prefix="sdclr-bench-224-") as tmp:
+        files = _write_jpegs(data.train_x[:n], Path(tmp))
+        bank = FileImages(Path(tmp), [f.name for f in files], device, workers)
+        idx = [torch.arange(s, min(s + batch, n)) for s in range(0, n, batch)]
+
+        def suite_pass() -> None:
+            for x in bank.batches(idx):
+                make_views(x, aug, ctx["gen"], ctx["mean"], ctx["std"], ctx["settings"])
+
+        def baseline_pass() -> None:
+            loader = torch.utils.data.DataLoader(
+                _PilTwoViews(files),
+                batch_size=batch,
+                shuffle=True,
+                num_workers=workers,
+                pin_memory=device.type == "cuda",
+            )
+            for v1, v2 in loader:
+                v1.to(device, non_blocking=True), v2.to(device, non_blocking=True)
+
+        out = {}
+        for name, fn in (("suite", suite_pass), ("dataloader_pil", baseline_pass)):
+            fn()  # warm-up: worker start, decoder initialisation, file cache
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            out[name] = n / (time.perf_counter() - t0)
+    return {
+        "images": n,
+        "batch_size": batch,
+        "workers": workers,
+        "decoder": "nvJPEG on the GPU" if device.type == "cuda" else "CPU loader workers",
+        "suite_images_per_second": out["suite"],
+        "dataloader_pil_images_per_second": out["dataloader_pil"],
+        "speedup": out["suite"] / out["dataloader_pil"],
+    }
+
+
 def run_benchmark(
     quick: bool,
     device_name: str = "auto",
@@ -304,6 +407,7 @@ def run_benchmark(
         )
     results.update(_time_step_ratio(ctx))
     results["linear_probe"] = _time_probe(ctx, quick)
+    results["loading_224"] = _time_loading_224(ctx, quick)
     results["peak_memory_mb"] = _peak_memory_mb(device)
     settings = ctx["settings"]
     results["setup"] = {
@@ -353,6 +457,17 @@ def format_table(r: dict[str, Any], json_path: Path) -> str:
         f"{ex if r['linear_probe']['extrapolated'] else ''} | {r['linear_probe']['seconds']:.1f} |",
         f"| peak {'device' if s['device_type'] == 'cuda' else 'host RSS'} memory (MiB) | "
         f"{r['peak_memory_mb']:,.0f} |",
+    ]
+    ld = r.get("loading_224")
+    if ld:
+        lines += [
+            f"| 224 px loading + 2 views, suite ({ld['decoder']}): images/s | "
+            f"{ld['suite_images_per_second']:,.0f} |",
+            f"| 224 px loading + 2 views, DataLoader + PIL ({ld['workers']} workers): images/s | "
+            f"{ld['dataloader_pil_images_per_second']:,.0f} |",
+            f"| 224 px loading: suite over baseline | {ld['speedup']:.2f} |",
+        ]
+    lines += [
         "",
         f"JSON: {json_path}",
     ]

@@ -121,6 +121,74 @@ class BNConfig:
 
 
 @dataclass
+class MethodConfig:
+    """The two-branch method (``conf/method/*.yaml``); a prune ratio adds SDCLR's pruned
+    self-competitor to any of them."""
+
+    name: str = "simclr"  # simclr (SimCLR / SDCLR) | moco (MoCo v2) | byol
+    # moco, byol: EMA of the key / target network, key = m * key + (1 - m) * online
+    momentum: float = 0.99
+    cosine_momentum: bool = False  # raise the momentum to 1 along a half cosine (BYOL)
+    # moco: negatives queue, symmetric loss (both views as queries; needed with a pruned
+    # branch), MoCHi hard-negative mixing (Kalantidis et al. 2020)
+    queue_size: int = 4096
+    symmetric: bool = True
+    mochi: bool = False
+    mochi_n: int = 1024  # hardest queue negatives to mix from
+    mochi_s: int = 1024  # synthetic negatives mixed from two of them
+    mochi_s_prime: int = 256  # synthetic negatives mixed with the query
+    # byol: hidden width of the predictor MLP
+    predictor_hidden: int = 512
+
+
+@dataclass
+class LossConfig:
+    """Contrastive loss of the simclr method (``conf/loss/*.yaml``)."""
+
+    name: str = "ntxent"  # ntxent | debiased (Chuang et al. 2020) | hard (Robinson et al. 2021)
+    tau_plus: float = 0.1  # class prior of a negative sharing the anchor's class (debiased, hard)
+    beta: float = 1.0  # hard-negative concentration (hard; 0 = debiased)
+
+
+@dataclass
+class TemperatureConfig:
+    # constant: pretrain.temperature; cosine: t_min + (t_max - t_min)(1 + cos(2 pi e / period))/2
+    # at 0-based epoch e (Kukleva et al. 2023)
+    schedule: str = "constant"
+    t_min: float = 0.1
+    t_max: float = 1.0
+    period: float = 400.0
+
+
+@dataclass
+class BCLConfig:
+    """Boosted contrastive learning (``boost=true``; Zhou et al. 2022). null: the preset of
+    the method (pruned branch: k=2, magnitude 5 + 25 s U(0,1); otherwise k=1, 10 + 20 s)."""
+
+    momentum: float = 0.97  # EMA of each sample's contrastive loss
+    k: int | None = None  # RandAugment ops per sample
+    base: float | None = None  # magnitude at strength 0 (0..30 scale)
+    span: float | None = None  # magnitude added at strength 1
+    random_scale: bool | None = None  # scale the span by U(0, 1) per sample
+
+
+@dataclass
+class MonitorConfig:
+    """What is measured during pretraining without changing it."""
+
+    # weighted kNN (probe pool as bank, test set as queries) every N epochs; 0 = off
+    knn_every: int = 50
+    knn_k: int = 200
+    knn_t: float = 0.1
+    knn_batch_size: int = 512
+    # per-class dense/pruned disagreement, per-class loss share, per-layer mask density;
+    # null = on for runs with a pruned branch (and labels)
+    diagnostics: bool | None = None
+    diagnostics_every: int = 1
+    diagnostics_per_class: int | None = None  # null: max(8, 640 // classes) images per class
+
+
+@dataclass
 class PretrainConfig:
     epochs: int = 2000
     batch_size: int = 512
@@ -187,7 +255,13 @@ class Config:
     head: HeadConfig = field(default_factory=HeadConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     bn: BNConfig = field(default_factory=BNConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    temperature: TemperatureConfig = field(default_factory=TemperatureConfig)
+    boost: bool = False  # BCL boosted augmentation (settings under bcl)
+    bcl: BCLConfig = field(default_factory=BCLConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
     linear: ProbeConfig = field(default_factory=ProbeConfig)
     fewshot: ProbeConfig = field(
         default_factory=lambda: ProbeConfig(epochs=100, milestones=[40, 60])
@@ -212,7 +286,7 @@ def register_configs() -> None:
     resolver used in output directory names (idempotent)."""
     cs = ConfigStore.instance()
     cs.store(name="sdclr_schema", node=Config)
-    OmegaConf.register_new_resolver("method_slug", _slug_from_ratio, replace=True)
+    OmegaConf.register_new_resolver("method_slug", _slug, replace=True)
     OmegaConf.register_new_resolver("sdclr_now", _run_time, replace=True)
     OmegaConf.register_new_resolver("sdclr_if_pruned", _if_pruned, replace=True)
 
@@ -233,8 +307,19 @@ def _run_time(fmt: str) -> str:
     return (datetime.fromisoformat(shared) if shared else datetime.now()).strftime(fmt)
 
 
-def _slug_from_ratio(ratio: float | None) -> str:
-    return "simclr" if ratio is None else f"sdclr-p{round(100 * float(ratio)):02d}"
+METHODS = ("simclr", "moco", "byol")
+METHOD_NAMES = {"simclr": "SimCLR", "moco": "MoCo v2", "byol": "BYOL"}
+
+
+def _slug(ratio: float | None, method: str = "simclr") -> str:
+    """``simclr``, ``sdclr-p90`` (the simclr method with a pruned branch), ``moco``,
+    ``moco-p30``, ``byol``, ``byol-p90``."""
+    if method == "simclr":
+        return "simclr" if ratio is None else f"sdclr-p{round(100 * float(ratio)):02d}"
+    return method if ratio is None else f"{method}-p{round(100 * float(ratio)):02d}"
+
+
+_slug_from_ratio = _slug  # the resolver's name before methods were a config group
 
 
 # --- derived settings -------------------------------------------------------------------
@@ -268,23 +353,76 @@ def cifar_stem(cfg: DictConfig | Config) -> bool:
     return int(cfg.data.image_size) <= 64
 
 
+def method_name(cfg: DictConfig | Config) -> str:
+    return str(cfg.method.name)
+
+
+def method_title(cfg: DictConfig | Config) -> str:
+    """``SimCLR``, ``SDCLR``, ``MoCo v2``, ``MoCo v2 + SDCLR``, ``BYOL``, ``BYOL + SDCLR``."""
+    name = method_name(cfg)
+    if name == "simclr":
+        return "SDCLR" if is_sdclr(cfg) else "SimCLR"
+    base = METHOD_NAMES.get(name, name)
+    return f"{base} + SDCLR" if is_sdclr(cfg) else base
+
+
+def boost_preset(cfg: DictConfig | Config):
+    """The BCL :class:`sdclr.boost.BoostConfig`: the method's preset (SDCLR's with a pruned
+    branch, SimCLR's without), with any ``bcl.*`` value that is set replacing its field."""
+    from sdclr.boost import BoostConfig
+
+    preset = BoostConfig.for_sdclr() if is_sdclr(cfg) else BoostConfig.for_simclr()
+    b = cfg.bcl
+    return BoostConfig(
+        k=int(b.k) if b.k is not None else preset.k,
+        base=float(b.base) if b.base is not None else preset.base,
+        span=float(b.span) if b.span is not None else preset.span,
+        random_scale=bool(b.random_scale) if b.random_scale is not None else preset.random_scale,
+    )
+
+
+def diagnostics_on(cfg: DictConfig | Config) -> bool:
+    """``monitor.diagnostics``, where null means: on for runs with a pruned branch."""
+    if cfg.monitor.diagnostics is None:
+        return is_sdclr(cfg)
+    return bool(cfg.monitor.diagnostics)
+
+
 def method_label(cfg: DictConfig | Config) -> str:
-    """Human-readable recipe name used to group runs in reports."""
-    if is_sdclr(cfg):
-        name = f"SDCLR p={cfg.prune.ratio:g}"
-        if cfg.prune.random_ratio:
-            name += f" rand={cfg.prune.random_ratio:g}"
+    """Human-readable recipe name used to group runs in reports: the method, its prune
+    ratio, BN and head, then every option that changes the result and is not the default."""
+    name = method_name(cfg)
+    if name == "simclr" and is_sdclr(cfg):
+        title = f"SDCLR p={cfg.prune.ratio:g}"
+    elif name == "simclr":
+        title = "SimCLR"
     else:
-        name = "SimCLR"
-    parts = [name, f"{bn_mode(cfg)}-BN", f"head{head_depth(cfg)}"]
+        title = METHOD_NAMES.get(name, name)
+        if is_sdclr(cfg):
+            title += f" + SDCLR p={cfg.prune.ratio:g}"
+    if is_sdclr(cfg) and cfg.prune.random_ratio:
+        title += f" rand={cfg.prune.random_ratio:g}"
+    parts = [title, f"{bn_mode(cfg)}-BN", f"head{head_depth(cfg)}"]
+    if name == "simclr" and cfg.loss.name == "debiased":
+        parts.append(f"debiased(tau+={cfg.loss.tau_plus:g})")
+    elif name == "simclr" and cfg.loss.name == "hard":
+        parts.append(f"hard(tau+={cfg.loss.tau_plus:g},beta={cfg.loss.beta:g})")
+    if name == "moco" and cfg.method.mochi:
+        parts.append("MoCHi")
+    if cfg.temperature.schedule == "cosine":
+        t = cfg.temperature
+        parts.append(f"T=cos({t.t_min:g}-{t.t_max:g}/{t.period:g})")
+    if cfg.boost:
+        parts.append("BCL")
     if cfg.split.pretrain_set != "D_i":
         parts.append(f"on {cfg.split.pretrain_set}")
     return " ".join(parts)
 
 
 def method_slug(cfg: DictConfig | Config) -> str:
-    """Short name for directories: ``sdclr-p90`` or ``simclr``."""
-    return _slug_from_ratio(cfg.prune.ratio)
+    """Short name for directories: ``simclr``, ``sdclr-p90``, ``moco``, ``moco-p30``,
+    ``byol``, ..."""
+    return _slug(cfg.prune.ratio, method_name(cfg))
 
 
 # --- validation -------------------------------------------------------------------------
@@ -379,7 +517,7 @@ def validate(cfg: DictConfig) -> None:
     _check(
         d.format != "lists" or any(v for v in dict(d.lists).values()),
         "data.lists",
-        "data.format=lists needs list files: data.lists.D_i, .pool and .test at least",
+        "data.format=lists needs list files: data.lists.D_i and data.lists.test at least",
     )
     _check(
         d.imbalance_factor >= 1, "data.imbalance_factor", f"must be >= 1, got {d.imbalance_factor}"
@@ -460,6 +598,7 @@ def validate(cfg: DictConfig) -> None:
     _check(p.warmup_epochs >= 0, "pretrain.warmup_epochs", f"must be >= 0, got {p.warmup_epochs}")
     _check(0 <= p.min_lr <= p.lr, "pretrain.min_lr", f"must be in [0, lr], got {p.min_lr}")
     _check(p.log_every >= 1, "pretrain.log_every", f"must be >= 1, got {p.log_every}")
+    _validate_methods(cfg)
     for name in ("linear", "fewshot"):
         pc = cfg[name]
         _check(pc.epochs >= 1, f"{name}.epochs", f"must be >= 1, got {pc.epochs}")
@@ -502,6 +641,112 @@ def validate(cfg: DictConfig) -> None:
         dev in ("auto", "cpu") or dev.startswith("cuda"),
         "device",
         f"must be auto, cpu, cuda or cuda:N, got '{dev}'",
+    )
+
+
+def _validate_methods(cfg: DictConfig) -> None:
+    """The method, loss, temperature schedule, BCL and monitor keys."""
+    m, name = cfg.method, cfg.method.name
+    _check(name in METHODS, "method.name", f"must be simclr, moco or byol, got '{name}'")
+    _check(0.0 <= m.momentum <= 1.0, "method.momentum", f"must be in [0, 1], got {m.momentum}")
+    _check(m.queue_size >= 1, "method.queue_size", f"must be >= 1, got {m.queue_size}")
+    _check(
+        m.predictor_hidden >= 1,
+        "method.predictor_hidden",
+        f"must be >= 1, got {m.predictor_hidden}",
+    )
+    _check(
+        m.mochi_n >= 1 and m.mochi_s >= 0 and m.mochi_s_prime >= 0,
+        "method.mochi_n",
+        "MoCHi needs mochi_n >= 1, mochi_s >= 0 and mochi_s_prime >= 0",
+    )
+    _check(
+        not m.mochi or name == "moco",
+        "method.mochi",
+        f"MoCHi mixes negatives from MoCo's queue; it needs method=moco, not {name}",
+    )
+    _check(
+        name != "moco" or m.symmetric or cfg.prune.ratio is None,
+        "method.symmetric",
+        "MoCo with a pruned branch needs the symmetric loss: view 1 is the dense query and "
+        "view 2 the pruned one",
+    )
+    loss = cfg.loss
+    _check(
+        loss.name in ("ntxent", "debiased", "hard"),
+        "loss.name",
+        f"must be ntxent, debiased or hard, got '{loss.name}'",
+    )
+    _check(0.0 <= loss.tau_plus < 1.0, "loss.tau_plus", f"must be in [0, 1), got {loss.tau_plus}")
+    _check(math.isfinite(loss.beta), "loss.beta", f"must be finite, got {loss.beta}")
+    if loss.name != "ntxent":
+        _check(
+            name == "simclr",
+            "loss.name",
+            f"loss={loss.name} is a two-branch NT-Xent variant for method=simclr (SimCLR / "
+            + "SDCLR); "
+            + (
+                "MoCo uses InfoNCE against its queue (method.mochi=true for hard negatives)"
+                if name == "moco"
+                else "BYOL has no negatives"
+            ),
+        )
+    t = cfg.temperature
+    _check(
+        t.schedule in ("constant", "cosine"),
+        "temperature.schedule",
+        f"must be constant or cosine, got '{t.schedule}'",
+    )
+    if t.schedule == "cosine":
+        _check(t.t_min > 0, "temperature.t_min", f"must be > 0, got {t.t_min}")
+        _check(
+            t.t_max >= t.t_min,
+            "temperature.t_max",
+            f"must be >= temperature.t_min={t.t_min}, got {t.t_max}",
+        )
+        _check(t.period > 0, "temperature.period", f"must be > 0, got {t.period}")
+        _check(
+            name != "byol",
+            "temperature.schedule",
+            "BYOL has no temperature; use temperature.schedule=constant",
+        )
+    b = cfg.bcl
+    _check(0.0 <= b.momentum < 1.0, "bcl.momentum", f"must be in [0, 1), got {b.momentum}")
+    _check(b.k is None or b.k >= 1, "bcl.k", f"must be >= 1 (or null), got {b.k}")
+    try:
+        boost_preset(cfg)
+    except ValueError as e:
+        raise ConfigError(f"config key 'bcl.span': {e} (bcl.base + bcl.span <= 30)") from e
+    mon = cfg.monitor
+    _check(mon.knn_every >= 0, "monitor.knn_every", f"must be >= 0 (0 = off), got {mon.knn_every}")
+    _check(mon.knn_k >= 1, "monitor.knn_k", f"must be >= 1, got {mon.knn_k}")
+    _check(mon.knn_t > 0, "monitor.knn_t", f"must be > 0, got {mon.knn_t}")
+    _check(
+        mon.knn_batch_size >= 1,
+        "monitor.knn_batch_size",
+        f"must be >= 1, got {mon.knn_batch_size}",
+    )
+    _check(
+        mon.diagnostics_every >= 1,
+        "monitor.diagnostics_every",
+        f"must be >= 1, got {mon.diagnostics_every}",
+    )
+    _check(
+        mon.diagnostics_per_class is None or mon.diagnostics_per_class >= 1,
+        "monitor.diagnostics_per_class",
+        f"must be >= 1 (or null), got {mon.diagnostics_per_class}",
+    )
+
+
+def check_world_size(cfg: DictConfig | Config, world: int) -> None:
+    """MoCo and BYOL run in one process: their momentum network, queue and predictor are not
+    synchronised across torchrun ranks (SimCLR / SDCLR are)."""
+    _check(
+        world == 1 or cfg.method.name == "simclr",
+        "method.name",
+        f"method={cfg.method.name} runs in one process only (torchrun started {world}): its "
+        f"momentum network, queue and predictor are not synchronised across ranks; run it "
+        f"without torchrun, or use method=simclr",
     )
 
 

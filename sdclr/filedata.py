@@ -226,16 +226,20 @@ def split_from_lists(
 ) -> tuple[FileData, Split]:
     """Read subset lists into one catalogue of training items and a Split indexing into it.
 
-    Required: ``D_i`` and ``pool`` (the linear probe's training images); ``test`` unless the
-    lists hold a carved ``test``; ``val`` is carved from pool images outside the pretraining
-    subsets (``val_per_class`` per class) when absent. ``D_b`` / ``S_b`` are optional.
+    Required: ``D_i`` and ``test``. Without ``pool`` (the linear probe's training images), the
+    pool is every image in the folders of D_i's classes except the validation images (the
+    reference code's "full set" for ImageNet-100). Without ``val``, ``val_per_class`` images
+    per class are carved from pool images outside the pretraining subsets. ``D_b`` / ``S_b``
+    are optional.
     """
-    for need in ("D_i", "pool", "test"):
+    for need in ("D_i", "test"):
         if need not in lists:
             raise DataError(
                 f"the list files need a '{need}' list (data.lists.{need}); have {sorted(lists)}"
             )
     read = {name: read_list(p, num_classes) for name, p in lists.items()}
+    if "pool" not in read:
+        read["pool"] = _pool_from_folders(root, *read["D_i"], read.get("val", ([], None))[0])
     if num_classes is None:
         num_classes = int(max(int(y.max()) for _, y in read.values())) + 1
     # the training catalogue: every item of a training-side list, in order of first appearance
@@ -298,6 +302,34 @@ def split_from_lists(
         root, paths, train_y, list(test_paths), test_y, names, f"{root} (image files)", True
     )
     return data, split
+
+
+def _pool_from_folders(
+    root: Path, paths: list[str], labels: np.ndarray, exclude: list[str]
+) -> tuple[list[str], np.ndarray]:
+    """Every image in the folders holding a class's D_i images, minus ``exclude``."""
+    folder_label: dict[str, int] = {}
+    for p, y in zip(paths, labels.tolist()):
+        folder = str(Path(p).parent)
+        if folder_label.setdefault(folder, y) != y:
+            raise DataError(
+                f"the folder {folder} holds images of labels {folder_label[folder]} and {y} "
+                f"in the D_i list, so it is not a class folder; give data.lists.pool"
+            )
+    skip = set(exclude)
+    out_paths, out_labels = [], []
+    for folder, y in sorted(folder_label.items()):
+        if not (root / folder).is_dir():
+            raise DataError(
+                f"{root / folder} (a class folder of the D_i list) does not exist; point "
+                f"data.root at the folder the lists are relative to"
+            )
+        for name in _images_in(root / folder):
+            rel = f"{folder}/{name}" if folder != "." else name
+            if rel not in skip:
+                out_paths.append(rel)
+                out_labels.append(y)
+    return out_paths, np.asarray(out_labels, dtype=np.int64)
 
 
 def _carve_val(

@@ -182,6 +182,12 @@ def test_list_errors_name_the_problem(tree, tmp_path):
     lists = {"pool": pool, "D_i": pool, "val": pool, "test": good_test}
     data, split = split_from_lists(tree, lists, 12, 1, "x", 2)
     assert data.classes == scan.classes and len(split.D_i) == len(train)
+    # no pool list: every image of the D_i classes' folders except the validation images
+    d_i = _write(tmp_path / "d_i.txt", train[::3])
+    val = _write(tmp_path / "val.txt", train[1::7])
+    data, split = split_from_lists(tree, {"D_i": d_i, "val": val, "test": good_test}, 12, 1, "x", 2)
+    pool = {data.train_paths[i] for i in split.pool}
+    assert pool == {p for p, _ in scan.train} - {t.rsplit(" ", 1)[0] for t in train[1::7]}
 
     missing = _write(tmp_path / "missing.txt", train[:5] + ["train/n0/none.JPEG 0"])
     with pytest.raises(DataError, match="do not exist under .*first: train/n0/none.JPEG"):
