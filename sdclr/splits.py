@@ -456,6 +456,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = compose_config(args.overrides)
+        from sdclr.config import uses_files
+
+        if uses_files(cfg):  # image-file datasets: list files under <out>/<name>/split<i>/
+            return _write_file_lists(cfg, [int(s) for s in args.splits.split(",")], args.out)
         data = load_data(cfg)
         for i in [int(s) for s in args.splits.split(",")]:
             split = generate_split(
@@ -480,6 +484,20 @@ def main(argv: list[str] | None = None) -> int:
     except SdclrError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _write_file_lists(cfg, indices: list[int], out: str) -> int:
+    from sdclr.filedata import generate_lists, generated_lists_dir
+
+    for i in indices:
+        folder = generated_lists_dir(Path(out), cfg.data.name, i)
+        if (folder / "meta.json").is_file():
+            print(f"{folder}: exists (delete it to generate again)")
+            continue
+        generate_lists(cfg.data, i, folder)
+        meta = json.loads((folder / "meta.json").read_text())
+        print(f"{folder}: {meta['images']} training images, D_i profile {meta['profile']}")
     return 0
 
 
