@@ -62,6 +62,7 @@ __all__ = [
     "sample_blur_params",
     "sample_contrastive_params",
     "sample_crop_boxes",
+    "sample_crop_boxes_sized",
     "sample_jitter_params",
     "sample_pad_crop_params",
     "to_float",
@@ -157,14 +158,32 @@ def sample_crop_boxes(
     device: torch.device | str | None = None,
 ) -> Tensor:
     """Boxes ``[n, 4]`` int64 ``(top, left, h, w)`` with the rule of
-    ``torchvision.transforms.RandomResizedCrop.get_params``, vectorised over samples.
+    ``torchvision.transforms.RandomResizedCrop.get_params``, vectorised over samples."""
+    dev = _device(generator, device)
+    heights = torch.full((n,), height, dtype=torch.int64, device=dev)
+    widths = torch.full((n,), width, dtype=torch.int64, device=dev)
+    return sample_crop_boxes_sized(heights, widths, scale, ratio, generator)
+
+
+def sample_crop_boxes_sized(
+    heights: Tensor,
+    widths: Tensor,
+    scale: tuple[float, float] = (0.08, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """:func:`sample_crop_boxes` for images of different sizes (``heights`` / ``widths`` per
+    sample), as needed for batches of decoded files.
 
     All 10 attempts are drawn for every sample at once; the first valid attempt is picked with an
-    argmax over the validity mask, and samples without a valid attempt get the central fallback.
+    argmax over the validity mask, and samples without a valid attempt get the central fallback
+    (ratio clamped to the range), computed per sample.
     """
-    dev = _device(generator, device)
-    area = float(height * width)
+    dev = heights.device
+    n = len(heights)
     # float64 like torchvision's Python-float sqrt/round (round half to even in both).
+    height, width = heights.to(torch.float64), widths.to(torch.float64)
+    area = (height * width)[:, None]
     u_area = _rand((n, _CROP_ATTEMPTS), generator, dev, torch.float64)
     u_ratio = _rand((n, _CROP_ATTEMPTS), generator, dev, torch.float64)
     target_area = area * (scale[0] + (scale[1] - scale[0]) * u_area)
@@ -172,30 +191,26 @@ def sample_crop_boxes(
     aspect = torch.exp(log_lo + (log_hi - log_lo) * u_ratio)
     w_try = torch.round(torch.sqrt(target_area * aspect))
     h_try = torch.round(torch.sqrt(target_area / aspect))
-    valid = (w_try > 0) & (w_try <= width) & (h_try > 0) & (h_try <= height)
+    valid = (w_try > 0) & (w_try <= width[:, None]) & (h_try > 0) & (h_try <= height[:, None])
 
     # argmax returns the first maximal index, i.e. the first accepted attempt.
     first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)
     found = valid.any(dim=1)
 
-    # Fallback (central crop, ratio clamped to the range) depends only on shapes: Python scalars.
     in_ratio = width / height
-    if in_ratio < min(ratio):
-        fb_w, fb_h = width, int(round(width / min(ratio)))
-    elif in_ratio > max(ratio):
-        fb_h, fb_w = height, int(round(height * max(ratio)))
-    else:
-        fb_w, fb_h = width, height
+    narrow, wide = in_ratio < min(ratio), in_ratio > max(ratio)
+    fb_w = torch.where(wide, torch.round(height * max(ratio)), width)
+    fb_h = torch.where(narrow, torch.round(width / min(ratio)), height)
 
-    h = torch.where(found, h_try.gather(1, first).squeeze(1), float(fb_h))
-    w = torch.where(found, w_try.gather(1, first).squeeze(1), float(fb_w))
+    h = torch.where(found, h_try.gather(1, first).squeeze(1), fb_h)
+    w = torch.where(found, w_try.gather(1, first).squeeze(1), fb_w)
 
     # Uniform integer offsets randint(0, H - h + 1); the clamp guards u * m rounding up to m.
     u_pos = _rand((n, 2), generator, dev, torch.float64)
     top = torch.minimum(torch.floor(u_pos[:, 0] * (height - h + 1)), height - h)
     left = torch.minimum(torch.floor(u_pos[:, 1] * (width - w + 1)), width - w)
-    top = torch.where(found, top, float((height - fb_h) // 2))
-    left = torch.where(found, left, float((width - fb_w) // 2))
+    top = torch.where(found, top, torch.div(height - fb_h, 2, rounding_mode="floor"))
+    left = torch.where(found, left, torch.div(width - fb_w, 2, rounding_mode="floor"))
     return torch.stack((top, left, h, w), dim=1).to(torch.int64)
 
 

@@ -14,8 +14,6 @@ device; everything after it (flip, jitter, grayscale, blur, normalisation) is ba
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -23,7 +21,6 @@ from torch import Tensor
 from sdclr.augment import (
     ContrastiveAugmentConfig,
     ContrastiveParams,
-    _rand,
     apply_color_jitter,
     apply_gaussian_blur,
     apply_grayscale,
@@ -33,13 +30,13 @@ from sdclr.augment import (
     sample_bernoulli,
     sample_blur_params,
     sample_crop_boxes,
+    sample_crop_boxes_sized,
     sample_jitter_params,
     to_float,
 )
 from sdclr.augment import contrastive_view as tensor_contrastive_view
 
 Batch = Tensor | list[Tensor]
-_ATTEMPTS = 10
 
 
 def batch_size(x: Batch) -> int:
@@ -48,51 +45,6 @@ def batch_size(x: Batch) -> int:
 
 def _device(x: Batch) -> torch.device:
     return x.device if isinstance(x, Tensor) else x[0].device
-
-
-def sample_crop_boxes_sized(
-    heights: Tensor,
-    widths: Tensor,
-    scale: tuple[float, float],
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """``RandomResizedCrop.get_params`` for images of different sizes: ``[n, 4]`` int64
-    ``(top, left, h, w)``, the same rule as :func:`sdclr.augment.sample_crop_boxes` (ten
-    attempts, first valid one, central fallback with the ratio clamped) with per-image sizes."""
-    dev = heights.device
-    n = len(heights)
-    height, width = heights.to(torch.float64), widths.to(torch.float64)
-    area = (height * width)[:, None]
-    u_area = _rand((n, _ATTEMPTS), generator, dev, torch.float64)
-    u_ratio = _rand((n, _ATTEMPTS), generator, dev, torch.float64)
-    target = area * (scale[0] + (scale[1] - scale[0]) * u_area)
-    lo, hi = math.log(ratio[0]), math.log(ratio[1])
-    aspect = torch.exp(lo + (hi - lo) * u_ratio)
-    w_try = torch.round(torch.sqrt(target * aspect))
-    h_try = torch.round(torch.sqrt(target / aspect))
-    valid = (w_try > 0) & (w_try <= width[:, None]) & (h_try > 0) & (h_try <= height[:, None])
-    first = valid.to(torch.uint8).argmax(dim=1, keepdim=True)
-    found = valid.any(dim=1)
-    in_ratio = width / height
-    fb_w = torch.where(
-        in_ratio < min(ratio),
-        width,
-        torch.where(in_ratio > max(ratio), torch.round(height * max(ratio)), width),
-    )
-    fb_h = torch.where(
-        in_ratio < min(ratio),
-        torch.round(width / min(ratio)),
-        height,
-    )
-    h = torch.where(found, h_try.gather(1, first).squeeze(1), fb_h)
-    w = torch.where(found, w_try.gather(1, first).squeeze(1), fb_w)
-    u_pos = _rand((n, 2), generator, dev, torch.float64)
-    top = torch.minimum(torch.floor(u_pos[:, 0] * (height - h + 1)), height - h)
-    left = torch.minimum(torch.floor(u_pos[:, 1] * (width - w + 1)), width - w)
-    top = torch.where(found, top, torch.div(height - fb_h, 2, rounding_mode="floor"))
-    left = torch.where(found, left, torch.div(width - fb_w, 2, rounding_mode="floor"))
-    return torch.stack((top, left, h, w), dim=1).to(torch.int64)
 
 
 def _sizes(images: list[Tensor]) -> tuple[Tensor, Tensor]:
