@@ -1,7 +1,8 @@
 """BYOL (Grill et al. 2020) as a method object with the interface of
 :class:`sdclr.method.ContrastiveMethod` (see :mod:`sdclr.moco` for the full list: ``pruned``,
 ``masks``, ``on_epoch_start``, ``loss``, ``after_step``, ``extra_parameters``,
-``set_progress``, ``state_dict`` / ``load_state_dict``, ``setup``).
+``set_progress``, ``state_dict`` / ``load_state_dict``, ``setup``, ``track_samples`` /
+``sample_losses``).
 
 Online network: the ContrastiveModel (backbone + projection head) followed by a predictor
 MLP, Linear(out, hidden) -> BN -> ReLU -> Linear(hidden, out). Target network: an EMA copy of
@@ -14,7 +15,8 @@ paper; between 0 and 8).
 The predictor is not part of ``model``: call ``setup(model)`` before building the optimiser
 and add ``extra_parameters()`` (the predictor's parameters) to it. Under
 DistributedDataParallel the predictor's gradients are not averaged unless the loop puts it
-inside the DDP module (its initial weights are broadcast from rank 0 at setup).
+inside the DDP module (its initial weights are broadcast from rank 0 at setup); the runner
+therefore refuses BYOL under torchrun.
 
 Pruning (prune ratio given): the same design as MoCo, for the same reasons: online view 1
 through the dense branch, online view 2 through the pruned branch (mask, BN copy 1 with dual
@@ -115,4 +117,10 @@ class BYOL(MomentumMethod):
             p1, p2 = self.predict(torch.cat([z1, z2])).chunk(2)
         else:
             p1, p2 = self.predict(z1, 0), self.predict(z2, self._branch2)
+        if self.track_samples:
+            self._last_terms = [(p1.detach(), t2), (p2.detach(), t1)]
         return byol_loss(p1, t2) + byol_loss(p2, t1)
+
+    def _per_sample(self, term: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        p, z = term
+        return 2 - 2 * (F.normalize(p.float(), dim=1) * F.normalize(z.float(), dim=1)).sum(1)

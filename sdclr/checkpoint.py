@@ -1,4 +1,10 @@
-"""Checkpoints: written atomically, carrying what is needed to rebuild the model."""
+"""Checkpoints: written atomically, carrying what is needed to rebuild the model.
+
+The pretrain checkpoint (written by :func:`sdclr.pretrain.pretrain`) holds the online model
+(``model``, what the probes and the export use), the optimiser, ``method_state`` (MoCo's key
+encoder, queue and pointer, BYOL's target and predictor, the current momentum; empty for
+SimCLR / SDCLR), the mask, the BCL loss memory (``boost``), the temperatures, the monitor's
+records, the position in the epoch, every RNG state, and ``spec`` / ``config``."""
 
 from __future__ import annotations
 

@@ -180,7 +180,7 @@ class MonitorConfig:
     knn_every: int = 50
     knn_k: int = 200
     knn_t: float = 0.1
-    knn_batch_size: int = 512
+    batch_size: int = 512  # images per forward of the kNN monitor and the diagnostics
     # per-class dense/pruned disagreement, per-class loss share, per-layer mask density;
     # null = on for runs with a pruned branch (and labels)
     diagnostics: bool | None = None
@@ -721,11 +721,7 @@ def _validate_methods(cfg: DictConfig) -> None:
     _check(mon.knn_every >= 0, "monitor.knn_every", f"must be >= 0 (0 = off), got {mon.knn_every}")
     _check(mon.knn_k >= 1, "monitor.knn_k", f"must be >= 1, got {mon.knn_k}")
     _check(mon.knn_t > 0, "monitor.knn_t", f"must be > 0, got {mon.knn_t}")
-    _check(
-        mon.knn_batch_size >= 1,
-        "monitor.knn_batch_size",
-        f"must be >= 1, got {mon.knn_batch_size}",
-    )
+    _check(mon.batch_size >= 1, "monitor.batch_size", f"must be >= 1, got {mon.batch_size}")
     _check(
         mon.diagnostics_every >= 1,
         "monitor.diagnostics_every",

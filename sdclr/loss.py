@@ -61,6 +61,17 @@ def nt_xent(
     return F.cross_entropy(logits, pos_idx, reduction=reduction)
 
 
+def _negative_columns(self_idx: torch.Tensor, pos_idx: torch.Tensor, m: int) -> torch.Tensor:
+    """[2B, M] column indices of each anchor's negatives: every column but the anchor's own
+    and its positive's, in increasing order (a gather instead of a boolean mask, whose output
+    size would need a host synchronisation on the GPU)."""
+    lo = torch.minimum(self_idx, pos_idx)[:, None]
+    hi = torch.maximum(self_idx, pos_idx)[:, None]
+    cols = torch.arange(m, device=self_idx.device).expand(len(self_idx), m)
+    cols = cols + (cols >= lo)
+    return cols + (cols >= hi)
+
+
 def hard_nt_xent(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -90,10 +101,7 @@ def hard_nt_xent(
         raise ValueError("the global batch needs at least 2 images to have negatives")
     rows = torch.arange(two_b, device=logits.device)
     pos = logits[rows, pos_idx]  # s+/t, [2B]
-    keep = torch.ones_like(logits, dtype=torch.bool)
-    keep[rows, self_idx] = False
-    keep[rows, pos_idx] = False
-    neg = logits[keep].view(two_b, m)  # s_j/t over the negatives, [2B, M]
+    neg = logits.gather(1, _negative_columns(self_idx, pos_idx, m))  # s_j/t, [2B, M]
 
     # log of the (reweighted) sum over negatives
     if beta == 0:

@@ -21,6 +21,10 @@ Interface (that of :class:`sdclr.method.ContrastiveMethod`, plus the calls after
 - ``state_dict()`` / ``load_state_dict(state)``: key / target network, current momentum,
   MoCo's queue and pointer, BYOL's predictor. Loading before setup is allowed: the state is
   applied when the momentum copy is created.
+- ``track_samples`` (bool) and ``sample_losses() -> Tensor [B]``: with ``track_samples`` set
+  before ``loss``, the detached per-sample losses of that step (each sample's mean over its
+  queries / predictions), computed from the step's detached logits or outputs (no random
+  draw is repeated); BCL and the diagnostics of :mod:`sdclr.pretrain` use them.
 - ``setup(model)``: creates the momentum copy (a deepcopy of the online ContrastiveModel,
   backbone + head, with ``requires_grad=False``; with dual BN only its copy 0 is used, but
   every parameter is averaged; it keeps its own BN statistics, updated by its own train-mode
@@ -46,7 +50,8 @@ forward (one BN batch of 2B, as SimCLR here does); with dual BN view 2 uses BN c
 
 Distributed: under torch.distributed the keys of all ranks are gathered before they are
 enqueued (every rank keeps the same queue; the initial queue is broadcast from rank 0); this
-path was checked by hand with two gloo processes but has no test in the suite. There is no
+path was checked by hand with two gloo processes but has no test in the suite, and the runner
+refuses MoCo and BYOL under torchrun (:func:`sdclr.config.check_world_size`). There is no
 Shuffle BN: as for SimCLR / SDCLR here, BN statistics are those of the whole (global, with
 global BN) batch, which is SimCLR's answer to the same information leak, and MoCo v3 drops
 Shuffle BN as well.
@@ -124,6 +129,9 @@ class MomentumMethod:
         self._masker = ContrastiveMethod(1.0, prune_ratio, random_ratio, dual_bn, generator)
         self.momentum_model: ContrastiveModel | None = None
         self._pending_state: dict[str, Any] | None = None
+        # BCL / diagnostics: keep what the per-sample losses of the last step need
+        self.track_samples = False
+        self._last_terms: list[torch.Tensor] = []
 
     # --- SDCLR mask -------------------------------------------------------------------
     @property
@@ -183,6 +191,17 @@ class MomentumMethod:
 
     def _load_extra(self, state: dict[str, Any]) -> None:
         pass
+
+    @torch.no_grad()
+    def sample_losses(self) -> torch.Tensor:
+        """[B] per-sample losses of the last ``loss`` call (``track_samples`` set before it),
+        each the mean over the sample's anchors (queries / predictions)."""
+        if not self._last_terms:
+            raise RuntimeError("set track_samples = True before the loss to get sample losses")
+        return torch.stack([self._per_sample(t) for t in self._last_terms]).mean(0)
+
+    def _per_sample(self, term: Any) -> torch.Tensor:
+        raise NotImplementedError
 
     # --- momentum ---------------------------------------------------------------------
     def set_progress(self, fraction: float) -> None:
@@ -387,6 +406,7 @@ class MoCo(MomentumMethod):
         self, model: ContrastiveModel, view1: torch.Tensor, view2: torch.Tensor
     ) -> torch.Tensor:
         self._check_ready(model)
+        self._last_terms = []
         queue = self.queue
         if self.symmetric:
             k1, k2 = self.keys(model, torch.cat([view1, view2])).chunk(2)
@@ -403,7 +423,14 @@ class MoCo(MomentumMethod):
         return loss
 
     def _nce(self, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
-        return info_nce(moco_logits(q, k, queue, self.temperature, self.mochi, self.generator))
+        logits = moco_logits(q, k, queue, self.temperature, self.mochi, self.generator)
+        if self.track_samples:
+            self._last_terms.append(logits.detach())
+        return info_nce(logits)
+
+    def _per_sample(self, logits: torch.Tensor) -> torch.Tensor:
+        labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        return F.cross_entropy(logits.float(), labels, reduction="none")
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:

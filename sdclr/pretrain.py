@@ -3,6 +3,15 @@
 Batches are index gathers into the resident dataset; both views are drawn with the batched
 augmentation ops from one seeded generator. The loss is accumulated on the device and read
 only every ``log_every`` steps, so the step itself never waits on the host.
+
+Any method object of :mod:`sdclr.method` (SimCLR / SDCLR, MoCo v2, BYOL, each with or without
+a pruned branch) trains here: its extra parameters join the optimiser, ``after_step`` runs
+after every optimiser step and ``set_progress`` before every loss. At every epoch start the
+mask is recomputed and the temperature set (constant, or ``temperature.schedule=cosine``);
+with ``boost=true`` (BCL) the per-sample losses of every step update a loss memory indexed by
+dataset position, turned into per-sample strengths at the next epoch start (0 in the first
+epoch) that drive the boosted augmentation of both views. The kNN monitor and the
+diagnostics (:mod:`sdclr.monitor`) run at epoch ends on rank 0.
 """
 
 from __future__ import annotations
@@ -17,17 +26,21 @@ import torch
 from torch import nn
 
 from sdclr.augment import ContrastiveAugmentConfig, normalize
+from sdclr.boost import BoostConfig, LossMemory
+from sdclr.boost import boost as boost_view
 from sdclr.checkpoint import save_checkpoint
-from sdclr.distributed import any_rank, global_mean, world_size
+from sdclr.config import boost_preset
+from sdclr.distributed import any_rank, barrier, gather_with_grad, global_mean, world_size
 from sdclr.distributed import rank as get_rank
 from sdclr.errors import TrainingError
 from sdclr.imagebank import FileImages, TensorImages, as_images
 from sdclr.method import ContrastiveMethod
 from sdclr.model import ContrastiveModel
+from sdclr.monitor import TrainingMonitor
 from sdclr.precision import autocast
 from sdclr.progress import progress_bar
 from sdclr.resume import Interrupted, StopSignal, restore_rng, rng_state
-from sdclr.schedule import warmup_cosine
+from sdclr.schedule import cosine_temperature, warmup_cosine
 from sdclr.views import Batch, contrastive_view
 
 
@@ -96,10 +109,20 @@ def make_views(
     mean: list[float],
     std: list[float],
     settings: StepSettings,
+    boost: tuple[torch.Tensor, BoostConfig] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two independent augmentations of a uint8 batch (resident or decoded files), normalised."""
-    v1 = normalize(contrastive_view(x, aug, generator), mean, std)
-    v2 = normalize(contrastive_view(x, aug, generator), mean, std)
+    """Two independent augmentations of a uint8 batch (resident or decoded files), normalised.
+
+    ``boost``: (per-sample strengths [B], BCL config); each view then gets BCL's boosted
+    RandAugment after the usual augmentation and before normalisation (draw order: view 1,
+    its boost, view 2, its boost)."""
+    v1 = contrastive_view(x, aug, generator)
+    if boost is not None:
+        v1 = boost_view(v1, boost[0], boost[1], generator)
+    v2 = contrastive_view(x, aug, generator)
+    if boost is not None:
+        v2 = boost_view(v2, boost[0], boost[1], generator)
+    v1, v2 = normalize(v1, mean, std), normalize(v2, mean, std)
     fmt = settings.memory_format
     return v1.contiguous(memory_format=fmt), v2.contiguous(memory_format=fmt)
 
@@ -144,19 +167,37 @@ def train_step(
     settings: StepSettings,
     ddp: nn.Module | None = None,
 ) -> torch.Tensor:
-    """One optimisation step; returns the detached loss (no host synchronisation)."""
+    """One optimisation step, then the method's momentum update (``after_step``); returns
+    the detached loss (no host synchronisation)."""
     with autocast(v1.device.type, settings.amp_dtype):
         loss = ddp(v1, v2) if ddp is not None else method.loss(model, v1, v2)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
+    method.after_step(model)
     return loss.detach()
 
 
-def make_optimizer(model: ContrastiveModel, p) -> torch.optim.SGD:
-    return torch.optim.SGD(
-        model.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
-    )
+def make_optimizer(
+    model: ContrastiveModel, p, extra: list[nn.Parameter] | tuple = ()
+) -> torch.optim.SGD:
+    """SGD over the model and ``extra`` (the method's parameters outside the model, e.g.
+    BYOL's predictor), one parameter group."""
+    params = list(model.parameters()) + list(extra) if extra else model.parameters()
+    return torch.optim.SGD(params, lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+
+
+def epoch_temperature(cfg, epoch: int) -> float:
+    """The contrastive temperature of 0-based ``epoch``: ``pretrain.temperature``, or the
+    cosine schedule of ``temperature.*`` (t_max at epoch 0)."""
+    t = cfg.temperature
+    if t.schedule == "cosine":
+        return cosine_temperature(epoch, float(t.t_min), float(t.t_max), float(t.period))
+    return float(cfg.pretrain.temperature)
+
+
+def _gather(t: torch.Tensor, world: int) -> torch.Tensor:
+    return gather_with_grad(t.contiguous()) if world > 1 else t
 
 
 def pretrain(
@@ -171,14 +212,20 @@ def pretrain(
     progress: bool = True,
     resume_from: dict[str, Any] | None = None,
     stop: StopSignal | None = None,
+    monitor: TrainingMonitor | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``images``: uint8 [N, 3, H, W] on the training device, or a bank of
     image files decoded per batch (:mod:`sdclr.imagebank`).
 
+    ``method`` is any method object (:mod:`sdclr.method`, :mod:`sdclr.moco`,
+    :mod:`sdclr.byol`). ``log(record, step, kind="pretrain")`` receives the step and epoch
+    records, and the ``knn`` / ``diagnostics`` records of ``monitor``.
+
     Checkpoints (every ``checkpoint.every`` epochs, at the end, and when ``stop`` reports a
-    signal) hold everything needed to continue exactly: weights, optimiser, position in the
-    epoch (its permutation and batch index), the current mask and every RNG state.
-    ``resume_from`` is such a checkpoint.
+    signal) hold everything needed to continue exactly: weights, optimiser, the method's
+    state (momentum network, queue, predictor), the BCL loss memory and strengths, position
+    in the epoch (its permutation and batch index), the current mask, the monitor's curves
+    and every RNG state. ``resume_from`` is such a checkpoint.
     """
     p = cfg.pretrain
     bank = as_images(images)
@@ -191,19 +238,43 @@ def pretrain(
     warmup_steps = len(batches) * p.warmup_epochs
     aug = augment_config(cfg.data)
     mean, std = list(cfg.data.mean), list(cfg.data.std)
-    opt = make_optimizer(model, p)
+    boost_cfg = boost_preset(cfg) if cfg.boost else None
+    memory = LossMemory(n, float(cfg.bcl.momentum), device) if boost_cfg is not None else None
+    strength = torch.zeros(n, device=device) if boost_cfg is not None else None
+    knn = monitor.knn if monitor is not None else None
+    diag = monitor.diagnostics if monitor is not None else None
+    track = memory is not None or diag is not None
+    method.track_samples = track
+    has_temperature = hasattr(method, "temperature")
+
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+    prepare_model(model, settings)
+    # the method's own networks (momentum copy, predictor) exist before the optimiser; any
+    # random draw this makes is replaced below by the checkpoint's RNG state on resume
+    method.setup(model)
+    opt = make_optimizer(model, p, method.extra_parameters())
     densities: list[float] = []
     epoch_losses: list[float] = []
+    temperatures: list[float] = []
+    knn_curve: list[dict[str, Any]] = []
+    diag_records: list[dict[str, Any]] = []
     step, start_epoch, start_batch = 0, 0, 0
     perm: torch.Tensor | None = None
     carried_loss = 0.0
     seconds_before = 0.0
     if resume_from is not None:
-        model.load_state_dict(resume_from["model"])
         opt.load_state_dict(resume_from["optimizer"])
+        if resume_from.get("method_state"):
+            method.load_state_dict(resume_from["method_state"])
+        if memory is not None and resume_from.get("boost"):
+            memory.load_state_dict(resume_from["boost"]["memory"])
         step, start_epoch = int(resume_from["step"]), int(resume_from["epoch"])
         densities = list(resume_from["mask_density"])
         epoch_losses = list(resume_from["epoch_losses"])
+        temperatures = list(resume_from.get("temperatures", []))
+        knn_curve = list(resume_from.get("knn", []))
+        diag_records = list(resume_from.get("diagnostics", []))
         seconds_before = float(resume_from.get("seconds", 0.0))
         restore_rng(resume_from["rng"], generator)
         position = resume_from.get("position")
@@ -212,7 +283,10 @@ def pretrain(
             perm = position["perm"].to(device)
             carried_loss = float(position["loss_sum"])
             method.masks = {k: v.to(device) for k, v in resume_from["masks"].items()}
-    prepare_model(model, settings)
+            if strength is not None and position.get("strength") is not None:
+                strength = position["strength"].to(device)
+            if diag is not None and position.get("class_loss") is not None:
+                diag.load_epoch_state(position["class_loss"])
     model.train()
     t0 = time.time()
     lr = p.lr
@@ -227,18 +301,30 @@ def pretrain(
             {
                 "model": model.state_dict(),
                 "optimizer": opt.state_dict(),
+                "method_state": method.state_dict(),
                 "epoch": epoch,
                 "step": step,
                 "position": position,
                 "masks": {k: v.cpu() for k, v in (method.masks or {}).items()},
                 "mask_density": densities,
                 "epoch_losses": epoch_losses,
+                "temperatures": temperatures,
+                "boost": {"memory": memory.state_dict()} if memory is not None else None,
+                "knn": knn_curve,
+                "diagnostics": diag_records,
                 "rng": rng_state(generator),
                 "finished": epoch == p.epochs and position is None,
                 "seconds": seconds_before + time.time() - t0,
                 **extra_state,
             },
         )
+
+    def emit(record: dict[str, Any], kind: str = "pretrain") -> None:
+        if log is not None:
+            if kind == "pretrain":
+                log(record, step)
+            else:
+                log(record, step, kind)
 
     bar = progress_bar(
         range(start_epoch, p.epochs),
@@ -249,13 +335,22 @@ def pretrain(
     )
     for epoch in bar:
         resuming_mid_epoch = perm is not None
+        temperature = epoch_temperature(cfg, epoch) if has_temperature else None
+        if has_temperature:
+            method.temperature = temperature
         if resuming_mid_epoch:
             density = None  # this epoch's mask was restored, its density already recorded
         else:
             density = method.on_epoch_start(model)
             if density is not None:
                 densities.append(density)
+            if temperature is not None:
+                temperatures.append(temperature)
             perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
+            if memory is not None:  # BCL: strengths fixed for the epoch, 0 in the first one
+                strength = memory.strengths() if epoch > 0 else torch.zeros(n, device=device)
+            if diag is not None:
+                diag.reset_epoch()
         loss_sum = torch.zeros((), device=device) + carried_loss
         window_sum = torch.zeros((), device=device)
         window = 0
@@ -264,10 +359,19 @@ def pretrain(
             lr = warmup_cosine(step, total_steps, warmup_steps, p.lr, p.min_lr)
             for group in opt.param_groups:
                 group["lr"] = lr
-            v1, v2 = make_views(x, aug, generator, mean, std, settings)
+            method.set_progress(step / total_steps)
+            idx = perm[batches[b][0] : batches[b][1]]
+            boost = (strength[idx], boost_cfg) if memory is not None else None
+            v1, v2 = make_views(x, aug, generator, mean, std, settings, boost)
             if world > 1:  # every rank draws the global batch's views, then takes its slice
                 v1, v2 = v1.chunk(world)[rank], v2.chunk(world)[rank]
             loss = train_step(model, method, opt, v1, v2, settings, ddp)
+            if track:  # per-sample losses of the global batch, on the device
+                per_sample = _gather(method.sample_losses(), world)
+                if memory is not None:
+                    memory.update(idx, per_sample)
+                if diag is not None:
+                    diag.add_losses(idx, per_sample)
             loss_sum += loss
             window_sum += loss
             window += 1
@@ -275,8 +379,7 @@ def pretrain(
             if step % p.log_every == 0:
                 value = global_mean(window_sum) / window  # the only host sync in the loop
                 _check_finite(value, epoch, step, lr)
-                if log is not None:
-                    log({"step": step, "epoch": epoch + 1, "loss": value, "lr": lr}, step)
+                emit({"step": step, "epoch": epoch + 1, "loss": value, "lr": lr})
                 window_sum.zero_()
                 window = 0
             # ranks agree on stopping at the same step: checked at every step in one process,
@@ -285,7 +388,12 @@ def pretrain(
             if check and any_rank(stop.requested, device) and b + 1 < len(batches):
                 so_far = global_mean(loss_sum)
                 _check_finite(so_far, epoch, step, lr)
-                save(epoch, {"batch": b + 1, "perm": perm.cpu(), "loss_sum": so_far})
+                position = {"batch": b + 1, "perm": perm.cpu(), "loss_sum": so_far}
+                if strength is not None:
+                    position["strength"] = strength.cpu()
+                if diag is not None:
+                    position["class_loss"] = diag.epoch_state()
+                save(epoch, position)
                 raise Interrupted(
                     _interrupt_message(stop.signum, epoch, step, checkpoint_path), stop.signum
                 )
@@ -296,8 +404,24 @@ def pretrain(
         record = {"epoch": epoch + 1, "epoch_loss": epoch_loss, "lr": lr}
         if density is not None:
             record["mask_density"] = density
-        if log is not None:
-            log(record, step)
+        if temperature is not None:
+            record["temperature"] = temperature
+        if hasattr(method, "momentum"):
+            record["momentum"] = float(method.momentum)
+        emit(record)
+        done = epoch + 1
+        if knn is not None and knn.due(done):
+            if rank == 0:  # the others wait at the barrier
+                entry = {"epoch": done, **knn(model.backbone)}
+                knn_curve.append(entry)
+                emit(entry, "knn")
+            barrier()
+        if diag is not None and diag.due(done):
+            if rank == 0:
+                entry = diag(model, method, done)
+                diag_records.append(entry)
+                emit(entry, "diagnostics")
+            barrier()
         bar.set_postfix(loss=f"{epoch_loss:.4f}", lr=f"{lr:.3g}")
         last = epoch + 1 == p.epochs
         interrupted = stop is not None and any_rank(stop.requested, device)
@@ -322,6 +446,20 @@ def pretrain(
     }
     if method.pruned:
         result["mask_density"] = densities
+    if temperatures:
+        result["temperature"] = temperatures
+    if boost_cfg is not None:
+        result["boost"] = {
+            "k": boost_cfg.k,
+            "base": boost_cfg.base,
+            "span": boost_cfg.span,
+            "random_scale": boost_cfg.random_scale,
+            "momentum": float(cfg.bcl.momentum),
+        }
+    if knn is not None:
+        result["knn"] = knn_curve
+    if diag is not None:
+        result["diagnostics"] = diag_records
     return result
 
 

@@ -16,8 +16,15 @@ are never averaged in. When ``DIR/multirun.yaml`` exists, the expected job count
 product of the number of comma-separated values of every sweep override, and override
 combinations without any job dir are listed as missing.
 
+Any mix of methods (SimCLR, SDCLR, MoCo v2, BYOL, with or without a pruned branch, losses
+and options) is grouped correctly: the label names the method and every non-default option
+(:func:`sdclr.config.method_label`); labels of older runs that lack the method name get it.
+
 Outputs (in ``DIR`` or ``--out``): ``report.md`` (also printed), ``report.json``,
-``group_accuracy.png`` and ``per_class_accuracy.png``.
+``group_accuracy.png`` and ``per_class_accuracy.png``; when the runs have them,
+``knn_curves.png`` (the kNN monitor's accuracy and Many / Medium / Few against the epoch) and
+``diagnostics.png`` (per class, the dense / pruned disagreement and the class's share of the
+contrastive loss against its D_i count, at the last diagnosed epoch).
 """
 
 from __future__ import annotations
@@ -57,6 +64,10 @@ STD_DDOF = 0
 MARKER_FILES = (Path(".hydra") / "config.yaml", Path("metrics.json"), Path("status.json"))
 GROUP_PLOT = "group_accuracy.png"
 PER_CLASS_PLOT = "per_class_accuracy.png"
+KNN_PLOT = "knn_curves.png"
+DIAGNOSTICS_PLOT = "diagnostics.png"
+#: Method families in report order; a label matches the first whose pattern it contains.
+METHOD_ORDER = (("simclr", "simclr"), ("sdclr", "sdclr"), ("moco", "moco"), ("byol", "byol"))
 
 
 class ReportError(SdclrError):
@@ -406,12 +417,29 @@ def _is_simclr_like(label: str, method: str | None) -> bool:
     return "simclr" in text and "sdclr" not in text
 
 
+def _method_rank(label: str, method: str | None) -> int:
+    """SimCLR, SDCLR, MoCo, BYOL, then anything else (a MoCo + SDCLR run ranks as MoCo)."""
+    text = f"{label} {method or ''}".lower()
+    if _is_simclr_like(label, method):
+        return 0
+    for rank, (_, pattern) in enumerate(METHOD_ORDER[2:], start=2):
+        if pattern in text:
+            return rank
+    return 1 if "sdclr" in text else len(METHOD_ORDER)
+
+
 def _label_of(job: Mapping[str, Any]) -> tuple[str, str | None]:
+    """(label, method) of a job; the method's name leads the label when the label lacks it
+    (runs of different methods never share a label)."""
     run = (job["metrics"] or {}).get("run")
     run = run if isinstance(run, dict) else {}
     method = run.get("method")
-    label = run.get("label") or method or f"job {job['name']}"
-    return str(label), (str(method) if method is not None else None)
+    label = str(run.get("label") or method or f"job {job['name']}")
+    if method is not None:
+        first = str(method).split()[0]
+        if first.lower() not in label.lower():
+            label = f"{method} {label}"
+    return label, (str(method) if method is not None else None)
 
 
 def _split_of(job: Mapping[str, Any]) -> Any:
@@ -496,9 +524,44 @@ def aggregate(jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
                 [v for v in (_as_float(p.get("seconds")) for p in pre) if v is not None]
             ),
         }
+        entry["knn"] = _knn_summary(pre)
         methods.append(entry)
-    methods.sort(key=lambda m: (not _is_simclr_like(m["label"], m["method"]), m["label"]))
+    methods.sort(key=lambda m: (_method_rank(m["label"], m["method"]), m["label"]))
     return methods
+
+
+def _knn_curve(pretrain: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    curve = pretrain.get("knn") if isinstance(pretrain, Mapping) else None
+    if not isinstance(curve, list):
+        return []
+    return [p for p in curve if isinstance(p, Mapping) and _as_float(p.get("epoch")) is not None]
+
+
+def _knn_summary(pre: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The kNN monitor of a method's jobs: its last point (mean ± std over jobs) and the
+    mean curve over the epochs every job has."""
+    curves = [c for c in (_knn_curve(p) for p in pre) if c]
+    if not curves:
+        return None
+    out: dict[str, Any] = {"n": len(curves), "epoch": sorted({int(c[-1]["epoch"]) for c in curves})}
+    for key, _col in METRICS[:4]:
+        vals = [_as_float(c[-1].get(key)) for c in curves]
+        out[key] = _stats([v for v in vals if v is not None])
+    common = set.intersection(*({int(p["epoch"]) for p in c} for c in curves))
+    epochs = sorted(common)
+    out["curve"] = {"epoch": epochs}
+    for key, _col in METRICS[:4]:
+        by_epoch = [
+            [_as_float(p.get(key)) for c in curves for p in c if int(p["epoch"]) == e]
+            for e in epochs
+        ]
+        out["curve"][key] = [
+            float(np.mean([v for v in vals if v is not None]))
+            if any(v is not None for v in vals)
+            else None
+            for vals in by_epoch
+        ]
+    return out
 
 
 # --------------------------------------------------------------------------- plots
@@ -603,6 +666,169 @@ def plot_per_class(
     fig.savefig(path, bbox_inches="tight")
 
 
+def _series(metrics_list: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [m.get("pretrain") for m in metrics_list if isinstance(m.get("pretrain"), Mapping)]
+
+
+def plot_knn_curves(groups: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], path: Path) -> bool:
+    """kNN monitor curves: overall accuracy (thin: each job, thick: the method's mean) and
+    the method means of Many / Medium / Few, against the epoch. ``groups``: (label, the jobs'
+    metrics dicts). Returns False (and writes nothing) when no job has a curve."""
+    if not any(_knn_curve(p) for _, ms in groups for p in _series(ms)):
+        return False
+    fig, axes = _figure(13, 4.8, 2)
+    colors = _colors()
+    axes[0].set_title("kNN monitor: accuracy")
+    axes[1].set_title("kNN monitor: Many (solid), Medium (dashed), Few (dotted)")
+    for i, (label, metrics_list) in enumerate(groups):
+        color = colors[i % len(colors)]
+        curves = [c for c in (_knn_curve(p) for p in _series(metrics_list)) if c]
+        if not curves:
+            continue
+        summary = _knn_summary(_series(metrics_list))
+        for c in curves:
+            x = [int(p["epoch"]) for p in c]
+            axes[0].plot(x, [_as_float(p.get("acc")) for p in c], color=color, alpha=0.3, lw=1)
+        ep = summary["curve"]["epoch"]
+        axes[0].plot(ep, summary["curve"]["acc"], "-o", ms=3, color=color, label=label)
+        for key, style in (("many", "-"), ("medium", "--"), ("few", ":")):
+            axes[1].plot(
+                ep,
+                summary["curve"][key],
+                style,
+                color=color,
+                label=label if key == "many" else None,
+            )
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("kNN accuracy (%)")
+        ax.grid(alpha=0.3)
+        _legend_below(ax)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    return True
+
+
+def _diagnostics_of(pretrain: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    recs = pretrain.get("diagnostics") if isinstance(pretrain, Mapping) else None
+    return [r for r in recs if isinstance(r, Mapping)] if isinstance(recs, list) else []
+
+
+def _class_counts(pretrain: Mapping[str, Any]) -> np.ndarray | None:
+    counts = (pretrain.get("split_counts") or {}).get("D_i")
+    return np.asarray(counts, dtype=float) if isinstance(counts, list) and counts else None
+
+
+def _values(values: Any, n: int) -> np.ndarray | None:
+    if not isinstance(values, list) or len(values) != n:
+        return None
+    return np.asarray([np.nan if v is None else float(v) for v in values], dtype=float)
+
+
+def plot_diagnostics(groups: Sequence[tuple[str, Sequence[Mapping[str, Any]]]], path: Path) -> bool:
+    """SDCLR diagnostics against each class's D_i count (log x): the mean dense / pruned
+    disagreement 1 - cos(z_dense, z_pruned) and the class's share of the contrastive loss.
+    One job: a line per diagnosed epoch (up to four, evenly spaced, darker = later). Several:
+    the last diagnosed epoch, points per job and each method's trend by frequency rank.
+    Returns False (and writes nothing) when no job has diagnostics."""
+    jobs = [
+        (i, p)
+        for i, (_, ms) in enumerate(groups)
+        for p in _series(ms)
+        if _diagnostics_of(p) and _class_counts(p) is not None
+    ]
+    if not jobs:
+        return False
+    fig, axes = _figure(13, 4.8, 2)
+    colors = _colors()
+    panels = (
+        ("disagreement", "dense / pruned disagreement (1 - cos)"),
+        ("loss_share", "share of the contrastive loss"),
+    )
+    single = len(jobs) == 1
+    drew = [False, False]
+    for ax, (_key, title) in zip(axes, panels):
+        ax.set_title(title)
+        ax.set_xlabel("class count in D_i (log scale)")
+        ax.set_ylabel(title.split(" (")[0])
+    if single:
+        import matplotlib as mpl
+
+        _, pre = jobs[0]
+        counts = _class_counts(pre)
+        recs = _diagnostics_of(pre)
+        picks = sorted({round(i * (len(recs) - 1) / 3) for i in range(4)}) if recs else []
+        cmap = mpl.colormaps["viridis"]
+        order = np.argsort(counts)
+        for j, r_i in enumerate(picks):
+            rec = recs[r_i]
+            shade = cmap(0.15 + 0.7 * j / max(len(picks) - 1, 1))
+            for k, (key, _) in enumerate(panels):
+                vals = _values(rec.get(key), len(counts))
+                if vals is None:
+                    continue
+                ok = (counts[order] > 0) & np.isfinite(vals[order])
+                axes[k].plot(
+                    counts[order][ok],
+                    vals[order][ok],
+                    "-o",
+                    ms=3,
+                    color=shade,
+                    label=f"epoch {rec.get('epoch')}",
+                )
+                drew[k] = True
+    else:
+        for gi, (label, metrics_list) in enumerate(groups):
+            color = colors[gi % len(colors)]
+            for k, (key, _) in enumerate(panels):
+                pairs = []
+                for pre in _series(metrics_list):
+                    recs, counts = _diagnostics_of(pre), _class_counts(pre)
+                    if not recs or counts is None:
+                        continue
+                    vals = _values(recs[-1].get(key), len(counts))
+                    if vals is None:
+                        continue
+                    ok = (counts > 0) & np.isfinite(vals)
+                    axes[k].scatter(counts[ok], vals[ok], s=10, alpha=0.35, color=color)
+                    pairs.append((counts, np.nan_to_num(vals, nan=0.0)))
+                trend = _rank_trend(pairs)
+                if trend:
+                    c, a = np.asarray(trend["count"]), np.asarray(trend["acc"])
+                    ok = c > 0
+                    axes[k].plot(c[ok], a[ok], "-o", ms=3, color=color, label=label)
+                    drew[k] = True
+    for k, ax in enumerate(axes):
+        if drew[k]:
+            ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+            _legend_below(ax)
+        else:
+            note = "no pruned branch" if panels[k][0] == "disagreement" else "no loss shares"
+            ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes)
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")
+    return True
+
+
+def write_pretrain_plots(metrics: Mapping[str, Any], out_dir: Path) -> dict[str, Path]:
+    """One job's kNN curve and diagnostics plots in ``out_dir`` (for a job without probes,
+    whose full report would have nothing to average); returns {name: path} of those written."""
+    label, _ = _label_of({"metrics": metrics, "name": Path(out_dir).parent.name})
+    groups = [(label, [metrics])]
+    written: dict[str, Path] = {}
+    pre = metrics.get("pretrain")
+    if not isinstance(pre, Mapping) or not (_knn_curve(pre) or _diagnostics_of(pre)):
+        return written
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if plot_knn_curves(groups, out_dir / KNN_PLOT):
+        written["knn_curves"] = out_dir / KNN_PLOT
+    if plot_diagnostics(groups, out_dir / DIAGNOSTICS_PLOT):
+        written["diagnostics"] = out_dir / DIAGNOSTICS_PLOT
+    return written
+
+
 # --------------------------------------------------------------------------- report
 
 
@@ -673,6 +899,25 @@ def _render(summary: Mapping[str, Any]) -> str:
     ]
     if pre_rows:
         out += ["", "## Pretraining", "", format_table(pre_rows)]
+    knn_rows = []
+    for m in methods:
+        k = m.get("knn")
+        if not k:
+            continue
+        row = {"Method": m["label"], "n": k["n"], "Epoch": ", ".join(map(str, k["epoch"]))}
+        for key, col in METRICS[:4]:
+            row[col] = format_mean_std(k[key]["mean"], k[key]["std"])
+        knn_rows.append(row)
+    if knn_rows:
+        out += [
+            "",
+            "## kNN monitor (last monitored epoch)",
+            "",
+            "Weighted kNN (probe pool as the bank, the test set as queries) during pretraining; "
+            "a learning curve, not a replacement for the probes.",
+            "",
+            format_table(knn_rows),
+        ]
     out += [
         "",
         "## Plots",
@@ -681,6 +926,14 @@ def _render(summary: Mapping[str, Any]) -> str:
         "",
         f"![Per-class accuracy against class count in D_i]({PER_CLASS_PLOT})",
     ]
+    plots = summary.get("plots", {})
+    if "knn_curves" in plots:
+        out += ["", f"![kNN monitor accuracy against the epoch]({KNN_PLOT})"]
+    if "diagnostics" in plots:
+        out += [
+            "",
+            f"![Dense/pruned disagreement and loss share against class count]({DIAGNOSTICS_PLOT})",
+        ]
     problems = summary["failed"] + summary["incomplete"]
     out += ["", "## Failed and incomplete jobs", ""]
     out.append(format_table([_job_row(j) for j in problems]) if problems else "None.")
@@ -753,6 +1006,12 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
     }
     plot_group_accuracy(methods, out_dir / GROUP_PLOT)
     plot_per_class(methods, {j["name"]: j for j in jobs}, out_dir / PER_CLASS_PLOT)
+    by_name = {j["name"]: j for j in jobs}
+    groups = [(m["label"], [by_name[n]["metrics"] for n in m["jobs"]]) for m in methods]
+    if plot_knn_curves(groups, out_dir / KNN_PLOT):
+        summary["plots"]["knn_curves"] = KNN_PLOT
+    if plot_diagnostics(groups, out_dir / DIAGNOSTICS_PLOT):
+        summary["plots"]["diagnostics"] = DIAGNOSTICS_PLOT
     markdown = _render(summary)
     (out_dir / "report.md").write_text(markdown, encoding="utf-8")
     (out_dir / "report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
@@ -777,6 +1036,8 @@ def _log_to_wandb(sweep_dir: Path, out_dir: Path, markdown: str, project: str) -
         images={
             "group_accuracy": Path(out_dir) / GROUP_PLOT,
             "per_class_accuracy": Path(out_dir) / PER_CLASS_PLOT,
+            "knn_curves": Path(out_dir) / KNN_PLOT,
+            "diagnostics": Path(out_dir) / DIAGNOSTICS_PLOT,
         },
     )
     tracker.finish()

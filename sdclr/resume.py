@@ -37,6 +37,8 @@ NON_RESULT_KEYS = (
     "device",
     "linear.eval_batch_size",
     "fewshot.eval_batch_size",
+    # the kNN monitor and the diagnostics measure in eval mode without a random draw
+    "monitor",
 )
 
 
@@ -70,13 +72,24 @@ def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _schema_defaults() -> dict[str, Any]:
+    from omegaconf import OmegaConf
+
+    from sdclr.config import Config
+
+    return _flatten(OmegaConf.to_container(OmegaConf.structured(Config), resolve=False))
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: saved -> current`` for every result-affecting key that differs."""
+    """``key: saved -> current`` for every result-affecting key that differs. A key the
+    saved config lacks (a checkpoint from before the key existed) counts only when its
+    current value is not the schema's default, which is what the older code did."""
     a, b = result_config(saved), result_config(current)
+    defaults = _schema_defaults()
     return [
         f"{k}: {a.get(k, '<absent>')!r} -> {b.get(k, '<absent>')!r}"
         for k in sorted(set(a) | set(b))
-        if a.get(k) != b.get(k)
+        if a.get(k) != b.get(k) and not (k not in a and k in defaults and b[k] == defaults[k])
     ]
 
 

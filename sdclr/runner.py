@@ -22,9 +22,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from sdclr.config import (
     bn_mode,
+    check_world_size,
+    diagnostics_on,
     head_depth,
-    is_sdclr,
     method_label,
+    method_title,
     register_configs,
     to_container,
     validate,
@@ -155,7 +157,7 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
     from sdclr.checkpoint import build_from_spec, load_encoder, model_spec
     from sdclr.distributed import convert_sync_batchnorm, init_from_env, world_size
     from sdclr.loading import load_run_data
-    from sdclr.method import ContrastiveMethod
+    from sdclr.method import build_method
     from sdclr.metrics import class_groups
     from sdclr.pretrain import pretrain, step_settings
     from sdclr.probe import train_probe
@@ -167,6 +169,7 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
     job_dir = Path(job_dir)
     _check_writable(job_dir)
     device = init_from_env(str(cfg.device)) or resolve_device(str(cfg.device))
+    check_world_size(cfg, world_size())
     main_process = is_main_process()
     seed_everything(cfg.seed)
     stages = ["pretrain", "linear", "fewshot"] if cfg.stage.name == "all" else [cfg.stage.name]
@@ -209,6 +212,16 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
             f"has none; add a test folder or set data.test_per_class"
         )
     pretrain_idx = split.subset(cfg.split.pretrain_set)
+    if "fewshot" in stages and len(split.S_b) == 0:
+        raise ConfigError(
+            "config key 'stage.name': the few-shot probe needs the split's S_b images and it has "
+            "none (with list files, give data.lists.S_b, or run stage=pretrain / linear)"
+        )
+    if "pretrain" in stages and len(pretrain_idx) == 0:
+        raise ConfigError(
+            f"config key 'split.pretrain_set': the split has no {cfg.split.pretrain_set} images "
+            f"(with list files, give data.lists.{cfg.split.pretrain_set})"
+        )
     if "pretrain" in stages and cfg.pretrain.batch_size > len(pretrain_idx):
         raise ConfigError(
             f"config key 'pretrain.batch_size': {cfg.pretrain.batch_size} is larger than the "
@@ -224,7 +237,8 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
         job_dir / "status.json", {"status": "running", "stage": (todo or stages)[0], "error": None}
     )
     metrics["run"] = {
-        "method": "SDCLR" if is_sdclr(cfg) else "SimCLR",
+        "method": method_title(cfg),
+        "method_name": str(cfg.method.name),
         "label": method_label(cfg),
         "dataset": cfg.data.name,
         "split": int(cfg.split.index),
@@ -234,6 +248,9 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
         "random_ratio": cfg.prune.random_ratio,
         "bn": bn_mode(cfg),
         "head_depth": head_depth(cfg),
+        "loss": str(cfg.loss.name) if cfg.method.name == "simclr" else None,
+        "temperature_schedule": str(cfg.temperature.schedule),
+        "boost": bool(cfg.boost),
         "seed": int(cfg.seed),
         "fraction": float(cfg.data.fraction),
         "smoke": bool(cfg.smoke),
@@ -267,18 +284,16 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
                     if world_size() > 1:
                         convert_sync_batchnorm(model, device)
                     gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
-                    method = ContrastiveMethod(
-                        cfg.pretrain.temperature,
-                        cfg.prune.ratio,
-                        cfg.prune.random_ratio,
-                        bn_mode(cfg) == "dual",
-                        gen,
+                    method = build_method(cfg, gen)
+                    pretrain_bank = _subset(data.train, pretrain_idx)
+                    monitor = _training_monitor(
+                        cfg, data, pretrain_bank, pretrain_idx, groups, device, main_process
                     )
                     result = pretrain(
                         cfg,
                         model,
                         method,
-                        _subset(data.train, pretrain_idx),
+                        pretrain_bank,
                         gen,
                         ckpt_path,
                         {
@@ -287,9 +302,10 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
                             "config_hash": config_hash(config),
                             "wandb_id": wandb_id,
                         },
-                        log=lambda r, step: tracker.log(r, "pretrain", step),
+                        log=lambda r, step, kind="pretrain": tracker.log(r, kind, step),
                         resume_from=previous,
                         stop=stop,
+                        monitor=monitor,
                     )
                     previous = None
                     result["split_counts"] = counts
@@ -351,6 +367,75 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
     return metrics
 
 
+def _training_monitor(
+    cfg: DictConfig,
+    data,
+    pretrain_bank,
+    pretrain_idx: np.ndarray,
+    groups: dict[str, list[int]],
+    device: torch.device,
+    main_process: bool,
+):
+    """The kNN monitor and the diagnostics of this run (:mod:`sdclr.monitor`), or None.
+    Both need labels (and the kNN monitor test images); without them they are left off."""
+    from sdclr.monitor import (
+        Diagnostics,
+        KnnMonitor,
+        TrainingMonitor,
+        default_per_class,
+        stratified_sample,
+    )
+    from sdclr.pretrain import step_settings
+
+    mon = cfg.monitor
+    amp = step_settings(cfg, device).amp_dtype
+    common = dict(
+        num_classes=data.num_classes,
+        groups=groups,
+        mean=list(cfg.data.mean),
+        std=list(cfg.data.std),
+        size=int(cfg.data.image_size),
+        resize=cfg.data.eval_resize,
+        batch_size=int(mon.batch_size),
+        amp_dtype=amp,
+    )
+    knn = diag = None
+    labelled = data.labelled
+    if mon.knn_every > 0:
+        if labelled and len(data.test_labels) and len(data.split.pool):
+            pool = torch.as_tensor(data.split.pool, device=device)
+            knn = KnnMonitor(
+                int(mon.knn_every),
+                data.train,
+                pool,
+                data.train_labels[pool],
+                data.test,
+                data.test_labels,
+                k=int(mon.knn_k),
+                temperature=float(mon.knn_t),
+                **common,
+            )
+        elif main_process:
+            print("kNN monitor off: the data has no labels or no test images", flush=True)
+    if diagnostics_on(cfg):
+        if labelled:
+            labels = data.train_labels[torch.as_tensor(pretrain_idx, device=device)]
+            per_class = mon.diagnostics_per_class or default_per_class(data.num_classes)
+            sample = stratified_sample(labels.cpu().numpy(), data.num_classes, int(per_class))
+            diag = Diagnostics(
+                int(mon.diagnostics_every),
+                pretrain_bank,
+                torch.as_tensor(sample, device=device),
+                labels,
+                **common,
+            )
+        elif main_process:
+            print("diagnostics off: the data has no labels", flush=True)
+    if knn is None and diag is None:
+        return None
+    return TrainingMonitor(knn, diag)
+
+
 def _subset(images, idx: np.ndarray):
     """The pretraining set: a gathered copy of resident images, or a view of the files."""
     from sdclr.imagebank import FileImages, TensorImages
@@ -362,17 +447,28 @@ def _subset(images, idx: np.ndarray):
 
 def _job_report(job_dir: Path, metrics: dict[str, Any], tracker) -> None:
     """This job's table and plots in ``job_dir/report`` (and W&B)."""
-    from sdclr.report import build_report, format_job_metrics
+    from sdclr.report import (
+        DIAGNOSTICS_PLOT,
+        KNN_PLOT,
+        build_report,
+        format_job_metrics,
+        write_pretrain_plots,
+    )
 
-    if "linear" not in metrics and "fewshot" not in metrics:
-        return
     out = job_dir / "report"
+    if "linear" not in metrics and "fewshot" not in metrics:
+        # a pretrain-only job: its learning curve and diagnostics, if it has them
+        plots = write_pretrain_plots(metrics, out)
+        tracker.log_files(images=plots)
+        return
     build_report(job_dir, out)
     tracker.log_files(
         tables={"results": format_job_metrics(metrics)},
         images={
             "group_accuracy": out / "group_accuracy.png",
             "per_class_accuracy": out / "per_class_accuracy.png",
+            "knn_curves": out / KNN_PLOT,
+            "diagnostics": out / DIAGNOSTICS_PLOT,
         },
     )
 
@@ -397,6 +493,12 @@ def _print_summary(cfg: DictConfig, metrics: dict[str, Any], job_dir: Path) -> N
             f"pretrain: {pre['epochs']} epochs, final loss {pre['final_loss']:.4f}, "
             f"{pre['seconds']:.1f} s" + (f", mask density {dens[-1]:.3f}" if dens else "")
         )
+        if pre.get("knn"):
+            k = pre["knn"][-1]
+            lines.append(
+                f"kNN monitor (epoch {k['epoch']}): acc {k['acc']:.2f}, many {k['many']:.2f}, "
+                f"medium {k['medium']:.2f}, few {k['few']:.2f}"
+            )
     if "linear" in metrics or "fewshot" in metrics:
         lines.append(format_job_metrics(metrics))
     lines.append(f"job directory: {job_dir}")

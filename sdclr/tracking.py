@@ -40,6 +40,20 @@ def sweep_group(sweep_dir: str | Path) -> str:
     return "_".join(Path(sweep_dir).resolve().parts[-2:])
 
 
+def wandb_scalars(record: dict[str, Any], kind: str) -> dict[str, float | int]:
+    """The numbers of a record as W&B keys ``kind/key``; a dict of numbers (e.g. the mask's
+    per-layer density) becomes ``kind/key/name``. Lists and None stay in metrics.jsonl only."""
+    out: dict[str, float | int] = {}
+    for k, v in record.items():
+        if isinstance(v, int | float):
+            out[f"{kind}/{k}"] = v
+        elif isinstance(v, dict):
+            for name, x in v.items():
+                if isinstance(x, int | float):
+                    out[f"{kind}/{k}/{name}"] = x
+    return out
+
+
 class Tracker:
     """``log`` appends to ``metrics.jsonl`` (and W&B); ``summary`` sets final values."""
 
@@ -104,10 +118,7 @@ class Tracker:
             f.write(json.dumps(rec) + "\n")
         if self.wandb_run is not None:
             try:
-                self.wandb_run.log(
-                    {f"{kind}/{k}": v for k, v in record.items() if isinstance(v, int | float)},
-                    step=step,
-                )
+                self.wandb_run.log(wandb_scalars(record, kind), step=step)
             except Exception as e:
                 warnings.warn(f"W&B log failed ({e}); continuing", stacklevel=2)
 
