@@ -480,8 +480,11 @@ def sample_jitter_params(
     return JitterParams(apply=apply, factors=factors, order=order, enabled=(b, c, s, h))
 
 
-def apply_color_jitter(x: Tensor, params: JitterParams) -> Tensor:
+def apply_color_jitter(x: Tensor, params: JitterParams, gather: bool | None = None) -> Tensor:
     """Apply the four jitter ops in each sample's own order (4 slots x 4 ops, where-selected).
+
+    ``gather`` (default: on the CPU) shifts the hue of only the samples whose op a slot holds,
+    through a data-dependent gather; the results are identical.
 
     Brightness, contrast and saturation are all ``clamp(x * f + target * (1 - f))`` with target 0,
     the mean grey level or the grey image, so one blend per slot serves the three of them; hue is
@@ -511,7 +514,15 @@ def apply_color_jitter(x: Tensor, params: JitterParams) -> Tensor:
             ratio = _bview(factors.gather(1, op.clamp(max=SATURATION)[:, None]))
             new = torch.where(_bview(is_lin), _blend(out, target, ratio), new)
         if params.enabled[HUE]:
-            new = torch.where(_bview(op == HUE), adjust_hue(out, factors[:, HUE]), new)
+            if gather if gather is not None else x.device.type == "cpu":
+                # on the CPU a data-dependent gather costs nothing and shifts the hue of only
+                # the samples whose op this is (the HSV round trip dominates the jitter)
+                sel = (op == HUE).nonzero().squeeze(1)
+                if len(sel):
+                    new = new.clone()
+                    new[sel] = adjust_hue(out[sel], factors[sel, HUE])
+            else:  # on the GPU: every sample, where-selected, no host synchronisation
+                new = torch.where(_bview(op == HUE), adjust_hue(out, factors[:, HUE]), new)
         out = new
     return torch.where(_bview(params.apply.to(dev)), out, x)
 

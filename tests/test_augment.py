@@ -511,3 +511,14 @@ def test_cuda_matches_cpu_without_host_sync(cifar_uint8: torch.Tensor) -> None:
         torch.cuda.set_sync_debug_mode("default")
     assert view.device.type == "cuda" and probe.device.type == "cuda"
     assert max_err(out.cpu(), cpu) < 1e-3  # TF32 matmuls may be enabled by the caller
+
+
+def test_jitter_gather_path_equals_the_where_path():
+    """The CPU default (hue only where a slot holds it) gives the GPU path's result exactly."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(48, 3, 16, 16, generator=g)
+    params = A.sample_jitter_params(48, 0.4, 0.4, 0.4, 0.1, p=0.8, generator=g)
+    fast = A.apply_color_jitter(x, params, gather=True)
+    where = A.apply_color_jitter(x, params, gather=False)
+    assert torch.equal(fast, where)
+    assert torch.equal(A.apply_color_jitter(x, params), fast)
