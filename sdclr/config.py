@@ -403,9 +403,9 @@ def method_label(cfg: DictConfig | Config) -> str:
     if is_sdclr(cfg) and cfg.prune.random_ratio:
         title += f" rand={cfg.prune.random_ratio:g}"
     parts = [title, f"{bn_mode(cfg)}-BN", f"head{head_depth(cfg)}"]
-    if name == "simclr" and cfg.loss.name == "debiased":
+    if name != "byol" and cfg.loss.name == "debiased":
         parts.append(f"debiased(tau+={cfg.loss.tau_plus:g})")
-    elif name == "simclr" and cfg.loss.name == "hard":
+    elif name != "byol" and cfg.loss.name == "hard":
         parts.append(f"hard(tau+={cfg.loss.tau_plus:g},beta={cfg.loss.beta:g})")
     if name == "moco" and cfg.method.mochi:
         parts.append("MoCHi")
@@ -681,15 +681,9 @@ def _validate_methods(cfg: DictConfig) -> None:
     _check(math.isfinite(loss.beta), "loss.beta", f"must be finite, got {loss.beta}")
     if loss.name != "ntxent":
         _check(
-            name == "simclr",
+            name != "byol",
             "loss.name",
-            f"loss={loss.name} is a two-branch NT-Xent variant for method=simclr (SimCLR / "
-            + "SDCLR); "
-            + (
-                "MoCo uses InfoNCE against its queue (method.mochi=true for hard negatives)"
-                if name == "moco"
-                else "BYOL has no negatives"
-            ),
+            f"loss={loss.name} needs negatives (method=simclr or moco); BYOL has none",
         )
     t = cfg.temperature
     _check(

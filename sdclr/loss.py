@@ -103,6 +103,18 @@ def hard_nt_xent(
     pos = logits[rows, pos_idx]  # s+/t, [2B]
     neg = logits.gather(1, _negative_columns(self_idx, pos_idx, m))  # s_j/t, [2B, M]
 
+    loss = debiased_from_logits(pos, neg, temperature, tau_plus, beta)
+    return loss.mean() if reduction == "mean" else loss
+
+
+def debiased_from_logits(
+    pos: torch.Tensor, neg: torch.Tensor, temperature: float, tau_plus: float, beta: float
+) -> torch.Tensor:
+    """Per-anchor hard/debiased loss from positive logits ``pos`` [A] and negative logits
+    ``neg`` [A, M] (both already divided by the temperature, features L2-normalised), so
+    any method with negatives (SimCLR's batch, MoCo's queue) shares the estimator.
+    ``tau_plus=0, beta=0`` is plain cross-entropy with the positive first."""
+    m = neg.shape[1]
     # log of the (reweighted) sum over negatives
     if beta == 0:
         log_neg = torch.logsumexp(neg, dim=1)
@@ -121,7 +133,7 @@ def hard_nt_xent(
     # clamp at the smallest value the true sum can take, M * exp(-1/t) (|s| <= 1)
     log_ng = torch.clamp(log_debiased, min=math.log(m) - 1.0 / temperature)
     loss = torch.logaddexp(pos, log_ng) - pos  # -log(exp(s+/t) / (exp(s+/t) + Ng))
-    return loss.mean() if reduction == "mean" else loss
+    return loss
 
 
 def debiased_nt_xent(

@@ -159,6 +159,9 @@ def build_method(cfg, generator: torch.Generator | None = None):
             random_ratio=random_ratio,
             dual_bn=dual,
             generator=generator,
+            loss=str(cfg.loss.name),
+            tau_plus=float(cfg.loss.tau_plus),
+            beta=float(cfg.loss.beta),
         )
     if name == "byol":
         from sdclr.byol import BYOL

@@ -70,6 +70,7 @@ from torch import nn
 
 from sdclr.distributed import gather_with_grad, is_distributed, world_size
 from sdclr.errors import ConfigError
+from sdclr.loss import debiased_from_logits
 from sdclr.method import ContrastiveMethod
 from sdclr.model import ContrastiveModel
 
@@ -351,6 +352,9 @@ class MoCo(MomentumMethod):
     the batch does not divide ``queue_size``). The queue starts as random unit vectors (as in
     the reference code). ``mochi``: None, or a dict with ``N`` (hardest negatives to mix
     from), ``s`` (pair mixtures), ``s_prime`` (query mixtures); defaults 1024, 1024, 256.
+    ``loss``: ``ntxent`` (InfoNCE), or ``debiased`` / ``hard`` (the estimator of
+    :func:`sdclr.loss.debiased_from_logits` over the queue's (and MoCHi's) negatives, with
+    ``tau_plus`` and ``beta``).
     """
 
     def __init__(
@@ -365,8 +369,16 @@ class MoCo(MomentumMethod):
         random_ratio: float = 0.0,
         dual_bn: bool = False,
         generator: torch.Generator | None = None,
+        loss: str = "ntxent",
+        tau_plus: float = 0.1,
+        beta: float = 1.0,
     ):
         super().__init__(momentum, cosine_momentum, prune_ratio, random_ratio, dual_bn, generator)
+        if loss not in ("ntxent", "debiased", "hard"):
+            raise ConfigError(f"unknown MoCo loss {loss!r}; use ntxent, debiased or hard")
+        self.loss_kind = loss
+        self.tau_plus = float(tau_plus) if loss != "ntxent" else 0.0
+        self.beta = float(beta) if loss == "hard" else 0.0
         if queue_size < 1:
             raise ConfigError(f"the MoCo queue needs at least one entry, got {queue_size}")
         if prune_ratio is not None and not symmetric:
@@ -426,9 +438,16 @@ class MoCo(MomentumMethod):
         logits = moco_logits(q, k, queue, self.temperature, self.mochi, self.generator)
         if self.track_samples:
             self._last_terms.append(logits.detach())
-        return info_nce(logits)
+        if self.loss_kind == "ntxent":
+            return info_nce(logits)
+        return self._per_sample(logits).mean()
 
     def _per_sample(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.loss_kind != "ntxent":
+            logits = logits.float()
+            return debiased_from_logits(
+                logits[:, 0], logits[:, 1:], self.temperature, self.tau_plus, self.beta
+            )
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
         return F.cross_entropy(logits.float(), labels, reduction="none")
 

@@ -120,7 +120,6 @@ def test_defaults_keep_the_existing_method_and_names():
     "overrides,key",
     [
         (["method.name=simsiam"], "method.name"),
-        (["method=moco", "loss=debiased"], "loss.name"),
         (["method=byol", "loss=hard"], "loss.name"),
         (["method.mochi=true"], "method.mochi"),
         (["method=moco", "method.symmetric=false"], "method.symmetric"),
@@ -185,6 +184,7 @@ def test_older_checkpoints_without_the_new_keys_still_resume():
         ["loss=hard", "prune=none"],
         ["method=moco", "prune=none"],
         ["method=moco", "prune=p30"],
+        ["method=moco", "prune=p30", "loss=hard"],
         ["method=moco", "prune=none", "method.mochi=true"],
         ["method=moco", "prune=none", "method.symmetric=false"],
         ["method=byol", "prune=none"],
@@ -759,3 +759,34 @@ def test_moco_sdclr_and_byol_end_to_end_with_every_option_and_a_mixed_report(tmp
         "BYOL shared-BN head2",
     ]
     assert set(summary["plots"]) >= {"knn_curves", "diagnostics"}
+
+
+def test_moco_losses_reduce_exactly_and_train():
+    """MoCo with the debiased / hard estimator over its queue: tau+=0 is InfoNCE, beta=0 is
+    the debiased loss; a step with loss=hard runs through the factory."""
+    from sdclr.loss import debiased_from_logits
+
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(8, 33, generator=g, dtype=torch.float64).clamp(-1, 1) / 0.2
+    ce = F.cross_entropy(logits, torch.zeros(8, dtype=torch.long), reduction="none")
+    plain = debiased_from_logits(logits[:, 0], logits[:, 1:], 0.2, 0.0, 0.0)
+    assert torch.allclose(plain, ce, atol=1e-12, rtol=0)
+
+    v1, v2 = images(8, 1).float() / 255, images(8, 2).float() / 255
+    losses = {}
+    for name, extra in (
+        ("ntxent", []),
+        ("debiased0", ["loss=debiased", "loss.tau_plus=0.0"]),
+        ("debiased", ["loss=debiased", "loss.tau_plus=0.1"]),
+        ("hard0", ["loss=hard", "loss.tau_plus=0.1", "loss.beta=0.0"]),
+        ("hard", ["loss=hard", "loss.tau_plus=0.1", "loss.beta=1.0"]),
+    ):
+        c = tiny_cfg("method=moco", "prune=none", "method.queue_size=64", *extra)
+        model = tiny_model(c)
+        method = build_method(c, torch.Generator().manual_seed(0))
+        method.setup(model)
+        losses[name] = method.loss(model, v1, v2).detach()
+    assert torch.allclose(losses["debiased0"], losses["ntxent"], atol=1e-5, rtol=0)
+    assert torch.allclose(losses["hard0"], losses["debiased"], atol=1e-6, rtol=0)
+    assert not torch.allclose(losses["hard"], losses["debiased"])
+    assert "hard(tau+=0.1,beta=1)" in method_label(c)
