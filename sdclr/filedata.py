@@ -121,6 +121,7 @@ def scan_folder(
             f"folder <root>/<class>/*.jpg or <root>/{train_dir}/<class>/*.jpg"
         )
     base = root / train_dir if (root / train_dir).is_dir() else root
+    prefix = "" if base == root else f"{train_dir}/"  # training paths are relative to root
     wanted = _read_class_list(class_list, root)
     classes = _class_dirs(base)
     if not classes:  # a flat folder: unlabelled images, pretraining only
@@ -130,7 +131,6 @@ def scan_folder(
                 f"no images ({', '.join(IMAGE_EXTENSIONS)}) found in {base}; expected "
                 f"<root>/<class>/*.jpg, <root>/{train_dir}/<class>/*.jpg or a flat folder"
             )
-        prefix = "" if base == root else f"{train_dir}/"
         return FolderScan([(prefix + n, 0) for n in names], None, [UNLABELLED], False)
     if wanted is not None:
         missing = [c for c in wanted if c not in classes]
@@ -140,7 +140,6 @@ def scan_folder(
                 f"{missing[:3]}); fix the class list or the data root"
             )
         classes = wanted
-    prefix = "" if base == root else f"{train_dir}/"
     train = []
     for label, c in enumerate(classes):
         train += [(f"{prefix}{c}/{n}", label) for n in _images_in(base / c)]

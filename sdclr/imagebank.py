@@ -133,27 +133,26 @@ class FileImages:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _decode_on_device(self, blobs: list[bytes], names: list[str]) -> list[Tensor]:
-        if self.device.type == "cuda":
-            from torchvision.io import ImageReadMode, decode_jpeg
+    def _decode_on_gpu(self, blobs: list[bytes], names: list[str]) -> list[Tensor]:
+        """nvJPEG for the batch's JPEGs; anything else (PNG, CMYK JPEG) via the CPU decoder."""
+        from torchvision.io import ImageReadMode, decode_jpeg
 
-            bufs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
-            jpeg = [i for i, b in enumerate(blobs) if b[:2] == b"\xff\xd8"]
-            out: list[Tensor | None] = [None] * len(blobs)
-            if jpeg:
-                try:
-                    decoded = decode_jpeg(
-                        [bufs[i] for i in jpeg], mode=ImageReadMode.RGB, device=self.device
-                    )
-                    for i, img in zip(jpeg, decoded):
-                        out[i] = img
-                except RuntimeError:
-                    pass  # e.g. a CMYK JPEG: those images go through the CPU decoder below
-            for i, img in enumerate(out):
-                if img is None:
-                    out[i] = decode_bytes(bufs[i], names[i]).to(self.device, non_blocking=True)
-            return out  # type: ignore[return-value]
-        return [decode_bytes(b, n) for b, n in zip(blobs, names)]
+        bufs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
+        jpeg = [i for i, b in enumerate(blobs) if b[:2] == b"\xff\xd8"]
+        out: list[Tensor | None] = [None] * len(blobs)
+        if jpeg:
+            try:
+                decoded = decode_jpeg(
+                    [bufs[i] for i in jpeg], mode=ImageReadMode.RGB, device=self.device
+                )
+                for i, img in zip(jpeg, decoded):
+                    out[i] = img
+            except RuntimeError:
+                pass  # e.g. a CMYK JPEG: those images go through the CPU decoder below
+        for i, img in enumerate(out):
+            if img is None:
+                out[i] = decode_bytes(bufs[i], names[i]).to(self.device, non_blocking=True)
+        return out  # type: ignore[return-value]
 
     def take(self, idx: Tensor) -> list[Tensor]:
         return next(iter(self.batches([idx])))
@@ -218,18 +217,17 @@ class FileImages:
                     return
                 if isinstance(item, DataError):
                     raise item
-                yield self._decode_on_device(*item)
+                yield self._decode_on_gpu(*item)
         finally:
             stop.set()
 
 
 def resize_square(img: Tensor, size: int) -> Tensor:
-    """Shorter side to ``size`` (bilinear, antialiased), then the central square: the resized
-    cache's storage format (uint8 in and out)."""
-    from torchvision.transforms.v2 import functional as TF
+    """Shorter side to ``size``, then the central square: the resized cache's storage format
+    (uint8 in and out)."""
+    from sdclr.views import resize_center_crop
 
-    img = TF.resize(img, size, antialias=True)
-    return TF.center_crop(img, [size, size])
+    return resize_center_crop(img, size, size)
 
 
 def decode_resized(

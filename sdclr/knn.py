@@ -12,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sdclr.imagebank import FileImages, TensorImages, as_images
 from sdclr.metrics import summarize
-from sdclr.probe import extract_features
+from sdclr.probe import extract_bank_features
 
 
 def _check_inputs(
@@ -141,9 +142,9 @@ def knn_evaluate(
 @torch.no_grad()
 def knn_monitor(
     backbone: nn.Module,
-    bank_images: Tensor,
+    bank_images: Tensor | TensorImages | FileImages,
     bank_labels: Tensor,
-    test_images: Tensor,
+    test_images: Tensor | TensorImages | FileImages,
     test_labels: Tensor,
     num_classes: int,
     groups: dict[str, list[int]],
@@ -153,19 +154,35 @@ def knn_monitor(
     amp_dtype: torch.dtype | None = None,
     k: int = 200,
     temperature: float = 0.1,
+    *,
+    bank_idx: Tensor | None = None,
+    size: int | None = None,
+    resize: int | None = None,
 ) -> dict:
-    """kNN accuracy of ``backbone``'s features on uint8 images [N, 3, H, W].
+    """kNN accuracy of ``backbone``'s features on uint8 images [N, 3, H, W] or image banks
+    (:mod:`sdclr.imagebank`); ``bank_idx`` picks the bank's images (default: all), ``size``
+    and ``resize`` give the evaluation view (default: the images as they are).
 
     Features are taken in eval mode (BN running statistics, as the probes use), and every
     submodule's train/eval flag is put back afterwards, so the monitor can be called in the
     middle of pretraining without disturbing it.
     """
+    bank, test = as_images(bank_images), as_images(test_images)
+    if size is None:
+        size = int(bank.images.shape[-1]) if isinstance(bank, TensorImages) else 224
+    if bank_idx is None:
+        bank_idx = torch.arange(len(bank), device=bank.device)
+    test_idx = torch.arange(len(test), device=bank.device)
     modes = [(m, m.training) for m in backbone.modules()]
     backbone.eval()
     try:
-        bank = extract_features(backbone, bank_images, mean, std, batch_size, amp_dtype)
-        test = extract_features(backbone, test_images, mean, std, batch_size, amp_dtype)
+        feats = [
+            extract_bank_features(backbone, b, idx, mean, std, batch_size, size, resize, amp_dtype)
+            for b, idx in ((bank, bank_idx), (test, test_idx))
+        ]
     finally:
         for m, training in modes:
             m.training = training
-    return knn_evaluate(bank, bank_labels, test, test_labels, num_classes, groups, k, temperature)
+    return knn_evaluate(
+        feats[0], bank_labels, feats[1], test_labels, num_classes, groups, k, temperature
+    )

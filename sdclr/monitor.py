@@ -3,7 +3,7 @@ diagnostics. Both run in eval mode on evaluation views (no augmentation, no rand
 put every module's train / eval flag back afterwards and never touch BN statistics, so a run
 with them computes the same weights as one without.
 
-* :class:`KnnMonitor`: weighted kNN (k 200, t 0.1; :func:`sdclr.knn.knn_evaluate`) of the
+* :class:`KnnMonitor`: weighted kNN (k 200, t 0.1; :func:`sdclr.knn.knn_monitor`) of the
   dense backbone's features, the probe pool as the bank and the test set as queries, every
   ``monitor.knn_every`` epochs: accuracy and Many / Medium / Few, a learning curve without
   the probes.
@@ -27,9 +27,8 @@ from torch import nn
 
 from sdclr.augment import normalize
 from sdclr.imagebank import FileImages, TensorImages
-from sdclr.knn import knn_evaluate
+from sdclr.knn import knn_monitor
 from sdclr.precision import autocast
-from sdclr.probe import extract_bank_features
 from sdclr.views import eval_view
 
 GROUPS = ("many", "medium", "few")
@@ -89,39 +88,25 @@ class KnnMonitor:
     def due(self, epochs_done: int) -> bool:
         return self.every > 0 and epochs_done % self.every == 0
 
-    @torch.no_grad()
     def __call__(self, backbone: nn.Module) -> dict[str, Any]:
         """kNN accuracy of ``backbone``'s features: acc, many, medium, few, std, k."""
-        modes = _modes(backbone)
-        backbone.eval()
-        try:
-
-            def feats(bank, idx):
-                return extract_bank_features(
-                    backbone,
-                    bank,
-                    idx,
-                    self.mean,
-                    self.std,
-                    self.batch_size,
-                    self.size,
-                    self.resize,
-                    self.amp_dtype,
-                )
-
-            bank = feats(self.bank, self.bank_idx)
-            test = feats(self.test, torch.arange(len(self.test), device=self.bank_idx.device))
-        finally:
-            _restore(modes)
-        r = knn_evaluate(
-            bank,
+        r = knn_monitor(
+            backbone,
+            self.bank,
             self.bank_labels,
-            test,
+            self.test,
             self.test_labels,
             self.num_classes,
             self.groups,
+            self.mean,
+            self.std,
+            self.batch_size,
+            self.amp_dtype,
             self.k,
             self.temperature,
+            bank_idx=self.bank_idx,
+            size=self.size,
+            resize=self.resize,
         )
         return {key: r[key] for key in ("acc", "many", "medium", "few", "std", "k")}
 

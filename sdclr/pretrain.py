@@ -354,13 +354,13 @@ def pretrain(
         loss_sum = torch.zeros((), device=device) + carried_loss
         window_sum = torch.zeros((), device=device)
         window = 0
-        pending = bank.batches([perm[s:e] for s, e in batches[start_batch:]])
-        for b, x in zip(range(start_batch, len(batches)), pending):
+        idx_batches = [perm[s:e] for s, e in batches[start_batch:]]
+        pending = bank.batches(idx_batches)
+        for b, idx, x in zip(range(start_batch, len(batches)), idx_batches, pending):
             lr = warmup_cosine(step, total_steps, warmup_steps, p.lr, p.min_lr)
             for group in opt.param_groups:
                 group["lr"] = lr
             method.set_progress(step / total_steps)
-            idx = perm[batches[b][0] : batches[b][1]]
             boost = (strength[idx], boost_cfg) if memory is not None else None
             v1, v2 = make_views(x, aug, generator, mean, std, settings, boost)
             if world > 1:  # every rank draws the global batch's views, then takes its slice

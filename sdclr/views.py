@@ -65,14 +65,17 @@ def crop_resize_each(images: list[Tensor], boxes: Tensor, size: int) -> Tensor:
     return torch.cat(out)
 
 
-def resize_center_crop_each(images: list[Tensor], resize: int, size: int) -> Tensor:
-    """torchvision Resize(resize) (shorter side, bilinear, antialiased) + CenterCrop(size)."""
+def resize_center_crop(img: Tensor, resize: int, size: int) -> Tensor:
+    """torchvision Resize(resize) (shorter side, bilinear, antialiased) + CenterCrop(size), for
+    one image or a batch, uint8 or float."""
     from torchvision.transforms.v2 import functional as TF
 
-    out = []
-    for img in images:
-        x = TF.resize(to_float(img[None]), resize, antialias=True)
-        out.append(TF.center_crop(x, [size, size]).clamp_(0, 1))
+    return TF.center_crop(TF.resize(img, resize, antialias=True), [size, size])
+
+
+def resize_center_crop_each(images: list[Tensor], resize: int, size: int) -> Tensor:
+    """:func:`resize_center_crop` of each image: float32 ``[B, 3, size, size]`` in [0, 1]."""
+    out = [resize_center_crop(to_float(img[None]), resize, size).clamp_(0, 1) for img in images]
     return torch.cat(out)
 
 
@@ -137,6 +140,6 @@ def eval_view(x: Batch, size: int, resize: int | None) -> Tensor:
     # a resident (square-cached) batch: the central box that Resize + CenterCrop keeps
     h, w = x.shape[-2:]
     keep = size / float(resize or size)
-    bh, bw = max(1, round(min(h, w) * keep)), max(1, round(min(h, w) * keep))
-    box = torch.tensor([(h - bh) // 2, (w - bw) // 2, bh, bw], device=x.device)
+    side = max(1, round(min(h, w) * keep))
+    box = torch.tensor([(h - side) // 2, (w - side) // 2, side, side], device=x.device)
     return resized_crop_boxes(x, box.expand(len(x), 4), size)
