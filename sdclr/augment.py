@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +33,7 @@ __all__ = [
     "CONTRAST",
     "SATURATION",
     "HUE",
+    "Shard",
     "ContrastiveAugmentConfig",
     "ContrastiveParams",
     "JitterParams",
@@ -65,6 +66,7 @@ __all__ = [
     "sample_crop_boxes_sized",
     "sample_jitter_params",
     "sample_pad_crop_params",
+    "take_samples",
     "to_float",
 ]
 
@@ -81,6 +83,37 @@ _CROP_ATTEMPTS = 10
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of a batch whose parameters are drawn whole (torchrun): chunk
+    ``rank`` of ``world`` equal chunks. Every rank draws the parameters of the global batch, so
+    the ranks' generators stay in step and each rank's views are exactly its chunk of the views
+    one process would make; only the chunk is decoded and augmented."""
+
+    rank: int
+    world: int
+
+    def part(self, n_local: int) -> slice:
+        return slice(self.rank * n_local, (self.rank + 1) * n_local)
+
+
+def global_count(n_local: int, shard: Shard | None) -> int:
+    return n_local * shard.world if shard is not None else n_local
+
+
+def take_samples(params, rows: slice):
+    """The parameters of samples ``rows`` (every per-sample tensor field, nested dataclasses too;
+    static fields are kept)."""
+    out = {}
+    for f in fields(params):
+        value = getattr(params, f.name)
+        if isinstance(value, Tensor):
+            out[f.name] = value[rows]
+        elif is_dataclass(value):
+            out[f.name] = take_samples(value, rows)
+    return replace(params, **out)
 
 
 def to_float(x: Tensor) -> Tensor:
@@ -742,10 +775,17 @@ def apply_contrastive(
 
 
 def contrastive_view(
-    x_uint8: Tensor, cfg: ContrastiveAugmentConfig, generator: torch.Generator | None = None
+    x_uint8: Tensor,
+    cfg: ContrastiveAugmentConfig,
+    generator: torch.Generator | None = None,
+    shard: Shard | None = None,
 ) -> Tensor:
-    """One random contrastive view of a batch: float32 ``[B, 3, size, size]`` in [0, 1]."""
+    """One random contrastive view of a batch: float32 ``[B, 3, size, size]`` in [0, 1].
+    With ``shard``, ``x_uint8`` is this rank's chunk of the global batch (see :class:`Shard`)."""
     _check_images(x_uint8)
     b, _, height, width = x_uint8.shape
-    params = sample_contrastive_params(b, height, width, cfg, generator, x_uint8.device)
+    n = global_count(b, shard)
+    params = sample_contrastive_params(n, height, width, cfg, generator, x_uint8.device)
+    if shard is not None:
+        params = take_samples(params, shard.part(b))
     return apply_contrastive(x_uint8, params, cfg)

@@ -45,13 +45,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sdclr.augment import (
+    Shard,
     _blend,
     _bview,
     _check_images,
     _device,
     _per_sample,
     _rand,
+    global_count,
     rgb_to_grayscale,
+    take_samples,
     to_float,
 )
 
@@ -629,8 +632,14 @@ def boost(
     strength: Tensor | float,
     cfg: BoostConfig,
     generator: torch.Generator | None = None,
+    shard: Shard | None = None,
 ) -> Tensor:
     """Boosted RandAugment of a batch with per-sample ``strength`` ([B], from :func:`strengths`
-    indexed by dataset position); apply after the contrastive view, before normalisation."""
+    indexed by dataset position); apply after the contrastive view, before normalisation.
+    With ``shard``, ``x`` is this rank's chunk and ``strength`` covers the global batch."""
     _check_images(x)
-    return apply_boost(x, sample_boost_params(x.shape[0], strength, cfg, generator, x.device))
+    n = global_count(x.shape[0], shard)
+    params = sample_boost_params(n, strength, cfg, generator, x.device)
+    if shard is not None:
+        params = take_samples(params, shard.part(x.shape[0]))
+    return apply_boost(x, params)

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdclr.augment import ContrastiveAugmentConfig, normalize
+from sdclr.augment import ContrastiveAugmentConfig, Shard, normalize
 from sdclr.boost import BoostConfig, LossMemory
 from sdclr.boost import boost as boost_view
 from sdclr.checkpoint import save_checkpoint
@@ -110,18 +110,20 @@ def make_views(
     std: list[float],
     settings: StepSettings,
     boost: tuple[torch.Tensor, BoostConfig] | None = None,
+    shard: Shard | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Two independent augmentations of a uint8 batch (resident or decoded files), normalised.
 
     ``boost``: (per-sample strengths [B], BCL config); each view then gets BCL's boosted
     RandAugment after the usual augmentation and before normalisation (draw order: view 1,
-    its boost, view 2, its boost)."""
-    v1 = contrastive_view(x, aug, generator)
+    its boost, view 2, its boost). ``shard``: ``x`` is this rank's chunk of the global batch
+    (the draws cover the global batch, see :class:`sdclr.augment.Shard`)."""
+    v1 = contrastive_view(x, aug, generator, shard)
     if boost is not None:
-        v1 = boost_view(v1, boost[0], boost[1], generator)
-    v2 = contrastive_view(x, aug, generator)
+        v1 = boost_view(v1, boost[0], boost[1], generator, shard)
+    v2 = contrastive_view(x, aug, generator, shard)
     if boost is not None:
-        v2 = boost_view(v2, boost[0], boost[1], generator)
+        v2 = boost_view(v2, boost[0], boost[1], generator, shard)
     v1, v2 = normalize(v1, mean, std), normalize(v2, mean, std)
     fmt = settings.memory_format
     return v1.contiguous(memory_format=fmt), v2.contiguous(memory_format=fmt)
@@ -233,6 +235,7 @@ def pretrain(
     settings = step_settings(cfg, device)
     n = len(bank)
     world, rank = world_size(), get_rank()
+    shard = Shard(rank, world) if world > 1 else None
     batches = batches_per_epoch(n, p.batch_size, p.drop_last, world)
     total_steps = len(batches) * p.epochs
     warmup_steps = len(batches) * p.warmup_epochs
@@ -355,16 +358,16 @@ def pretrain(
         window_sum = torch.zeros((), device=device)
         window = 0
         idx_batches = [perm[s:e] for s, e in batches[start_batch:]]
-        pending = bank.batches(idx_batches)
+        # under torchrun each rank decodes and augments only its chunk of the global batch
+        local = [i.chunk(world)[rank] for i in idx_batches] if shard else idx_batches
+        pending = bank.batches(local)
         for b, idx, x in zip(range(start_batch, len(batches)), idx_batches, pending):
             lr = warmup_cosine(step, total_steps, warmup_steps, p.lr, p.min_lr)
             for group in opt.param_groups:
                 group["lr"] = lr
             method.set_progress(step / total_steps)
             boost = (strength[idx], boost_cfg) if memory is not None else None
-            v1, v2 = make_views(x, aug, generator, mean, std, settings, boost)
-            if world > 1:  # every rank draws the global batch's views, then takes its slice
-                v1, v2 = v1.chunk(world)[rank], v2.chunk(world)[rank]
+            v1, v2 = make_views(x, aug, generator, mean, std, settings, boost, shard)
             loss = train_step(model, method, opt, v1, v2, settings, ddp)
             if track:  # per-sample losses of the global batch, on the device
                 per_sample = _gather(method.sample_losses(), world)

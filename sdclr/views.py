@@ -21,6 +21,7 @@ from torch import Tensor
 from sdclr.augment import (
     ContrastiveAugmentConfig,
     ContrastiveParams,
+    Shard,
     apply_color_jitter,
     apply_gaussian_blur,
     apply_grayscale,
@@ -32,6 +33,7 @@ from sdclr.augment import (
     sample_crop_boxes,
     sample_crop_boxes_sized,
     sample_jitter_params,
+    take_samples,
     to_float,
 )
 from sdclr.augment import contrastive_view as tensor_contrastive_view
@@ -83,13 +85,24 @@ def resize_center_crop_each(images: list[Tensor], resize: int, size: int) -> Ten
 
 
 def contrastive_view(
-    x: Batch, cfg: ContrastiveAugmentConfig, generator: torch.Generator | None = None
+    x: Batch,
+    cfg: ContrastiveAugmentConfig,
+    generator: torch.Generator | None = None,
+    shard: Shard | None = None,
 ) -> Tensor:
-    """One random pretraining view: float32 ``[B, 3, size, size]`` in [0, 1]."""
+    """One random pretraining view: float32 ``[B, 3, size, size]`` in [0, 1]. With ``shard``,
+    ``x`` is this rank's chunk of the global batch (:class:`sdclr.augment.Shard`)."""
     if isinstance(x, Tensor):
-        return tensor_contrastive_view(x, cfg, generator)
-    n, dev = len(x), x[0].device
+        return tensor_contrastive_view(x, cfg, generator, shard)
+    dev = x[0].device
     heights, widths = _sizes(x)
+    n = len(x)
+    if shard is not None:
+        # a box depends only on its own image's size and draws: the other ranks' images get
+        # placeholder sizes, which change no draw of this rank's
+        n, part = len(x) * shard.world, shard.part(len(x))
+        heights = F.pad(heights, (part.start, n - part.stop), value=1)
+        widths = F.pad(widths, (part.start, n - part.stop), value=1)
     boxes = sample_crop_boxes_sized(heights, widths, cfg.scale, cfg.ratio, generator)
     # the remaining draws in the same order as augment.sample_contrastive_params
     flip = sample_bernoulli(n, cfg.flip_p, generator, dev)
@@ -97,6 +110,8 @@ def contrastive_view(
     gray = sample_bernoulli(n, cfg.gray_p, generator, dev)
     blur, sigma = sample_blur_params(n, cfg.blur_p, cfg.blur_sigma, generator, dev)
     p = ContrastiveParams(boxes, flip, jitter, gray, blur, sigma)
+    if shard is not None:
+        p = take_samples(p, shard.part(len(x)))
     out = crop_resize_each(x, p.boxes, cfg.size)
     out = apply_horizontal_flip(out, p.flip)
     out = apply_color_jitter(out, p.jitter)

@@ -58,3 +58,39 @@ def test_global_negatives_and_gradients_match_a_single_process():
         assert torch.allclose(out["grads"][rank], expected, atol=1e-6), rank
     # and a local-only loss (no gathered negatives) would differ
     assert not torch.allclose(nt_xent(z1[:4], z2[:4], 0.2), loss.detach(), atol=1e-3)
+
+
+def test_each_rank_augments_only_its_chunk_and_gets_the_single_process_views():
+    """Under torchrun a rank decodes and augments only its chunk; the draws still cover the
+    global batch, so the views (BCL boost included) equal the single-process ones chunk by
+    chunk, and the generators stay in step."""
+    from sdclr.augment import ContrastiveAugmentConfig, Shard
+    from sdclr.boost import BoostConfig
+    from sdclr.pretrain import StepSettings, make_views
+
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(6, 3, 40, 48, generator=g) * 255).to(torch.uint8)
+    files = [images[i, :, : 28 + 2 * i, : 44 - 3 * i] for i in range(6)]  # varied sizes
+    cfg = ContrastiveAugmentConfig(size=24, scale=(0.08, 1.0), blur_p=0.5)
+    strength = torch.rand(6, generator=g)
+    mean, std = [0.5] * 3, [0.25] * 3
+    for batch in (images, files):
+        whole_gen = torch.Generator().manual_seed(3)
+        whole = make_views(
+            batch, cfg, whole_gen, mean, std, StepSettings(), (strength, BoostConfig.for_sdclr())
+        )
+        for rank in range(3):
+            gen = torch.Generator().manual_seed(3)
+            part = make_views(
+                batch[2 * rank : 2 * rank + 2],
+                cfg,
+                gen,
+                mean,
+                std,
+                StepSettings(),
+                (strength, BoostConfig.for_sdclr()),
+                Shard(rank, 3),
+            )
+            for mine, single in zip(part, whole):
+                assert torch.equal(mine, single[2 * rank : 2 * rank + 2])
+            assert torch.equal(gen.get_state(), whole_gen.get_state())

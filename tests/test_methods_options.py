@@ -342,7 +342,7 @@ def test_bcl_memory_is_indexed_by_dataset_position_and_strengths_follow_it(monke
     ids = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 32, 32).contiguous()
     boosts = []
 
-    def fake_views(x, aug, generator, mean, std, settings, boost=None):
+    def fake_views(x, aug, generator, mean, std, settings, boost=None, shard=None):
         boosts.append((x[:, 0, 0, 0].long().clone(), boost[0].clone(), boost[1]))
         return x.float(), x.float()
 
