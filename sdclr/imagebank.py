@@ -20,7 +20,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from queue import Queue
+from queue import Full, Queue
 
 import numpy as np
 import torch
@@ -133,8 +133,10 @@ class FileImages:
     def __len__(self) -> int:
         return len(self.paths)
 
-    def _decode_on_gpu(self, blobs: list[bytes], names: list[str]) -> list[Tensor]:
-        """nvJPEG for the batch's JPEGs; anything else (PNG, CMYK JPEG) via the CPU decoder."""
+    def _decode_batch(self, blobs: list[bytes], names: list[str]) -> list[Tensor]:
+        """The batch's JPEGs decoded together on ``self.device`` (nvJPEG on CUDA); anything
+        else (PNG, a JPEG the batched decoder refuses, e.g. CMYK on nvJPEG) via the CPU
+        decoder, then moved there."""
         from torchvision.io import ImageReadMode, decode_jpeg
 
         bufs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
@@ -163,7 +165,7 @@ class FileImages:
         if not plain:
             return iter(())
         if self.device.type == "cuda":
-            return self._gpu_batches(plain)
+            return self._read_ahead_batches(plain)
         return self._cpu_batches(plain)
 
     def _cpu_batches(self, idx_batches: list[np.ndarray]) -> Iterator[list[Tensor]]:
@@ -189,24 +191,35 @@ class FileImages:
                 raise _unwrap_worker_error(e) from None
             yield batch
 
-    def _gpu_batches(self, idx_batches: list[np.ndarray]) -> Iterator[list[Tensor]]:
-        # a reader thread keeps two batches of file bytes ahead; decoding runs on the GPU
+    def _read_ahead_batches(self, idx_batches: list[np.ndarray]) -> Iterator[list[Tensor]]:
+        """The CUDA path: a reader thread keeps two batches of file bytes ahead while each
+        batch is decoded on the device (it runs on any device, which is how the CPU tests
+        exercise it)."""
         ahead: Queue = Queue(maxsize=2)
         stop = threading.Event()
+
+        def put(item: object) -> bool:
+            # a consumer that stops early (end of run, interruption) must not strand the thread
+            while not stop.is_set():
+                try:
+                    ahead.put(item, timeout=0.1)
+                    return True
+                except Full:
+                    continue
+            return False
 
         def reader() -> None:
             with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
                 for idx in idx_batches:
-                    if stop.is_set():
-                        return
                     names = [str(self.root / self.paths[j]) for j in idx]
                     try:
                         blobs = list(pool.map(lambda n: read_bytes(Path(n)), names))
                     except DataError as e:
-                        ahead.put(e)
+                        put(e)
                         return
-                    ahead.put((blobs, names))
-            ahead.put(None)
+                    if not put((blobs, names)):
+                        return
+            put(None)
 
         thread = threading.Thread(target=reader, daemon=True)
         thread.start()
@@ -217,7 +230,7 @@ class FileImages:
                     return
                 if isinstance(item, DataError):
                     raise item
-                yield self._decode_on_gpu(*item)
+                yield self._decode_batch(*item)
         finally:
             stop.set()
 

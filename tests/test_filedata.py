@@ -233,6 +233,39 @@ def test_decoding_in_workers_equals_decoding_in_process(tree, tmp_path):
         list(bank.batches([torch.arange(2)]))
 
 
+def test_read_ahead_batch_decoding_equals_the_worker_path(tree, tmp_path):
+    """The CUDA path (reader thread + one batched decode_jpeg call on the device) run on the
+    CPU: same pixels as the worker path (PNGs through the fallback decoder, a CMYK JPEG), the same
+    errors, and a consumer that stops early does not strand the reader."""
+    from PIL import Image
+
+    scan = scan_folder(tree, "train", "val")
+    paths = [p for p, _ in scan.train[:20]]
+    with Image.open(tree / paths[0]) as im:
+        im.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    (tmp_path / "sub").symlink_to(tree, target_is_directory=True)
+    names = ["cmyk.jpg"] + [f"sub/{p}" for p in paths]
+    idx = [torch.arange(0, 7), torch.arange(7, 21)]
+    bank = FileImages(tmp_path, names, torch.device("cpu"), workers=2)
+    ahead = list(bank._read_ahead_batches([i.numpy() for i in idx]))
+    workers = list(bank.batches(idx))
+    assert [len(b) for b in ahead] == [7, 14]
+    for a, b in zip(ahead, workers):
+        for x, y in zip(a, b):
+            assert x.dtype == torch.uint8 and torch.equal(x, y)
+    many = [np.arange(i, i + 1) for i in range(21)]
+    first = next(bank._read_ahead_batches(many))  # abandoned after one batch
+    assert len(first) == 1
+    broken = tmp_path / "broken.JPEG"
+    broken.write_bytes((tree / paths[0]).read_bytes()[:50])
+    bad = FileImages(tmp_path, ["cmyk.jpg", "broken.JPEG"], torch.device("cpu"), workers=1)
+    with pytest.raises(DataError, match="broken.JPEG is corrupt"):
+        list(bad._read_ahead_batches([np.arange(2)]))
+    missing = FileImages(tmp_path, ["cmyk.jpg", "gone.jpg"], torch.device("cpu"), workers=1)
+    with pytest.raises(DataError, match="cannot read image .*gone.jpg"):
+        list(missing._read_ahead_batches([np.arange(1), np.arange(2)]))
+
+
 def test_list_views_match_the_batched_views_on_equal_sizes():
     from sdclr.augment import ContrastiveAugmentConfig
     from sdclr.views import contrastive_view, eval_view, probe_train_view
