@@ -8,7 +8,7 @@ export SDCLR_DATA
 SPLITS ?= split1,split2,split3,split4,split5
 DIR ?=
 
-.PHONY: install demo test lint format sweep report bench bench-quick clean help
+.PHONY: install demo test lint format sweep report bench bench-quick gpu-check clean help
 
 help:
 	@echo "make install      create $(VENV) and install sdclr with its dev extras"
@@ -19,6 +19,7 @@ help:
 	@echo "make report DIR=outputs/multirun/...   aggregate a sweep into report.md and plots"
 	@echo "make bench        speed benchmark on the best device found (see BENCHMARKS.md)"
 	@echo "make bench-quick  a few steps of the benchmark on the CPU"
+	@echo "make gpu-check    run every CUDA-only path once (tests, bench, short runs)"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +59,10 @@ bench:
 
 bench-quick:
 	$(BIN)/python -m sdclr.bench --quick
+
+# every CUDA-only path once (tests, benchmark, short CIFAR and 224-px folder runs): needs a GPU
+gpu-check:
+	$(BIN)/python scripts/gpu_check.py
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache

@@ -266,6 +266,21 @@ def test_read_ahead_batch_decoding_equals_the_worker_path(tree, tmp_path):
         list(missing._read_ahead_batches([np.arange(1), np.arange(2)]))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_nvjpeg_decoding_matches_the_cpu_decoder(tree):
+    """Batches decoded on the GPU (nvJPEG; PNGs through the CPU decoder) have the CPU
+    decoder's sizes and, up to the decoders' IDCT rounding, its pixels."""
+    scan = scan_folder(tree, "train", "val")
+    paths = [p for p, _ in scan.train[:24]]
+    idx = [torch.arange(0, 10), torch.arange(10, 24)]
+    gpu = list(FileImages(tree, paths, torch.device("cuda"), workers=2).batches(idx))
+    cpu = list(FileImages(tree, paths, torch.device("cpu"), workers=0).batches(idx))
+    for a, b in zip(gpu, cpu):
+        for x, y in zip(a, b):
+            assert x.device.type == "cuda" and x.dtype == torch.uint8 and x.shape == y.shape
+            assert (x.cpu().float() - y.float()).abs().mean() < 2.0
+
+
 def test_list_views_match_the_batched_views_on_equal_sizes():
     from sdclr.augment import ContrastiveAugmentConfig
     from sdclr.views import contrastive_view, eval_view, probe_train_view
