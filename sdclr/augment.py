@@ -10,7 +10,9 @@ Design constraints (why the code looks the way it does):
 * the same code runs on CPU and CUDA, so parameters are drawn on the data's device;
 * no per-image Python loops and no host synchronisation: no ``.item()``, no ``nonzero``, no
   data-dependent boolean indexing. Per-sample choices are made with ``torch.where``, gathers and
-  batched matmuls, so every sample is computed and the unwanted result is masked out;
+  batched matmuls, so every sample is computed and the unwanted result is masked out. The one
+  exception is the CPU, where a data-dependent gather costs nothing: there colour jitter and
+  blur compute only the samples they apply to, with results identical to the GPU form;
 * semantics follow torchvision (``transforms.RandomResizedCrop.get_params`` and the
   ``transforms.v2.functional`` float kernels), which the SDCLR reference pipeline uses.
 
@@ -514,50 +516,74 @@ def sample_jitter_params(
 
 
 def apply_color_jitter(x: Tensor, params: JitterParams, gather: bool | None = None) -> Tensor:
-    """Apply the four jitter ops in each sample's own order (4 slots x 4 ops, where-selected).
+    """Apply the four jitter ops in each sample's own order (4 slots x 4 ops).
 
-    ``gather`` (default: on the CPU) shifts the hue of only the samples whose op a slot holds,
-    through a data-dependent gather; the results are identical.
+    ``gather`` (default: on the CPU) computes each op only for the samples that are jittered
+    and hold it at a slot, through data-dependent gathers; the results are identical to the
+    GPU default, which computes every op for every sample and where-selects (no host
+    synchronisation).
 
     Brightness, contrast and saturation are all ``clamp(x * f + target * (1 - f))`` with target 0,
-    the mean grey level or the grey image, so one blend per slot serves the three of them; hue is
-    computed for the whole batch at each slot and selected per sample.
+    the mean grey level or the grey image, so one blend per slot serves the three of them.
     """
     _check_images(x)
     x = to_float(x)
     dev = x.device
     factors = params.factors.to(device=dev, dtype=torch.float32)
     order = params.order.to(dev)
-    lin_enabled = params.enabled[:3]
+    apply = params.apply.to(dev)
+    if gather if gather is not None else dev.type == "cpu":
+        return _color_jitter_gathered(x, factors, order, apply, params.enabled)
     out = x
     for slot in range(4):
         op = order[:, slot]
-        new = out
-        if any(lin_enabled):
-            is_lin = torch.zeros_like(op, dtype=torch.bool)
-            for k in (BRIGHTNESS, CONTRAST, SATURATION):
-                if params.enabled[k]:
-                    is_lin = is_lin | (op == k)
-            op4 = _bview(op)
-            gray = rgb_to_grayscale(out)
-            mean = gray.mean(dim=(-3, -2, -1), keepdim=True)
-            target = torch.where(
-                op4 == CONTRAST, mean, torch.where(op4 == SATURATION, gray, torch.zeros_like(gray))
-            )
-            ratio = _bview(factors.gather(1, op.clamp(max=SATURATION)[:, None]))
-            new = torch.where(_bview(is_lin), _blend(out, target, ratio), new)
+        new = _linear_jitter(out, op, factors, params.enabled)
         if params.enabled[HUE]:
-            if gather if gather is not None else x.device.type == "cpu":
-                # on the CPU a data-dependent gather costs nothing and shifts the hue of only
-                # the samples whose op this is (the HSV round trip dominates the jitter)
-                sel = (op == HUE).nonzero().squeeze(1)
-                if len(sel):
-                    new = new.clone()
-                    new[sel] = adjust_hue(out[sel], factors[sel, HUE])
-            else:  # on the GPU: every sample, where-selected, no host synchronisation
-                new = torch.where(_bview(op == HUE), adjust_hue(out, factors[:, HUE]), new)
+            new = torch.where(_bview(op == HUE), adjust_hue(out, factors[:, HUE]), new)
         out = new
-    return torch.where(_bview(params.apply.to(dev)), out, x)
+    return torch.where(_bview(apply), out, x)
+
+
+def _linear_jitter(x: Tensor, op: Tensor, factors: Tensor, enabled: Sequence[bool]) -> Tensor:
+    """Brightness / contrast / saturation for the samples whose ``op`` is one of them (an
+    enabled one); the others are returned as they are."""
+    if not any(enabled[:3]):
+        return x
+    is_lin = torch.zeros_like(op, dtype=torch.bool)
+    for k in (BRIGHTNESS, CONTRAST, SATURATION):
+        if enabled[k]:
+            is_lin = is_lin | (op == k)
+    op4 = _bview(op)
+    gray = rgb_to_grayscale(x)
+    mean = gray.mean(dim=(-3, -2, -1), keepdim=True)
+    target = torch.where(
+        op4 == CONTRAST, mean, torch.where(op4 == SATURATION, gray, torch.zeros_like(gray))
+    )
+    ratio = _bview(factors.gather(1, op.clamp(max=SATURATION)[:, None]))
+    return torch.where(_bview(is_lin), _blend(x, target, ratio), x)
+
+
+def _color_jitter_gathered(
+    x: Tensor, factors: Tensor, order: Tensor, apply: Tensor, enabled: Sequence[bool]
+) -> Tensor:
+    # on the CPU a data-dependent gather costs nothing, and the HSV round trip of hue dominates
+    # the jitter: only jittered samples are touched, and at each slot only with their own op
+    rows = apply.nonzero().squeeze(1)
+    if len(rows) == 0:
+        return x
+    y, factors, order = x[rows], factors[rows], order[rows]
+    for slot in range(4):
+        op = order[:, slot]
+        # each sample gets one op per slot, so the groups are disjoint and update y in place
+        lin = (op < HUE).nonzero().squeeze(1)
+        hue = (op == HUE).nonzero().squeeze(1)
+        if len(lin) and any(enabled[:3]):
+            y[lin] = _linear_jitter(y[lin], op[lin], factors[lin], enabled)
+        if len(hue) and enabled[HUE]:
+            y[hue] = adjust_hue(y[hue], factors[hue, HUE])
+    out = x.clone()
+    out[rows] = y
+    return out
 
 
 def color_jitter(
@@ -618,8 +644,15 @@ def apply_gaussian_blur(
     """
     _check_images(x)
     x = to_float(x)
+    sigma = sigma.to(device=x.device, dtype=torch.float32).expand(x.shape[0])
+    if apply is not None and x.device.type == "cpu":
+        # on the CPU, blur only the samples it applies to (the same result, fewer convs)
+        rows = apply.to(x.device).nonzero().squeeze(1)
+        out = x.clone()
+        if len(rows):
+            out[rows] = apply_gaussian_blur(x[rows], sigma[rows], None, kernel_size)
+        return out
     b, c, height, width = x.shape
-    sigma = sigma.to(device=x.device, dtype=torch.float32).expand(b)
     ky = kernel_size or default_blur_kernel_size(height)
     kx = kernel_size or default_blur_kernel_size(width)
     if ky % 2 == 0 or kx % 2 == 0:

@@ -513,12 +513,24 @@ def test_cuda_matches_cpu_without_host_sync(cifar_uint8: torch.Tensor) -> None:
     assert max_err(out.cpu(), cpu) < 1e-3  # TF32 matmuls may be enabled by the caller
 
 
-def test_jitter_gather_path_equals_the_where_path():
-    """The CPU default (hue only where a slot holds it) gives the GPU path's result exactly."""
+@pytest.mark.parametrize("size", [16, 96])
+def test_cpu_gather_paths_equal_the_where_paths(size):
+    """The CPU defaults (jitter and blur computed only for the samples, and the ops, that
+    apply) give the GPU form's result exactly, whichever jitter ops are enabled."""
     g = torch.Generator().manual_seed(5)
-    x = torch.rand(48, 3, 16, 16, generator=g)
+    x = torch.rand(48, 3, size, size, generator=g)
     params = A.sample_jitter_params(48, 0.4, 0.4, 0.4, 0.1, p=0.8, generator=g)
     fast = A.apply_color_jitter(x, params, gather=True)
     where = A.apply_color_jitter(x, params, gather=False)
-    assert torch.equal(fast, where)
+    assert torch.equal(fast, where) and not torch.equal(fast, x)
     assert torch.equal(A.apply_color_jitter(x, params), fast)
+    for enabled in [(True, False, True, False), (False, False, False, True), (False,) * 4]:
+        some = A.JitterParams(params.apply, params.factors, params.order, enabled)
+        assert torch.equal(
+            A.apply_color_jitter(x, some, gather=True), A.apply_color_jitter(x, some, gather=False)
+        )
+    blur, sigma = A.sample_blur_params(48, 0.5, (0.1, 2.0), g)
+    every = A.apply_gaussian_blur(x, sigma)
+    assert torch.equal(
+        A.apply_gaussian_blur(x, sigma, blur), torch.where(blur[:, None, None, None], every, x)
+    )
