@@ -258,13 +258,25 @@ def _cubic_aa(x: Tensor) -> Tensor:
     return torch.where(ax < 1.0, near, torch.where(ax < 2.0, far, torch.zeros_like(ax)))
 
 
-def _resize_weights(start: Tensor, length: Tensor, in_size: int, out_size: int) -> Tensor:
+def _linear_aa(x: Tensor) -> Tensor:
+    """PIL/PyTorch antialias bilinear filter (triangle, support 1)."""
+    return (1.0 - x.abs()).clamp(min=0.0)
+
+
+# resampling filters by interpolation mode (both antialiased, as torchvision's tensor resize)
+_FILTERS = {"bicubic": _cubic_aa, "bilinear": _linear_aa}
+
+
+def _resize_weights(
+    start: Tensor, length: Tensor, in_size: int, out_size: int, mode: str = "bicubic"
+) -> Tensor:
     """Per-sample 1-D resize matrix ``[B, out_size, in_size]`` for ``[start, start + length)``.
 
-    Mirrors PyTorch's ``_upsample_bicubic2d_aa`` weights: scale = length / out; output sample i has
-    centre scale * (i + 0.5) in crop coordinates; when downscaling the filter is stretched by the
-    scale (antialias); taps outside the crop are dropped and the rest renormalised. Columns outside
-    the crop get zero weight, so the crop itself is part of the matmul.
+    Mirrors PyTorch's ``_upsample_bicubic2d_aa`` (``_upsample_bilinear2d_aa``) weights:
+    scale = length / out; output sample i has centre scale * (i + 0.5) in crop coordinates; when
+    downscaling the filter is stretched by the scale (antialias); taps outside the crop are
+    dropped and the rest renormalised. Columns outside the crop get zero weight, so the crop
+    itself is part of the matmul.
     """
     dev = start.device
     scale = length.to(torch.float32) / out_size  # [B]
@@ -274,25 +286,28 @@ def _resize_weights(start: Tensor, length: Tensor, in_size: int, out_size: int) 
     offset = local[:, None, :].to(torch.float32) + 0.5 - centre[:, :, None]  # [B, out, in]
     dist = offset * inv_support[:, None, None]
     inside = (local >= 0) & (local < length[:, None])  # [B, in]
-    weights = torch.where(inside[:, None, :], _cubic_aa(dist), torch.zeros_like(dist))
+    weights = torch.where(inside[:, None, :], _FILTERS[mode](dist), torch.zeros_like(dist))
     total = weights.sum(dim=-1, keepdim=True)
     return weights / torch.where(total != 0, total, torch.ones_like(total))
 
 
-def resized_crop_boxes(x: Tensor, boxes: Tensor, size: int) -> Tensor:
+def resized_crop_boxes(x: Tensor, boxes: Tensor, size: int, mode: str = "bicubic") -> Tensor:
     """Crop each image to its box ``(top, left, h, w)`` and resize to ``size x size``.
 
     Same result as torchvision ``resized_crop(..., BICUBIC, antialias=True)`` on float images
-    (then clamped to [0, 1]), computed as ``Wy @ img @ Wx^T`` with per-sample separable weight
-    matrices, so up- and downscaling share one code path and no per-image loop is needed.
-    (If the caller enables TF32 matmuls on CUDA, the error grows to ~1e-3, harmless here.)
+    (then clamped to [0, 1]; ``mode="bilinear"``: BILINEAR, torchvision's default), computed as
+    ``Wy @ img @ Wx^T`` with per-sample separable weight matrices, so up- and downscaling share
+    one code path and no per-image loop is needed. (If the caller enables TF32 matmuls on
+    CUDA, the error grows to ~1e-3, harmless here.)
     """
     _check_images(x)
     x = to_float(x)
     _, _, height, width = x.shape
     boxes = boxes.to(device=x.device, dtype=torch.int64)
-    wy = _resize_weights(boxes[:, 0], boxes[:, 2], height, size)  # [B, size, H]
-    wx = _resize_weights(boxes[:, 1], boxes[:, 3], width, size)  # [B, size, W]
+    if mode not in _FILTERS:
+        raise ValueError(f"unknown interpolation {mode!r}; use {' or '.join(_FILTERS)}")
+    wy = _resize_weights(boxes[:, 0], boxes[:, 2], height, size, mode)  # [B, size, H]
+    wx = _resize_weights(boxes[:, 1], boxes[:, 3], width, size, mode)  # [B, size, W]
     # Contract W first, then H: [B,C,H,W] @ [B,1,W,S] -> [B,C,H,S]; [B,1,S,H] @ that -> [B,C,S,S].
     out = torch.matmul(x, wx.transpose(1, 2).unsqueeze(1))
     out = torch.matmul(wy.unsqueeze(1), out)

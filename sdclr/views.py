@@ -55,15 +55,15 @@ def _sizes(images: list[Tensor]) -> tuple[Tensor, Tensor]:
     return hw[:, 0], hw[:, 1]
 
 
-def crop_resize_each(images: list[Tensor], boxes: Tensor, size: int) -> Tensor:
-    """Crop each image to its box and resize to ``size`` (bicubic, antialiased, clamped):
-    float32 ``[B, 3, size, size]`` in [0, 1]."""
+def crop_resize_each(
+    images: list[Tensor], boxes: Tensor, size: int, mode: str = "bicubic"
+) -> Tensor:
+    """Crop each image to its box and resize to ``size`` (``mode`` bicubic or bilinear,
+    antialiased, clamped): float32 ``[B, 3, size, size]`` in [0, 1]."""
     out = []
     for img, (top, left, h, w) in zip(images, boxes.tolist()):  # one sync for the batch
         crop = to_float(img[None, :, top : top + h, left : left + w])
-        out.append(
-            F.interpolate(crop, size=(size, size), mode="bicubic", antialias=True).clamp_(0, 1)
-        )
+        out.append(F.interpolate(crop, size=(size, size), mode=mode, antialias=True).clamp_(0, 1))
     return torch.cat(out)
 
 
@@ -128,7 +128,9 @@ def probe_train_view(
     generator: torch.Generator | None = None,
     scale: tuple[float, float] = (0.08, 1.0),
 ) -> Tensor:
-    """The linear probe's training augmentation."""
+    """The linear probe's training augmentation. ``resized`` is torchvision's
+    RandomResizedCrop(size) at its default (bilinear, antialiased) interpolation, as the
+    protocol's ImageNet probe uses; pretraining crops are bicubic."""
     if mode == "pad":
         if not isinstance(x, Tensor):
             raise ValueError("the pad-4 crop needs equally sized images (data.probe_crop=resized)")
@@ -138,11 +140,11 @@ def probe_train_view(
     n, dev = len(x), _device(x)
     if isinstance(x, Tensor):
         boxes = sample_crop_boxes(n, x.shape[2], x.shape[3], scale, (3 / 4, 4 / 3), generator, dev)
-        out = resized_crop_boxes(x, boxes, size)
+        out = resized_crop_boxes(x, boxes, size, "bilinear")
     else:
         heights, widths = _sizes(x)
         boxes = sample_crop_boxes_sized(heights, widths, scale, (3 / 4, 4 / 3), generator)
-        out = crop_resize_each(x, boxes, size)
+        out = crop_resize_each(x, boxes, size, "bilinear")
     return apply_horizontal_flip(out, sample_bernoulli(n, 0.5, generator, dev))
 
 
@@ -152,9 +154,10 @@ def eval_view(x: Batch, size: int, resize: int | None) -> Tensor:
         return resize_center_crop_each(x, resize or size, size)
     if resize is None and x.shape[-2:] == (size, size):
         return to_float(x)
-    # a resident (square-cached) batch: the central box that Resize + CenterCrop keeps
+    # a resident (square-cached) batch: the central box that Resize + CenterCrop keeps,
+    # resized as Resize does (bilinear, antialiased)
     h, w = x.shape[-2:]
     keep = size / float(resize or size)
     side = max(1, round(min(h, w) * keep))
     box = torch.tensor([(h - side) // 2, (w - side) // 2, side, side], device=x.device)
-    return resized_crop_boxes(x, box.expand(len(x), 4), size)
+    return resized_crop_boxes(x, box.expand(len(x), 4), size, "bilinear")

@@ -122,11 +122,11 @@ def tv_boxes(n: int, height: int, width: int, scale, ratio, seed: int) -> np.nda
 # ---------------------------------------------------------------------------------------------
 
 
-def _tv_resized_crop(x: torch.Tensor, boxes: torch.Tensor, size: int) -> torch.Tensor:
+def _tv_resized_crop(
+    x: torch.Tensor, boxes: torch.Tensor, size: int, mode=InterpolationMode.BICUBIC
+) -> torch.Tensor:
     out = [
-        TF.resized_crop(
-            x[b], *boxes[b].tolist(), [size, size], InterpolationMode.BICUBIC, antialias=True
-        )
+        TF.resized_crop(x[b], *boxes[b].tolist(), [size, size], mode, antialias=True)
         for b in range(x.shape[0])
     ]
     return torch.stack(out).clamp(0, 1)
@@ -175,6 +175,33 @@ def test_resized_crop_downscale_matches_torchvision(images64: torch.Tensor) -> N
     rboxes = torch.tensor([[0, 0, 48, 64], [5, 3, 40, 50]] * 4)
     ours = A.resized_crop_boxes(rect, rboxes, 17)
     assert max_err(ours, _tv_resized_crop(rect, rboxes, 17)) < RESIZE_ATOL
+
+
+def test_bilinear_resized_crop_matches_torchvision_default(images64: torch.Tensor) -> None:
+    """The probe's RandomResizedCrop and the eval Resize use torchvision's default bilinear
+    (antialiased) resampling: resident batches and per-image crops of files alike."""
+    from sdclr.views import crop_resize_each
+
+    boxes = torch.tensor(
+        [[3, 11, 50, 40], [0, 0, 64, 64], [40, 40, 10, 12], [2, 2, 25, 60], [0, 0, 3, 4]] * 2
+    )[:8]
+    for size in (24, 80):
+        ref = _tv_resized_crop(images64, boxes, size, InterpolationMode.BILINEAR)
+        ours = A.resized_crop_boxes(images64, boxes, size, "bilinear")
+        assert max_err(ours, ref) < RESIZE_ATOL
+        each = crop_resize_each(
+            list((images64 * 255).round().to(torch.uint8)), boxes, size, "bilinear"
+        )
+        ref8 = _tv_resized_crop(
+            A.to_float((images64 * 255).round().to(torch.uint8)),
+            boxes,
+            size,
+            InterpolationMode.BILINEAR,
+        )
+        assert max_err(each, ref8) < RESIZE_ATOL
+        assert max_err(ours, A.resized_crop_boxes(images64, boxes, size)) > 1e-3  # not bicubic
+    with pytest.raises(ValueError, match="unknown interpolation"):
+        A.resized_crop_boxes(images64, boxes, 24, "nearest")
 
 
 def test_random_resized_crop_uses_sampled_boxes(cifar_uint8: torch.Tensor) -> None:
