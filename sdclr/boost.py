@@ -146,7 +146,7 @@ class LossMemory:
         m = self.momentum
         blended = self.ema[idx] * m + loss * (1.0 - m)
         self.ema[idx] = torch.where(self.seen[idx], blended, loss)
-        self.seen[idx] = True
+        self.seen.index_fill_(0, idx, True)  # no host-to-device copy of a Python bool
 
     def strengths(self) -> Tensor:
         """:func:`strengths` over the samples seen so far; unseen samples (e.g. dropped by

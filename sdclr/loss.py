@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from sdclr.distributed import gather_with_grad, rank
+from sdclr.precision import full_precision
 
 KINDS = ("ntxent", "debiased", "hard")
 _REDUCTIONS = ("mean", "none")
@@ -36,7 +37,8 @@ def _logits(
     n = keys.shape[0] // 2
     offset = rank() * local if n != local else 0
     anchors = torch.cat([z1, z2])  # [2B, d]
-    logits = anchors @ keys.t() / temperature
+    with full_precision(anchors.device.type):
+        logits = anchors @ keys.t() / temperature
     idx = torch.arange(local, device=z1.device) + offset
     self_idx = torch.cat([idx, idx + n])
     pos_idx = torch.cat([idx + n, idx])
@@ -56,8 +58,9 @@ def nt_xent(
     """
     _check_reduction(reduction)
     logits, self_idx, pos_idx = _logits(z1, z2, temperature)
-    rows = torch.arange(logits.shape[0], device=logits.device)
-    logits[rows, self_idx] = float("-inf")  # an anchor is not its own negative
+    # an anchor is not its own negative (scatter of a number: no host-to-device copy, which
+    # indexed assignment of a Python float would make, with a synchronisation, on CUDA)
+    logits = logits.scatter(1, self_idx[:, None], float("-inf"))
     return F.cross_entropy(logits, pos_idx, reduction=reduction)
 
 

@@ -73,6 +73,7 @@ from sdclr.errors import ConfigError
 from sdclr.loss import debiased_from_logits
 from sdclr.method import ContrastiveMethod
 from sdclr.model import ContrastiveModel
+from sdclr.precision import full_precision
 
 MOCHI_DEFAULTS = {"N": 1024, "s": 1024, "s_prime": 256}
 
@@ -264,12 +265,14 @@ def moco_logits(
 ) -> torch.Tensor:
     """[B, 1 + K (+ s + s')] logits: column 0 is q.k+, then q.queue, then MoCHi's synthetic
     negatives; all divided by the temperature. ``q``, ``k``, ``queue`` are L2-normalised."""
-    pos = (q * k).sum(1, keepdim=True)
-    neg = q @ queue.t()
-    parts = [pos, neg]
-    if mochi:
-        parts.append(mochi_logits(q, neg, queue, mochi, generator))
-    return torch.cat(parts, 1) / temperature
+    with full_precision(q.device.type):  # float32 similarities inside a bf16 step
+        q, k, queue = q.float(), k.float(), queue.float()
+        pos = (q * k).sum(1, keepdim=True)
+        neg = q @ queue.t()
+        parts = [pos, neg]
+        if mochi:
+            parts.append(mochi_logits(q, neg, queue, mochi, generator))
+        return torch.cat(parts, 1) / temperature
 
 
 def info_nce(logits: torch.Tensor) -> torch.Tensor:

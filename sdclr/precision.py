@@ -10,3 +10,9 @@ def autocast(device_type: str, amp_dtype: torch.dtype | None) -> torch.autocast:
     return torch.autocast(
         device_type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None
     )
+
+
+def full_precision(device_type: str) -> torch.autocast:
+    """Autocast off: the contrastive logits (similarities / temperature) are computed in
+    float32 even inside a bf16 step, as the losses' numerics assume."""
+    return torch.autocast(device_type, enabled=False)

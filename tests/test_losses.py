@@ -188,3 +188,21 @@ def test_cosine_temperature():
     assert cosine_temperature(50.0, t_min=0.2, t_max=0.6, period=50) == pytest.approx(0.6)
     values = [cosine_temperature(e) for e in range(0, 201, 10)]
     assert all(a >= b for a, b in zip(values, values[1:]))  # decreasing over the first half
+
+
+def test_logits_stay_float32_inside_a_bf16_step():
+    """The step runs under bf16 autocast on CUDA; the similarities / temperature are still
+    computed in float32 (here on CPU autocast, which lowers matmuls the same way)."""
+    from sdclr.loss import contrastive_loss
+    from sdclr.moco import moco_logits
+
+    g = torch.Generator().manual_seed(0)
+    z1, z2 = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g)
+    queue = F.normalize(torch.randn(64, 32, generator=g), dim=1)
+    plain = {k: contrastive_loss(z1, z2, 0.2, k) for k in ("ntxent", "debiased", "hard")}
+    plain_moco = moco_logits(F.normalize(z1, dim=1), F.normalize(z2, dim=1), queue, 0.2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for kind, value in plain.items():
+            assert torch.equal(contrastive_loss(z1, z2, 0.2, kind), value)
+        mixed = moco_logits(F.normalize(z1, dim=1), F.normalize(z2, dim=1), queue, 0.2)
+        assert mixed.dtype == torch.float32 and torch.equal(mixed, plain_moco)
