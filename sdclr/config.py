@@ -272,7 +272,7 @@ class Config:
     resume: ResumeConfig = field(default_factory=ResumeConfig)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Step numerics; null/auto = by device: bf16 autocast, channels_last and torch.compile on
-    # CUDA, float32 without compile on CPU.
+    # CUDA (compile not under torchrun), float32 without compile on CPU.
     precision: str = "auto"  # auto | fp32 | bf16
     channels_last: bool | None = None
     compile: bool | None = None

@@ -129,6 +129,7 @@ class FileImages:
         self.paths = list(paths)
         self.device = torch.device(device)
         self.workers = min(8, os.cpu_count() or 1) if workers is None else int(workers)
+        self._stream: torch.cuda.Stream | None = None  # the CUDA decode stream, made on first use
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -137,6 +138,23 @@ class FileImages:
         """The batch's JPEGs decoded together on ``self.device`` (nvJPEG on CUDA); anything
         else (PNG, a JPEG the batched decoder refuses, e.g. CMYK on nvJPEG) via the CPU
         decoder, then moved there."""
+        if self.device.type != "cuda":
+            return self._decode_batch_on_current_stream(blobs, names)
+        # torchvision's nvJPEG decoder allocates its outputs on the current stream but decodes
+        # on a stream of its own without waiting for it, so memory that kernels queued for the
+        # training step still read could be overwritten. Decode with a side stream current
+        # (its blocks are free of queued work), then hand the images to the compute stream.
+        main = torch.cuda.current_stream(self.device)
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(self.device)
+        with torch.cuda.stream(self._stream):
+            out = self._decode_batch_on_current_stream(blobs, names)
+        main.wait_stream(self._stream)
+        for img in out:
+            img.record_stream(main)  # not reused until the compute stream is done with it
+        return out
+
+    def _decode_batch_on_current_stream(self, blobs: list[bytes], names: list[str]) -> list[Tensor]:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         bufs = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]

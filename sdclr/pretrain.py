@@ -86,7 +86,8 @@ def step_settings(cfg, device: torch.device) -> StepSettings:
     cuda = device.type == "cuda"
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if cuda else "fp32")
     channels_last = cfg.channels_last if cfg.channels_last is not None else cuda
-    compile_ = cfg.compile if cfg.compile is not None else cuda
+    # auto: off under torchrun, where SyncBatchNorm breaks the compiled graph (pytorch#161302)
+    compile_ = cfg.compile if cfg.compile is not None else cuda and world_size() == 1
     return StepSettings(
         torch.bfloat16 if precision == "bf16" else None, bool(channels_last), bool(compile_)
     )

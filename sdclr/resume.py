@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sdclr.errors import SdclrError
+from sdclr.errors import CheckpointError, SdclrError
 
 # Keys that do not change what a run computes: where things are, how they are logged and how
 # often they are saved. Everything else must match for a resume.
@@ -106,13 +106,22 @@ def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
 
 
 def restore_rng(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    saved = state.get("generator") if generator is not None else None
+    if saved is not None and saved.numel() != generator.get_state().numel():
+        # CPU and CUDA generators are different algorithms: the stream cannot carry over
+        raise CheckpointError(
+            f"the checkpoint was written by a run drawing its augmentations on another device "
+            f"type than this one ({generator.device.type}); resume on the device type the run "
+            f"started on (config key 'device'), or start a new run"
+        )
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    if generator is not None and state.get("generator") is not None:
-        generator.set_state(state["generator"])
+        for i, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, i)
+    if saved is not None:
+        generator.set_state(saved)
 
 
 class StopSignal:
