@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
@@ -106,3 +107,23 @@ def test_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.gpus_per_node == 1 and launcher.max_num_timeout == 3
+
+
+def test_gpu_check_runs_compose_and_validate(tmp_path):
+    """`make gpu-check` is only run on a GPU machine: its run commands must stay valid
+    configs as the schema evolves."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    try:
+        import gpu_check
+    finally:
+        sys.path.pop(0)
+    runs = [
+        cmd[3:]
+        for step in gpu_check.STEPS
+        for cmd in gpu_check.commands(step, tmp_path, ["device=cpu"])
+        if cmd[1:3] == ["-m", "sdclr"]
+    ]
+    assert len(runs) == 3  # cifar, folder with nvJPEG, folder with the resized cache
+    for overrides in runs:
+        cfg = compose_config([o for o in overrides if not o.startswith("hydra.")])
+        validate(cfg)
