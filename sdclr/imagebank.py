@@ -167,8 +167,16 @@ class FileImages:
                 )
                 for i, img in zip(jpeg, decoded):
                     out[i] = img
-            except RuntimeError:
-                pass  # e.g. a CMYK JPEG: those images go through the CPU decoder below
+            except RuntimeError as e:  # e.g. a CMYK JPEG: the CPU decoder below takes them
+                if self.device.type == "cuda":
+                    warnings.warn(  # shown once: a rare CMYK image is normal, every batch not
+                        f"the GPU JPEG decoder refused a batch ({str(e).splitlines()[0]}); its "
+                        f"images were decoded on the CPU. A few such batches are normal (CMYK "
+                        f"JPEGs); if it happens for every batch, nvJPEG is not usable here and "
+                        f"decoding is slow: consider data.cache_size",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
         for i, img in enumerate(out):
             if img is None:
                 out[i] = decode_bytes(bufs[i], names[i]).to(self.device, non_blocking=True)
