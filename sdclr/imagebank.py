@@ -169,8 +169,9 @@ class FileImages:
                     out[i] = img
             except RuntimeError as e:  # e.g. a CMYK JPEG: the CPU decoder below takes them
                 if self.device.type == "cuda":
+                    why = (str(e).splitlines() or [type(e).__name__])[0]
                     warnings.warn(  # shown once: a rare CMYK image is normal, every batch not
-                        f"the GPU JPEG decoder refused a batch ({str(e).splitlines()[0]}); its "
+                        f"the GPU JPEG decoder refused a batch ({why}); its "
                         f"images were decoded on the CPU. A few such batches are normal (CMYK "
                         f"JPEGs); if it happens for every batch, nvJPEG is not usable here and "
                         f"decoding is slow: consider data.cache_size",
