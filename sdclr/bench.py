@@ -124,10 +124,11 @@ def _time_method(ctx: dict[str, Any], ratio: float | None) -> dict[str, Any]:
         train_step(model, method, opt, v1, v2, settings)
 
     timer = ctx["timer"]
-    # warm-up (compilation, cuDNN autotuning) ends on the epoch's last batch, which may be
-    # shorter: its recompile must not land in the timed steps
-    cursor[0] = -ctx["warmup"] % len(batches)
+    # warm-up (compilation, cuDNN autotuning) on full batches, then on the epoch's last batch,
+    # which may be shorter: its recompile must not land in the timed steps
     timer.measure(step, ctx["warmup"])
+    cursor[0] = len(batches) - 1
+    timer.measure(step, 1)
     cursor[0] = 0
     per_step = timer.measure(step, ctx["timed_steps"])
     mask_seconds = timer.measure(lambda: method.on_epoch_start(model), 1) if dual else 0.0

@@ -730,7 +730,15 @@ def _validate_methods(cfg: DictConfig) -> None:
 
 def check_world_size(cfg: DictConfig | Config, world: int) -> None:
     """MoCo and BYOL run in one process: their momentum network, queue and predictor are not
-    synchronised across torchrun ranks (SimCLR / SDCLR are)."""
+    synchronised across torchrun ranks (SimCLR / SDCLR are). The global batch is split into
+    equal chunks, one per rank."""
+    bs = cfg.pretrain.batch_size
+    _check(
+        bs % world == 0,
+        "pretrain.batch_size",
+        f"the global batch ({bs}) must split evenly over the {world} torchrun ranks; use a "
+        f"multiple of {world}",
+    )
     _check(
         world == 1 or cfg.method.name == "simclr",
         "method.name",

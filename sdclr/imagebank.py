@@ -236,26 +236,26 @@ class FileImages:
             return False
 
         def reader() -> None:
-            with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
-                for idx in idx_batches:
-                    names = [str(self.root / self.paths[j]) for j in idx]
-                    try:
+            try:
+                with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+                    for idx in idx_batches:
+                        names = [str(self.root / self.paths[j]) for j in idx]
                         blobs = list(pool.map(lambda n: read_bytes(Path(n)), names))
-                    except DataError as e:
-                        put(e)
-                        return
-                    if not put((blobs, names)):
-                        return
+                        if not put((blobs, names)):
+                            return
+            except BaseException as e:  # raised in the consumer, which would otherwise wait
+                put(e)
+                return
             put(None)
 
-        thread = threading.Thread(target=reader, daemon=True)
+        thread = threading.Thread(target=reader, daemon=True, name="sdclr-read-ahead")
         thread.start()
         try:
             while True:
                 item = ahead.get()
                 if item is None:
                     return
-                if isinstance(item, DataError):
+                if isinstance(item, BaseException):
                     raise item
                 yield self._decode_batch(*item)
         finally:

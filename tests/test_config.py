@@ -127,3 +127,11 @@ def test_gpu_check_runs_compose_and_validate(tmp_path):
     for overrides in runs:
         cfg = compose_config([o for o in overrides if not o.startswith("hydra.")])
         validate(cfg)
+
+
+def test_torchrun_needs_a_global_batch_that_splits_evenly():
+    from sdclr.config import check_world_size
+
+    check_world_size(compose_config(["pretrain.batch_size=512"]), 4)
+    with pytest.raises(ConfigError, match="pretrain.batch_size.*multiple of 3"):
+        check_world_size(compose_config(["pretrain.batch_size=512"]), 3)

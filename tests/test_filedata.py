@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -254,8 +255,13 @@ def test_read_ahead_batch_decoding_equals_the_worker_path(tree, tmp_path):
         for x, y in zip(a, b):
             assert x.dtype == torch.uint8 and torch.equal(x, y)
     many = [np.arange(i, i + 1) for i in range(21)]
-    first = next(bank._read_ahead_batches(many))  # abandoned after one batch
-    assert len(first) == 1
+    pending = bank._read_ahead_batches(many)
+    assert len(next(pending)) == 1
+    readers = [t for t in threading.enumerate() if t.name == "sdclr-read-ahead"]
+    assert len(readers) == 1 and readers[0].is_alive()  # blocked on its full queue
+    pending.close()  # the consumer stops after one batch
+    readers[0].join(timeout=5)
+    assert not readers[0].is_alive()
     broken = tmp_path / "broken.JPEG"
     broken.write_bytes((tree / paths[0]).read_bytes()[:50])
     bad = FileImages(tmp_path, ["cmyk.jpg", "broken.JPEG"], torch.device("cpu"), workers=1)
