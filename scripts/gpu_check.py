@@ -11,6 +11,9 @@ Steps (``--steps``, comma-separated; default all, in this order):
 * ``folder``: ``data=folder`` at 224 px on a long-tailed tree of JPEGs written from CIFAR-10
   (upscaled to 320-500 px), decoded per batch by nvJPEG, then the same with the resized cache.
 
+The data: ``SDCLR_DATA`` must hold ``cifar10-jpg.tar.gz`` and ``cifar10-train-labels.npy``
+(and ``tiny-imagenet-32.tar.gz`` for the nvJPEG test's image tree), as ``../shared/data`` does.
+
 Each step's output goes to ``<out>/<step>.log``; ``<out>/gpu_check.json`` lists every step
 with its exit status and wall time, and the command exits non-zero if one failed. Steps are
 sized to fit one 10-minute call each on an H100.
@@ -27,6 +30,7 @@ import time
 from pathlib import Path
 
 STEPS = ("tests", "bench", "cifar", "folder")
+NEEDED = ("cifar10-jpg.tar.gz", "cifar10-train-labels.npy", "tiny-imagenet-32.tar.gz")
 SHORT = [
     "split=split1",
     "prune=p90",
@@ -116,6 +120,15 @@ def main() -> int:
         "overrides", nargs="*", help="Hydra overrides appended to the runs (e.g. to try on CPU)"
     )
     args = parser.parse_args()
+    data = Path(os.environ.get("SDCLR_DATA", "data"))
+    missing = [f for f in NEEDED if not (data / f).is_file()]
+    if missing:
+        print(
+            f"error: SDCLR_DATA={data} lacks {', '.join(missing)}; point SDCLR_DATA at a copy "
+            f"of the shared data directory",
+            file=sys.stderr,
+        )
+        return 2
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     summary_path = out / "gpu_check.json"
