@@ -22,8 +22,9 @@ Images are ``[B, 3, H, W]`` uint8 (``0..255``) or float (``[0, 1]``); outputs ar
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields, is_dataclass, replace
 
 import torch
@@ -45,6 +46,8 @@ __all__ = [
     "adjust_saturation",
     "apply_color_jitter",
     "apply_contrastive",
+    "apply_photometric",
+    "compiled_apply",
     "apply_gaussian_blur",
     "apply_grayscale",
     "apply_horizontal_flip",
@@ -649,23 +652,27 @@ def sample_blur_params(
 
 
 def apply_gaussian_blur(
-    x: Tensor, sigma: Tensor, apply: Tensor | None = None, kernel_size: int | None = None
+    x: Tensor,
+    sigma: Tensor,
+    apply: Tensor | None = None,
+    kernel_size: int | None = None,
+    gather: bool | None = None,
 ) -> Tensor:
     """Per-sample separable Gaussian blur with reflect padding (torchvision ``gaussian_blur``).
 
     The batch is folded into the channel axis so a single grouped conv (groups = B * C) applies
     every sample's own kernel; reflect padding and the 2-D Gaussian are both separable, so two
-    1-D convs equal torchvision's 2-D conv.
+    1-D convs equal torchvision's 2-D conv. ``gather`` (default: on the CPU) blurs only the
+    samples in ``apply``; the result is the same.
     """
     _check_images(x)
     x = to_float(x)
     sigma = sigma.to(device=x.device, dtype=torch.float32).expand(x.shape[0])
-    if apply is not None and x.device.type == "cpu":
-        # on the CPU, blur only the samples it applies to (the same result, fewer convs)
+    if apply is not None and (gather if gather is not None else x.device.type == "cpu"):
         rows = apply.to(x.device).nonzero().squeeze(1)
         out = x.clone()
         if len(rows):
-            out[rows] = apply_gaussian_blur(x[rows], sigma[rows], None, kernel_size)
+            out[rows] = apply_gaussian_blur(x[rows], sigma[rows], None, kernel_size, False)
         return out
     b, c, height, width = x.shape
     ky = kernel_size or default_blur_kernel_size(height)
@@ -810,16 +817,53 @@ def sample_contrastive_params(
 
 
 def apply_contrastive(
-    x: Tensor, params: ContrastiveParams, cfg: ContrastiveAugmentConfig
+    x: Tensor,
+    params: ContrastiveParams,
+    cfg: ContrastiveAugmentConfig,
+    gather: bool | None = None,
 ) -> Tensor:
     """crop+resize -> flip -> jitter -> grayscale -> blur with explicit parameters."""
     out = resized_crop_boxes(x, params.boxes, cfg.size)
-    out = apply_horizontal_flip(out, params.flip)
-    out = apply_color_jitter(out, params.jitter)
+    return apply_photometric(out, params, cfg, gather)
+
+
+def apply_photometric(
+    x: Tensor,
+    params: ContrastiveParams,
+    cfg: ContrastiveAugmentConfig,
+    gather: bool | None = None,
+) -> Tensor:
+    """flip -> jitter -> grayscale -> blur of already cropped images (``params.boxes`` is not
+    used). ``gather``: see :func:`apply_color_jitter` (default: on the CPU)."""
+    out = apply_horizontal_flip(x, params.flip)
+    out = apply_color_jitter(out, params.jitter, gather)
     out = apply_grayscale(out, params.gray)
     if cfg.blur_p > 0:  # static switch: CIFAR configs skip the conv entirely
-        out = apply_gaussian_blur(out, params.blur_sigma, params.blur)
+        out = apply_gaussian_blur(out, params.blur_sigma, params.blur, gather=gather)
     return out
+
+
+def _apply_contrastive_traceable(
+    x: Tensor, params: ContrastiveParams, cfg: ContrastiveAugmentConfig
+) -> Tensor:
+    return apply_contrastive(x, params, cfg, gather=False)
+
+
+def _apply_photometric_traceable(
+    x: Tensor, params: ContrastiveParams, cfg: ContrastiveAugmentConfig
+) -> Tensor:
+    return apply_photometric(x, params, cfg, gather=False)
+
+
+@functools.cache
+def compiled_apply(photometric_only: bool = False) -> Callable:
+    """``torch.compile`` of :func:`apply_contrastive` (or :func:`apply_photometric`) in its
+    gather-free form: one graph, no host synchronisation, and dozens of small elementwise
+    kernels (the HSV round trips of the jitter above all) fused into a few. The draws stay
+    outside, eager, on the caller's generator. Compiled once per process; shapes and configs
+    that change recompile as torch.compile does."""
+    fn = _apply_photometric_traceable if photometric_only else _apply_contrastive_traceable
+    return torch.compile(fn)
 
 
 def contrastive_view(
@@ -827,13 +871,17 @@ def contrastive_view(
     cfg: ContrastiveAugmentConfig,
     generator: torch.Generator | None = None,
     shard: Shard | None = None,
+    compiled: bool = False,
 ) -> Tensor:
     """One random contrastive view of a batch: float32 ``[B, 3, size, size]`` in [0, 1].
-    With ``shard``, ``x_uint8`` is this rank's chunk of the global batch (see :class:`Shard`)."""
+    With ``shard``, ``x_uint8`` is this rank's chunk of the global batch (see :class:`Shard`);
+    ``compiled`` applies the parameters with :func:`compiled_apply`."""
     _check_images(x_uint8)
     b, _, height, width = x_uint8.shape
     n = global_count(b, shard)
     params = sample_contrastive_params(n, height, width, cfg, generator, x_uint8.device)
     if shard is not None:
         params = take_samples(params, shard.part(b))
+    if compiled:
+        return compiled_apply()(x_uint8, params, cfg)
     return apply_contrastive(x_uint8, params, cfg)

@@ -119,10 +119,11 @@ def make_views(
     RandAugment after the usual augmentation and before normalisation (draw order: view 1,
     its boost, view 2, its boost). ``shard``: ``x`` is this rank's chunk of the global batch
     (the draws cover the global batch, see :class:`sdclr.augment.Shard`)."""
-    v1 = contrastive_view(x, aug, generator, shard)
+    compiled = settings.compile  # torch.compile covers the augmentation's apply step too
+    v1 = contrastive_view(x, aug, generator, shard, compiled)
     if boost is not None:
         v1 = boost_view(v1, boost[0], boost[1], generator, shard)
-    v2 = contrastive_view(x, aug, generator, shard)
+    v2 = contrastive_view(x, aug, generator, shard, compiled)
     if boost is not None:
         v2 = boost_view(v2, boost[0], boost[1], generator, shard)
     v1, v2 = normalize(v1, mean, std), normalize(v2, mean, std)

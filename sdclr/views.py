@@ -22,10 +22,9 @@ from sdclr.augment import (
     ContrastiveAugmentConfig,
     ContrastiveParams,
     Shard,
-    apply_color_jitter,
-    apply_gaussian_blur,
-    apply_grayscale,
     apply_horizontal_flip,
+    apply_photometric,
+    compiled_apply,
     pad_crop_flip,
     resized_crop_boxes,
     sample_bernoulli,
@@ -89,11 +88,13 @@ def contrastive_view(
     cfg: ContrastiveAugmentConfig,
     generator: torch.Generator | None = None,
     shard: Shard | None = None,
+    compiled: bool = False,
 ) -> Tensor:
     """One random pretraining view: float32 ``[B, 3, size, size]`` in [0, 1]. With ``shard``,
-    ``x`` is this rank's chunk of the global batch (:class:`sdclr.augment.Shard`)."""
+    ``x`` is this rank's chunk of the global batch (:class:`sdclr.augment.Shard`); ``compiled``
+    applies the parameters through :func:`sdclr.augment.compiled_apply`."""
     if isinstance(x, Tensor):
-        return tensor_contrastive_view(x, cfg, generator, shard)
+        return tensor_contrastive_view(x, cfg, generator, shard, compiled)
     dev = x[0].device
     heights, widths = _sizes(x)
     n = len(x)
@@ -113,12 +114,9 @@ def contrastive_view(
     if shard is not None:
         p = take_samples(p, shard.part(len(x)))
     out = crop_resize_each(x, p.boxes, cfg.size)
-    out = apply_horizontal_flip(out, p.flip)
-    out = apply_color_jitter(out, p.jitter)
-    out = apply_grayscale(out, p.gray)
-    if cfg.blur_p > 0:
-        out = apply_gaussian_blur(out, p.blur_sigma, p.blur)
-    return out
+    if compiled:
+        return compiled_apply(photometric_only=True)(out, p, cfg)
+    return apply_photometric(out, p, cfg)
 
 
 def probe_train_view(

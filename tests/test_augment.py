@@ -563,3 +563,41 @@ def test_cpu_gather_paths_equal_the_where_paths(size):
     assert torch.equal(
         A.apply_gaussian_blur(x, sigma, blur), torch.where(blur[:, None, None, None], every, x)
     )
+
+
+@pytest.mark.parametrize("blur_p", [0.0, 0.5])
+def test_apply_step_traces_as_one_graph_for_torch_compile(cifar_uint8: torch.Tensor, blur_p):
+    """With compile on (CUDA by default), the views' apply step runs as one compiled graph:
+    no graph break anywhere in crop, flip, jitter, grayscale and blur, for resident batches
+    and for the photometric part of decoded files."""
+    import torch._dynamo as dynamo
+
+    cfg = A.ContrastiveAugmentConfig(size=24, blur_p=blur_p)
+    params = A.sample_contrastive_params(8, 32, 32, cfg, gen(7))
+    for fn, x in (
+        (A._apply_contrastive_traceable, cifar_uint8),
+        (A._apply_photometric_traceable, A.resized_crop_boxes(cifar_uint8, params.boxes, 24)),
+    ):
+        explained = dynamo.explain(fn)(x, params, cfg)
+        assert explained.graph_count == 1 and explained.graph_break_count == 0, (
+            explained.break_reasons
+        )
+        assert torch.equal(fn(x, params, cfg), A.apply_contrastive(cifar_uint8, params, cfg))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_compiled_apply_matches_eager_without_host_sync(cifar_uint8: torch.Tensor) -> None:
+    dev = torch.device("cuda")
+    cfg = A.ContrastiveAugmentConfig(blur_p=0.5)
+    x = cifar_uint8.to(dev)
+    params = A.sample_contrastive_params(8, 32, 32, cfg, torch.Generator(device=dev).manual_seed(3))
+    eager = A.apply_contrastive(x, params, cfg)
+    compiled = A.compiled_apply()
+    first = compiled(x, params, cfg)  # compiles
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        again = compiled(x, params, cfg)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert max_err(first, eager) < 1e-3 and torch.equal(first, again)
