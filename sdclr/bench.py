@@ -213,6 +213,31 @@ def _time_step_ratio(ctx: dict[str, Any]) -> dict[str, float]:
     }
 
 
+def _time_views(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The augmentation alone: both views of a resident batch (draws, crop, jitter, grayscale,
+    normalisation), eager and, when the run compiles, compiled; the share of a step it costs
+    shows up as the gap between the methods and the model-only ceiling."""
+    from dataclasses import replace
+
+    from sdclr.pretrain import make_views
+
+    settings, batch = ctx["settings"], ctx["batch"]
+    x = ctx["d_i"][:batch]
+    out = {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        if compiled and not settings.compile:
+            continue
+        mode = replace(settings, compile=compiled)
+
+        def views(mode=mode) -> None:
+            make_views(x, ctx["aug"], ctx["gen"], ctx["mean"], ctx["std"], mode)
+
+        ctx["timer"].measure(views, max(2, ctx["warmup"]))
+        seconds = ctx["timer"].measure(views, max(3, ctx["timed_steps"]))
+        out[f"{name}_views_per_second"] = 2 * len(x) / seconds
+    return out
+
+
 def _time_probe(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
     """The linear probe (30 epochs over the pool); quick: a slice, one epoch, extrapolated."""
     from sdclr.model import build_model
@@ -410,6 +435,7 @@ def run_benchmark(
             results[name]["views_per_second"] / results["ceiling"]["views_per_second"]
         )
     results.update(_time_step_ratio(ctx))
+    results["augmentation"] = _time_views(ctx)
     results["linear_probe"] = _time_probe(ctx, quick)
     results["loading_224"] = _time_loading_224(ctx, quick)
     results["peak_memory_mb"] = _peak_memory_mb(device)
@@ -456,6 +482,11 @@ def format_table(r: dict[str, Any], json_path: Path) -> str:
     lines += [
         f"| model-only ceiling: views/s | {r['ceiling']['views_per_second']:,.0f} |",
         f"| SDCLR step over two plain fwd+bwd passes | {r['sdclr_step_over_two_plain']:.3f} |",
+        *[
+            f"| augmentation alone, two views ({mode}): views/s | {v:,.0f} |"
+            for mode in ("eager", "compiled")
+            if (v := r.get("augmentation", {}).get(f"{mode}_views_per_second")) is not None
+        ],
         f"| linear probe, {r['linear_probe']['epochs']} epochs x "
         f"{r['linear_probe']['images']} images: seconds"
         f"{ex if r['linear_probe']['extrapolated'] else ''} | {r['linear_probe']['seconds']:.1f} |",

@@ -25,7 +25,9 @@ def test_quick_benchmark_writes_table_and_json(tmp_path, env):
         assert r[name]["views_per_second"] > 0 and r[name]["fraction_of_ceiling"] > 0
     assert r["setup"]["device_type"] == "cpu" and r["setup"]["quick"] is True
     assert r["linear_probe"]["extrapolated"] is True
+    assert r["augmentation"]["eager_views_per_second"] > 0  # compile is off on the CPU
+    assert "compiled_views_per_second" not in r["augmentation"]
     ld = r["loading_224"]
     assert ld["suite_images_per_second"] > 0 and ld["dataloader_pil_images_per_second"] > 0
     assert "SDCLR step over two plain" in out.stdout and str(out_json) in out.stdout
-    assert "224 px loading" in out.stdout
+    assert "224 px loading" in out.stdout and "augmentation alone" in out.stdout
