@@ -26,29 +26,9 @@ from sdclr.progress import progress_bar
 from sdclr.views import eval_view, probe_train_view
 
 
-def _to_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
-
-
 def _encode(backbone: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
     with autocast(x.device.type, amp_dtype):
         return backbone(x).float()
-
-
-@torch.no_grad()
-def extract_features(
-    backbone: nn.Module,
-    images: torch.Tensor,
-    mean: list[float],
-    std: list[float],
-    batch_size: int,
-    amp_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    feats = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(_to_float(images[start : start + batch_size]), mean, std)
-        feats.append(_encode(backbone, x, amp_dtype))
-    return torch.cat(feats)
 
 
 @torch.no_grad()

@@ -386,7 +386,7 @@ def tiny_monitor(cfg, imgs, labels, knn_every=1, diag_every=1):
 
 
 def test_knn_monitor_matches_knn_evaluate_and_restores_the_mode():
-    from sdclr.probe import extract_features
+    from sdclr.augment import normalize
 
     cfg = tiny_cfg()
     model = tiny_model(cfg)
@@ -397,7 +397,10 @@ def test_knn_monitor_matches_knn_evaluate_and_restores_the_mode():
     out = mon(model.backbone)
     assert model.backbone.training and not model.head.training
     model.eval()
-    feats = extract_features(model.backbone, imgs, list(cfg.data.mean), list(cfg.data.std), 512)
+    with torch.no_grad():  # the reference: the whole resident batch in one plain forward
+        feats = model.backbone(
+            normalize(imgs.float() / 255, list(cfg.data.mean), list(cfg.data.std))
+        )
     ref = knn_evaluate(feats, labels, feats, labels, 3, GROUPS3, 200, 0.1)
     assert {k: out[k] for k in ("acc", "many", "medium", "few")} == {
         k: ref[k] for k in ("acc", "many", "medium", "few")
