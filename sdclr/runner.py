@@ -318,6 +318,9 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
                     source = cfg.stage.checkpoint or ckpt_path
                     model, _ = load_encoder(source, cfg.backbone.name)
                     backbone = model.to(device).backbone
+                    numerics = step_settings(cfg, device)
+                    if numerics.channels_last:  # as in pretraining (and in the bench's probe)
+                        backbone.to(memory_format=torch.channels_last)
                     probe_cfg = cfg[stage]
                     train_idx = split.pool if stage == "linear" else split.S_b
                     gen = torch.Generator(device=device).manual_seed(
@@ -339,7 +342,7 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
                         gen,
                         desc=stage,
                         log=lambda r, s=stage: tracker.log(r, s),
-                        amp_dtype=step_settings(cfg, device).amp_dtype,
+                        amp_dtype=numerics.amp_dtype,
                         stop=stop,
                         crop=cfg.data.probe_crop,
                         size=int(cfg.data.image_size),
