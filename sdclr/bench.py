@@ -12,6 +12,8 @@ precision / channels_last / compile):
 * ``sdclr_step_over_two_plain``: the SDCLR step (both branches, mask, dual BN, head, loss) on
   ready-made views, over two plain forward+backward passes of the same backbone on the same
   views: the overhead of SDCLR's machinery;
+* the augmentation alone: both views of a resident batch, eager and (when the run compiles)
+  compiled, in views/s;
 * linear-probe time (30 epochs over the 45,000-image pool) and peak memory;
 * the 224-px row: images/s of the image-file path (JPEG decoding on the device in batches,
   then both pretraining views with the batched ops at 224 px, protocol.md's ImageNet recipe)
