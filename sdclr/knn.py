@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from sdclr.imagebank import FileImages, TensorImages, as_images
 from sdclr.metrics import summarize
+from sdclr.model import evaluating
 from sdclr.probe import extract_bank_features
 
 
@@ -173,16 +174,11 @@ def knn_monitor(
     if bank_idx is None:
         bank_idx = torch.arange(len(bank), device=bank.device)
     test_idx = torch.arange(len(test), device=bank.device)
-    modes = [(m, m.training) for m in backbone.modules()]
-    backbone.eval()
-    try:
+    with evaluating(backbone):
         feats = [
             extract_bank_features(backbone, b, idx, mean, std, batch_size, size, resize, amp_dtype)
             for b, idx in ((bank, bank_idx), (test, test_idx))
         ]
-    finally:
-        for m, training in modes:
-            m.training = training
     return knn_evaluate(
         feats[0], bank_labels, feats[1], test_labels, num_classes, groups, k, temperature
     )

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 from torch.func import functional_call
@@ -62,3 +65,16 @@ def build_model(
     backbone = create_backbone(backbone_name, cifar_stem, channels)
     head = projection_head(feature_dim(backbone), head_depth, out_dim)
     return ContrastiveModel(backbone, head, dual_bn)
+
+
+@contextmanager
+def evaluating(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode for the block; afterwards every submodule gets its own
+    train / eval flag back (a mixed state included), so monitors can run mid-training."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes:
+            m.training = training

@@ -28,19 +28,11 @@ from torch import nn
 from sdclr.augment import normalize
 from sdclr.imagebank import FileImages, TensorImages
 from sdclr.knn import knn_monitor
+from sdclr.model import evaluating
 from sdclr.precision import autocast
 from sdclr.views import eval_view
 
 GROUPS = ("many", "medium", "few")
-
-
-def _modes(module: nn.Module) -> list[tuple[nn.Module, bool]]:
-    return [(m, m.training) for m in module.modules()]
-
-
-def _restore(modes: list[tuple[nn.Module, bool]]) -> None:
-    for m, training in modes:
-        m.training = training
 
 
 def stratified_sample(labels: np.ndarray, num_classes: int, per_class: int) -> np.ndarray:
@@ -167,22 +159,18 @@ class Diagnostics:
         branch, through it (BN copy 1 with dual BN, the current mask); eval mode."""
         branch = 1 if getattr(method, "dual_bn", False) else 0
         pruned = bool(method.pruned) and method.masks is not None
-        modes = _modes(model)
-        model.eval()
         dense, sparse = [], []
-        try:
-            chunks = [
-                self.sample[s : s + self.batch_size]
-                for s in range(0, len(self.sample), self.batch_size)
-            ]
+        chunks = [
+            self.sample[s : s + self.batch_size]
+            for s in range(0, len(self.sample), self.batch_size)
+        ]
+        with evaluating(model):
             for x in self.bank.batches(chunks):
                 v = normalize(eval_view(x, self.size, self.resize), self.mean, self.std)
                 with autocast(v.device.type, self.amp_dtype):
                     dense.append(model(v, branch=0).float())
                     if pruned:
                         sparse.append(model(v, branch=branch, masks=method.masks).float())
-        finally:
-            _restore(modes)
         return torch.cat(dense), (torch.cat(sparse) if pruned else None)
 
     def _per_class_mean(self, values: torch.Tensor, labels: torch.Tensor) -> list[float | None]:
