@@ -67,6 +67,7 @@ __all__ = [
     "sample_bernoulli",
     "sample_blur_params",
     "sample_contrastive_params",
+    "sample_contrastive_params_sized",
     "sample_crop_boxes",
     "sample_crop_boxes_sized",
     "sample_jitter_params",
@@ -808,7 +809,21 @@ def sample_contrastive_params(
 ) -> ContrastiveParams:
     """Draw every parameter of :func:`contrastive_view` in a fixed order from one generator."""
     dev = _device(generator, device)
-    boxes = sample_crop_boxes(n, height, width, cfg.scale, cfg.ratio, generator, dev)
+    heights = torch.full((n,), height, dtype=torch.int64, device=dev)
+    widths = torch.full((n,), width, dtype=torch.int64, device=dev)
+    return sample_contrastive_params_sized(heights, widths, cfg, generator)
+
+
+def sample_contrastive_params_sized(
+    heights: Tensor,
+    widths: Tensor,
+    cfg: ContrastiveAugmentConfig,
+    generator: torch.Generator | None = None,
+) -> ContrastiveParams:
+    """:func:`sample_contrastive_params` for images of different sizes (decoded files): the
+    crop boxes follow each image's own size; the draws are the same in number and order."""
+    n, dev = len(heights), heights.device
+    boxes = sample_crop_boxes_sized(heights, widths, cfg.scale, cfg.ratio, generator)
     flip = sample_bernoulli(n, cfg.flip_p, generator, dev)
     jitter = sample_jitter_params(n, *cfg.jitter, p=cfg.jitter_p, generator=generator, device=dev)
     gray = sample_bernoulli(n, cfg.gray_p, generator, dev)

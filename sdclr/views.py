@@ -20,7 +20,6 @@ from torch import Tensor
 
 from sdclr.augment import (
     ContrastiveAugmentConfig,
-    ContrastiveParams,
     Shard,
     apply_horizontal_flip,
     apply_photometric,
@@ -28,10 +27,9 @@ from sdclr.augment import (
     pad_crop_flip,
     resized_crop_boxes,
     sample_bernoulli,
-    sample_blur_params,
+    sample_contrastive_params_sized,
     sample_crop_boxes,
     sample_crop_boxes_sized,
-    sample_jitter_params,
     take_samples,
     to_float,
 )
@@ -95,22 +93,14 @@ def contrastive_view(
     applies the parameters through :func:`sdclr.augment.compiled_apply`."""
     if isinstance(x, Tensor):
         return tensor_contrastive_view(x, cfg, generator, shard, compiled)
-    dev = x[0].device
     heights, widths = _sizes(x)
-    n = len(x)
     if shard is not None:
         # a box depends only on its own image's size and draws: the other ranks' images get
         # placeholder sizes, which change no draw of this rank's
         n, part = len(x) * shard.world, shard.part(len(x))
         heights = F.pad(heights, (part.start, n - part.stop), value=1)
         widths = F.pad(widths, (part.start, n - part.stop), value=1)
-    boxes = sample_crop_boxes_sized(heights, widths, cfg.scale, cfg.ratio, generator)
-    # the remaining draws in the same order as augment.sample_contrastive_params
-    flip = sample_bernoulli(n, cfg.flip_p, generator, dev)
-    jitter = sample_jitter_params(n, *cfg.jitter, p=cfg.jitter_p, generator=generator, device=dev)
-    gray = sample_bernoulli(n, cfg.gray_p, generator, dev)
-    blur, sigma = sample_blur_params(n, cfg.blur_p, cfg.blur_sigma, generator, dev)
-    p = ContrastiveParams(boxes, flip, jitter, gray, blur, sigma)
+    p = sample_contrastive_params_sized(heights, widths, cfg, generator)
     if shard is not None:
         p = take_samples(p, shard.part(len(x)))
     out = crop_resize_each(x, p.boxes, cfg.size)
