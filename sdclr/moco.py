@@ -70,7 +70,7 @@ from torch import nn
 
 from sdclr.distributed import gather_with_grad, is_distributed, world_size
 from sdclr.errors import ConfigError
-from sdclr.loss import debiased_from_logits
+from sdclr.loss import KINDS, debiased_from_logits
 from sdclr.method import ContrastiveMethod
 from sdclr.model import ContrastiveModel
 from sdclr.precision import full_precision
@@ -377,8 +377,8 @@ class MoCo(MomentumMethod):
         beta: float = 1.0,
     ):
         super().__init__(momentum, cosine_momentum, prune_ratio, random_ratio, dual_bn, generator)
-        if loss not in ("ntxent", "debiased", "hard"):
-            raise ConfigError(f"unknown MoCo loss {loss!r}; use ntxent, debiased or hard")
+        if loss not in KINDS:
+            raise ConfigError(f"unknown MoCo loss {loss!r}; use {', '.join(KINDS)}")
         self.loss_kind = loss
         self.tau_plus = float(tau_plus) if loss != "ntxent" else 0.0
         self.beta = float(beta) if loss == "hard" else 0.0
