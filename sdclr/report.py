@@ -66,8 +66,8 @@ GROUP_PLOT = "group_accuracy.png"
 PER_CLASS_PLOT = "per_class_accuracy.png"
 KNN_PLOT = "knn_curves.png"
 DIAGNOSTICS_PLOT = "diagnostics.png"
-#: Method families in report order; a label matches the first whose pattern it contains.
-METHOD_ORDER = (("simclr", "simclr"), ("sdclr", "sdclr"), ("moco", "moco"), ("byol", "byol"))
+#: Method families in report order; a label matches the first whose name it contains.
+METHOD_ORDER = ("simclr", "sdclr", "moco", "byol")
 
 
 class ReportError(SdclrError):
@@ -422,8 +422,8 @@ def _method_rank(label: str, method: str | None) -> int:
     text = f"{label} {method or ''}".lower()
     if _is_simclr_like(label, method):
         return 0
-    for rank, (_, pattern) in enumerate(METHOD_ORDER[2:], start=2):
-        if pattern in text:
+    for rank, name in enumerate(METHOD_ORDER[2:], start=2):
+        if name in text:
             return rank
     return 1 if "sdclr" in text else len(METHOD_ORDER)
 
