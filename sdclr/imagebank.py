@@ -239,9 +239,9 @@ class FileImages:
             try:
                 with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
                     for idx in idx_batches:
-                        names = [str(self.root / self.paths[j]) for j in idx]
-                        blobs = list(pool.map(lambda n: read_bytes(Path(n)), names))
-                        if not put((blobs, names)):
+                        files = [self.root / self.paths[j] for j in idx]
+                        blobs = list(pool.map(read_bytes, files))
+                        if not put((blobs, [str(f) for f in files])):
                             return
             except BaseException as e:  # raised in the consumer, which would otherwise wait
                 put(e)
