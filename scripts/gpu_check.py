@@ -6,6 +6,8 @@ Steps (``--steps``, comma-separated; default all, in this order):
 * ``tests``:  the tests that need CUDA (augmentation on the device without host syncs, nvJPEG
   decoding against the CPU decoder), ``pytest -m`` free: they skip themselves on CPU;
 * ``bench``:  ``python -m sdclr.bench`` (the speed table of BENCHMARKS.md) into ``--out``;
+* ``graphs``: the same bench with the model compiled in ``reduce-overhead`` mode (CUDA graphs),
+  to see whether graphs close the gap of SDCLR's two branch passes to the one-pass ceiling;
 * ``cifar``:  SDCLR p90 on CIFAR-10-LT split 1, ``stage=all``, a short schedule on the GPU
   (bf16, channels_last, torch.compile, GPU-resident data, probes on the GPU);
 * ``folder``: ``data=folder`` at 224 px on a long-tailed tree of JPEGs written from CIFAR-10
@@ -29,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-STEPS = ("tests", "bench", "cifar", "folder")
+STEPS = ("tests", "bench", "graphs", "cifar", "folder")
 NEEDED = ("cifar10-jpg.tar.gz", "cifar10-train-labels.npy", "tiny-imagenet-32.tar.gz")
 SHORT = [
     "split=split1",
@@ -77,6 +79,18 @@ def commands(step: str, out: Path, extra: list[str]) -> list[list[str]]:
         return [[py, "-m", "pytest", "-q", "-rs", "tests", "-k", "cuda or nvjpeg"]]
     if step == "bench":
         return [[py, "-m", "sdclr.bench", "--out", str(out / "bench.json")]]
+    if step == "graphs":
+        return [
+            [
+                py,
+                "-m",
+                "sdclr.bench",
+                "--compile-mode",
+                "reduce-overhead",
+                "--out",
+                str(out / "bench-reduce-overhead.json"),
+            ]
+        ]
     if step == "cifar":
         job = f"hydra.run.dir={out / 'cifar-job'}"
         return [[py, "-m", "sdclr", "stage=all", job, *SHORT, *extra]]

@@ -77,8 +77,16 @@ def projection_head(in_dim: int, depth: int, out_dim: int = 128) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
+PAIR = -1  # DualBatchNorm.branch for the fused pass: both copies, side by side
+
+
 class DualBatchNorm(nn.Module):
-    """Two batch norms behind one layer; ``branch`` picks which one a forward uses."""
+    """Two batch norms behind one layer; ``branch`` picks which one a forward uses.
+
+    ``branch = PAIR`` (the fused SDCLR pass, :meth:`sdclr.model.ContrastiveModel.forward_pair`):
+    the input holds the dense branch's channels followed by the pruned branch's, and each half
+    is normalised by its own copy. Batch norm is per channel, so this is exactly the two
+    separate calls: same batch statistics, same running-statistics updates."""
 
     def __init__(self, bn: nn.modules.batchnorm._BatchNorm):
         super().__init__()
@@ -86,7 +94,38 @@ class DualBatchNorm(nn.Module):
         self.branch = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.branch == PAIR:
+            return self._pair_forward(x)
         return self.bn[self.branch](x)
+
+    def _pair_forward(self, x: torch.Tensor) -> torch.Tensor:
+        dense, pruned = self.bn
+        if dense.momentum is None or not (dense.affine and dense.track_running_stats):
+            raise RuntimeError(
+                "the fused pass needs affine batch norms with running statistics and a momentum"
+            )
+        # F.batch_norm updates the running statistics it is given in place: give it the two
+        # copies concatenated, then write each half back
+        mean = torch.cat([dense.running_mean, pruned.running_mean])
+        var = torch.cat([dense.running_var, pruned.running_var])
+        out = nn.functional.batch_norm(
+            x,
+            mean,
+            var,
+            torch.cat([dense.weight, pruned.weight]),
+            torch.cat([dense.bias, pruned.bias]),
+            dense.training,
+            dense.momentum,
+            dense.eps,
+        )
+        if dense.training:
+            c = dense.num_features
+            with torch.no_grad():
+                for i, bn in enumerate(self.bn):
+                    bn.running_mean.copy_(mean[i * c : (i + 1) * c])
+                    bn.running_var.copy_(var[i * c : (i + 1) * c])
+                    bn.num_batches_tracked.add_(1)
+        return out
 
 
 def convert_dual_bn(module: nn.Module) -> nn.Module:

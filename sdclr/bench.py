@@ -6,12 +6,15 @@ the suite's own training step (GPU-resident data, batched augmentation, the conf
 precision / channels_last / compile):
 
 * pretraining epoch time and views/s for SimCLR and for SDCLR (p90, dual BN), after warm-up;
+  SDCLR twice: its two branches as two passes (the default) and as one fused pass of grouped
+  convolutions (``fuse_branches=true``);
 * the model-only ceiling: forward+backward+SGD of the same backbone and a 2-layer head on a
   random device-resident batch of 2 x batch views in one pass, same numerics; and each method's
   ratio to it;
 * ``sdclr_step_over_two_plain``: the SDCLR step (both branches, mask, dual BN, head, loss) on
   ready-made views, over two plain forward+backward passes of the same backbone on the same
-  views: the overhead of SDCLR's machinery;
+  views: the overhead of SDCLR's machinery; ``sdclr_fused_step_over_two_plain`` the same for
+  the fused step;
 * the augmentation alone: both views of a resident batch, eager and (when the run compiles)
   compiled, in views/s;
 * linear-probe time (30 epochs over the 45,000-image pool) and peak memory;
@@ -45,6 +48,11 @@ from torch import nn
 from sdclr.precision import autocast
 
 REPO = Path(__file__).resolve().parent.parent
+METHOD_ROWS = {
+    "simclr": "SimCLR",
+    "sdclr_p90": "SDCLR p90 dual-BN",
+    "sdclr_p90_fused": "SDCLR p90 dual-BN, fused branches",
+}
 
 
 class Timer:
@@ -98,7 +106,7 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _time_method(ctx: dict[str, Any], ratio: float | None) -> dict[str, Any]:
+def _time_method(ctx: dict[str, Any], ratio: float | None, fuse: bool = False) -> dict[str, Any]:
     """Augmentation + training step, as pretrain() runs them, after warm-up."""
     from sdclr.method import ContrastiveMethod
     from sdclr.model import build_model
@@ -110,7 +118,8 @@ def _time_method(ctx: dict[str, Any], ratio: float | None) -> dict[str, Any]:
     model = prepare_model(
         build_model("resnet18", True, None, 3 if dual else 2, 128, dual).to(device), settings
     )
-    method = ContrastiveMethod(0.2, ratio, 0.0, dual, gen)
+    method = ContrastiveMethod(0.2, ratio, 0.0, dual, gen, fuse_branches=fuse)
+    method.setup(model)
     opt = make_optimizer(model, ctx["cfg"].pretrain)
     model.train()
     method.on_epoch_start(model)
@@ -171,18 +180,23 @@ def _time_ceiling(ctx: dict[str, Any]) -> dict[str, Any]:
 
 
 def _time_step_ratio(ctx: dict[str, Any]) -> dict[str, float]:
-    """SDCLR step on ready-made views over two plain fwd+bwd passes of the same backbone."""
+    """SDCLR step on ready-made views over two plain fwd+bwd passes of the same backbone, with
+    the branches as two passes and fused."""
     from sdclr.backbone import create_backbone
     from sdclr.method import ContrastiveMethod
     from sdclr.model import build_model
     from sdclr.pretrain import make_optimizer, make_views, prepare_model, train_step
 
     device, settings, gen, batch = ctx["device"], ctx["settings"], ctx["gen"], ctx["batch"]
-    model = prepare_model(build_model("resnet18", True, None, 3, 128, True).to(device), settings)
-    method = ContrastiveMethod(0.2, 0.9, 0.0, True, gen)
-    opt = make_optimizer(model, ctx["cfg"].pretrain)
-    model.train()
-    method.on_epoch_start(model)
+    steps = {}
+    for fuse in (False, True):
+        model = build_model("resnet18", True, None, 3, 128, True).to(device)
+        model = prepare_model(model, settings)
+        method = ContrastiveMethod(0.2, 0.9, 0.0, True, gen, fuse_branches=fuse)
+        method.setup(model)
+        model.train()
+        method.on_epoch_start(model)
+        steps[fuse] = (model, method, make_optimizer(model, ctx["cfg"].pretrain))
     v1, v2 = make_views(ctx["d_i"][:batch], ctx["aug"], gen, ctx["mean"], ctx["std"], settings)
     plain = create_backbone("resnet18", True).to(device)  # no dual BN, no mask, no head
     if settings.channels_last:
@@ -191,8 +205,9 @@ def _time_step_ratio(ctx: dict[str, Any]) -> dict[str, float]:
         plain.compile()
     plain_opt = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
 
-    def sdclr_step() -> None:
-        train_step(model, method, opt, v1, v2, settings)
+    def sdclr_step(fuse: bool) -> Callable[[], None]:
+        model, method, opt = steps[fuse]
+        return lambda: train_step(model, method, opt, v1, v2, settings)
 
     def two_plain() -> None:
         with autocast(device.type, settings.amp_dtype):
@@ -202,16 +217,21 @@ def _time_step_ratio(ctx: dict[str, Any]) -> dict[str, float]:
         plain_opt.step()
 
     timer = ctx["timer"]
-    timer.measure(sdclr_step, ctx["warmup"])
-    timer.measure(two_plain, ctx["warmup"])
-    sd, tp = [], []
-    for _ in range(max(2, ctx["timed_steps"])):  # interleaved: noise hits both alike
-        sd.append(timer.measure(sdclr_step, 1))
+    separate, fused = sdclr_step(False), sdclr_step(True)
+    for fn in (separate, fused, two_plain):
+        timer.measure(fn, ctx["warmup"])
+    sd, fu, tp = [], [], []
+    for _ in range(max(2, ctx["timed_steps"])):  # interleaved: noise hits all alike
+        sd.append(timer.measure(separate, 1))
+        fu.append(timer.measure(fused, 1))
         tp.append(timer.measure(two_plain, 1))
+    plain = float(np.median(tp))
     return {
         "sdclr_step_seconds": float(np.median(sd)),
-        "two_plain_seconds": float(np.median(tp)),
-        "sdclr_step_over_two_plain": float(np.median(sd) / np.median(tp)),
+        "sdclr_fused_step_seconds": float(np.median(fu)),
+        "two_plain_seconds": plain,
+        "sdclr_step_over_two_plain": float(np.median(sd)) / plain,
+        "sdclr_fused_step_over_two_plain": float(np.median(fu)) / plain,
     }
 
 
@@ -391,6 +411,7 @@ def run_benchmark(
     batch_size: int | None = None,
     steps: int | None = None,
     compile_: bool | None = None,
+    compile_mode: str | None = None,
 ) -> dict[str, Any]:
     from sdclr.pretrain import augment_config, batches_per_epoch, step_settings
     from sdclr.runner import compose_config, load_data, resolve_device
@@ -401,6 +422,8 @@ def run_benchmark(
     overrides = [f"device={device}", f"pretrain.batch_size={batch}"]
     if compile_ is not None:
         overrides.append(f"compile={str(compile_).lower()}")
+    if compile_mode is not None:
+        overrides.append(f"compile_mode={compile_mode}")
     cfg = compose_config(overrides)
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True
@@ -430,9 +453,10 @@ def run_benchmark(
     results: dict[str, Any] = {
         "simclr": _time_method(ctx, None),
         "sdclr_p90": _time_method(ctx, 0.9),
+        "sdclr_p90_fused": _time_method(ctx, 0.9, fuse=True),
         "ceiling": _time_ceiling(ctx),
     }
-    for name in ("simclr", "sdclr_p90"):
+    for name in METHOD_ROWS:
         results[name]["fraction_of_ceiling"] = (
             results[name]["views_per_second"] / results["ceiling"]["views_per_second"]
         )
@@ -453,6 +477,7 @@ def run_benchmark(
         "precision": "bf16" if settings.amp_dtype else "fp32",
         "channels_last": settings.channels_last,
         "compile": settings.compile,
+        "compile_mode": settings.compile_mode,
         "quick": quick,
         "command": "python -m sdclr.bench " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -465,7 +490,8 @@ def format_table(r: dict[str, Any], json_path: Path) -> str:
     ex = " (extrapolated)"
     lines = [
         f"sdclr benchmark: {s['device']}, torch {s['torch']}, commit {s['commit']}, "
-        f"{s['precision']}, channels_last={s['channels_last']}, compile={s['compile']}",
+        f"{s['precision']}, channels_last={s['channels_last']}, compile={s['compile']}"
+        + (f" ({s['compile_mode']})" if s["compile"] else ""),
         f"CIFAR-10-LT split 1 D_i ({s['images']} images), ResNet-18 CIFAR stem, batch "
         f"{s['batch_size']} ({s['steps_per_epoch']} steps/epoch)"
         + (", QUICK: a few steps, epoch times extrapolated" if s["quick"] else ""),
@@ -473,7 +499,7 @@ def format_table(r: dict[str, Any], json_path: Path) -> str:
         "| measurement | value |",
         "|---|---:|",
     ]
-    for name, label in (("simclr", "SimCLR"), ("sdclr_p90", "SDCLR p90 dual-BN")):
+    for name, label in METHOD_ROWS.items():
         m = r[name]
         lines += [
             f"| {label}: epoch seconds{ex if m['extrapolated'] else ''} | "
@@ -484,6 +510,8 @@ def format_table(r: dict[str, Any], json_path: Path) -> str:
     lines += [
         f"| model-only ceiling: views/s | {r['ceiling']['views_per_second']:,.0f} |",
         f"| SDCLR step over two plain fwd+bwd passes | {r['sdclr_step_over_two_plain']:.3f} |",
+        f"| SDCLR fused step over two plain fwd+bwd passes | "
+        f"{r['sdclr_fused_step_over_two_plain']:.3f} |",
         *[
             f"| augmentation alone, two views ({mode}): views/s | {v:,.0f} |"
             for mode in ("eager", "compiled")
@@ -511,7 +539,7 @@ def format_table(r: dict[str, Any], json_path: Path) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m sdclr.bench", description=__doc__.split("\n\n")[0]
     )
@@ -527,13 +555,28 @@ def main(argv: list[str] | None = None) -> int:
         help="timed steps per method (default: one epoch; quick: 3)",
     )
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode of the model: default | reduce-overhead (CUDA graphs) | "
+        "max-autotune | max-autotune-no-cudagraphs",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from sdclr.errors import SdclrError
 
     try:
         r = run_benchmark(
-            args.quick, args.device, args.batch_size, args.steps, False if args.no_compile else None
+            args.quick,
+            args.device,
+            args.batch_size,
+            args.steps,
+            False if args.no_compile else None,
+            args.compile_mode,
         )
     except SdclrError as e:
         print(f"error: {e}", file=sys.stderr)

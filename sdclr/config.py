@@ -276,6 +276,12 @@ class Config:
     precision: str = "auto"  # auto | fp32 | bf16
     channels_last: bool | None = None
     compile: bool | None = None
+    # torch.compile's mode for the model: default | reduce-overhead (CUDA graphs) |
+    # max-autotune | max-autotune-no-cudagraphs
+    compile_mode: str = "default"
+    # SDCLR's dense and pruned branches as one pass of grouped convolutions (same outputs and
+    # gradients, half the kernel launches); needs dual BN and a single process
+    fuse_branches: bool = False
     seed: int = 0
     debug: bool = False  # show tracebacks for handled errors
     smoke: bool = False  # marks a deliberately tiny run (printed with the results)
@@ -308,6 +314,7 @@ def _run_time(fmt: str) -> str:
 
 
 METHODS = ("simclr", "moco", "byol")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 METHOD_NAMES = {"simclr": "SimCLR", "moco": "MoCo v2", "byol": "BYOL"}
 
 
@@ -636,6 +643,25 @@ def validate(cfg: DictConfig) -> None:
         "precision",
         f"must be auto, fp32 or bf16, got '{cfg.precision}'",
     )
+    _check(
+        cfg.compile_mode in COMPILE_MODES,
+        "compile_mode",
+        f"must be one of {', '.join(COMPILE_MODES)}, got '{cfg.compile_mode}'",
+    )
+    if cfg.fuse_branches:
+        _check(
+            cfg.method.name == "simclr",
+            "fuse_branches",
+            f"fuses the two branches of method=simclr (SimCLR / SDCLR); method="
+            f"{cfg.method.name} runs its branches on different networks, so set "
+            f"fuse_branches=false",
+        )
+        _check(
+            bn_mode(cfg) == "dual" or cfg.prune.ratio is None,
+            "fuse_branches",
+            "the fused pass keeps the branches' batch statistics apart with dual BN; use "
+            "bn=dual (or bn=auto) or fuse_branches=false",
+        )
     dev = str(cfg.device)
     _check(
         dev in ("auto", "cpu") or dev.startswith("cuda"),
@@ -738,6 +764,12 @@ def check_world_size(cfg: DictConfig | Config, world: int) -> None:
         "pretrain.batch_size",
         f"the global batch ({bs}) must split evenly over the {world} torchrun ranks; use a "
         f"multiple of {world}",
+    )
+    _check(
+        world == 1 or not cfg.fuse_branches,
+        "fuse_branches",
+        f"the fused pass runs in one process only (torchrun started {world}): its batch norm "
+        f"is not synchronised across ranks; set fuse_branches=false under torchrun",
     )
     _check(
         world == 1 or cfg.method.name == "simclr",

@@ -4,7 +4,9 @@
 SimCLR (no pruned branch, shared BN): both views in one forward pass, as the reference does.
 SDCLR: view 1 through the dense branch, view 2 through the pruned branch (weight * mask,
 BN copy 1 when dual); one contrastive loss over both and a single backward, which is the same
-gradient as the reference's separate dense and pruned passes (tests/test_method.py). The loss
+gradient as the reference's separate dense and pruned passes (tests/test_method.py). With
+``fuse_branches`` the two branches run as one pass of grouped convolutions
+(:meth:`sdclr.model.ContrastiveModel.forward_pair`; same outputs and gradients). The loss
 is NT-Xent, or its debiased / hard-negative variants (:func:`sdclr.loss.contrastive_loss`).
 
 Every method object has the same interface, which the pretraining loop relies on:
@@ -26,7 +28,7 @@ import torch
 from torch import nn
 
 from sdclr.loss import contrastive_loss
-from sdclr.model import ContrastiveModel
+from sdclr.model import ContrastiveModel, check_fusable
 from sdclr.pruning import conv_weights, magnitude_masks, mask_density
 
 
@@ -41,6 +43,7 @@ class ContrastiveMethod:
         loss: str = "ntxent",
         tau_plus: float = 0.1,
         beta: float = 1.0,
+        fuse_branches: bool = False,
     ):
         self.temperature = temperature
         self.prune_ratio = prune_ratio
@@ -50,6 +53,7 @@ class ContrastiveMethod:
         self.loss_kind = loss
         self.tau_plus = tau_plus
         self.beta = beta
+        self.fuse_branches = fuse_branches  # both branches in one grouped-conv pass
         self.masks: dict[str, torch.Tensor] | None = None
         self.track_samples = False
         self._last: tuple[torch.Tensor, torch.Tensor, float] | None = None
@@ -79,8 +83,11 @@ class ContrastiveMethod:
         else:
             if self.pruned and self.masks is None:
                 raise RuntimeError("on_epoch_start must run before the first SDCLR step")
-            z1 = model(view1, branch=0)
-            z2 = model(view2, branch=1 if self.dual_bn else 0, masks=self.masks)
+            if self.fuse_branches:
+                z1, z2 = model.forward_pair(view1, view2, self.masks)
+            else:
+                z1 = model(view1, branch=0)
+                z2 = model(view2, branch=1 if self.dual_bn else 0, masks=self.masks)
         if self.track_samples:
             self._last = (z1.detach(), z2.detach(), self.temperature)
         return contrastive_loss(z1, z2, self.temperature, self.loss_kind, self.tau_plus, self.beta)
@@ -98,9 +105,11 @@ class ContrastiveMethod:
         b = z1.shape[0]
         return (per[:b] + per[b:]).float() / 2
 
-    # the rest of the method interface: nothing outside the model, no state of its own
     def setup(self, model: ContrastiveModel) -> None:
-        pass
+        if self.fuse_branches and (self.pruned or self.dual_bn):
+            check_fusable(model)
+
+    # the rest of the method interface: nothing outside the model, no state of its own
 
     def extra_parameters(self) -> list[nn.Parameter]:
         return []
@@ -139,6 +148,7 @@ def build_method(cfg, generator: torch.Generator | None = None):
             loss=str(cfg.loss.name),
             tau_plus=float(cfg.loss.tau_plus),
             beta=float(cfg.loss.beta),
+            fuse_branches=bool(cfg.fuse_branches),
         )
     if name == "moco":
         from sdclr.moco import MoCo

@@ -10,6 +10,8 @@ from torch import nn
 from torch.func import functional_call
 
 from sdclr.backbone import (
+    PAIR,
+    DualBatchNorm,
     convert_dual_bn,
     create_backbone,
     feature_dim,
@@ -46,6 +48,105 @@ class ContrastiveModel(nn.Module):
         if self.dual_bn:
             set_bn_branch(self, 0)  # evaluation and export always see the dense branch
         return out
+
+    def forward_pair(
+        self,
+        x_dense: torch.Tensor,
+        x_pruned: torch.Tensor,
+        masks: dict[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both branches in one pass of the backbone (``fuse_branches=true``): the same
+        outputs and gradients as ``forward(x_dense, 0)`` and ``forward(x_pruned, 1, masks)``,
+        with half the kernel launches.
+
+        The two inputs are stacked along the channels and every convolution runs with twice
+        its groups over the weights ``[w | w * mask]``, so each group sees only its own
+        branch; each DualBatchNorm normalises its two halves with its two copies
+        (:data:`sdclr.backbone.PAIR`); ReLU, pooling and the residual additions act per
+        channel. The backbone may hold nothing that mixes channels other than a Conv2d
+        (:func:`check_fusable`). The head runs once per branch."""
+        if not self.dual_bn:
+            raise RuntimeError("the fused pass needs dual BN")
+        convs = [(n, m) for n, m in self.backbone.named_modules() if isinstance(m, nn.Conv2d)]
+        params = {}
+        for name, conv in convs:
+            m = masks.get(f"{name}.weight") if masks else None
+            w = conv.weight
+            params[f"{name}.weight"] = torch.cat([w, w * m if m is not None else w])
+            if conv.bias is not None:
+                params[f"{name}.bias"] = torch.cat([conv.bias, conv.bias])
+        fmt = (
+            torch.channels_last
+            if x_dense.is_contiguous(memory_format=torch.channels_last)
+            and not x_dense.is_contiguous()
+            else torch.contiguous_format
+        )
+        x = torch.cat([x_dense, x_pruned], dim=1).contiguous(memory_format=fmt)
+        for _, conv in convs:
+            conv.groups *= 2
+        set_bn_branch(self.backbone, PAIR)
+        try:
+            feats = functional_call(self.backbone, params, (x,), strict=False)
+        finally:
+            for _, conv in convs:
+                conv.groups //= 2
+            set_bn_branch(self.backbone, 0)
+        f_dense, f_pruned = feats.chunk(2, dim=1)
+        set_bn_branch(self.head, 0)
+        z_dense = self.head(f_dense)
+        set_bn_branch(self.head, 1)
+        z_pruned = self.head(f_pruned)
+        set_bn_branch(self.head, 0)
+        return z_dense, z_pruned
+
+
+# What the fused pass may meet in a backbone: layers that act on each channel alone (plus
+# Conv2d and DualBatchNorm, which it rewrites) and the containers of timm's ResNets, whose
+# forward only chains them and adds residuals.
+_PER_CHANNEL = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.SiLU,
+    nn.GELU,
+    nn.Identity,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Flatten,
+    nn.Dropout,
+)
+_CONTAINERS = ("ResNet", "BasicBlock", "Bottleneck", "Sequential")
+
+
+def check_fusable(model: ContrastiveModel) -> None:
+    """Raise ConfigError unless :meth:`ContrastiveModel.forward_pair` computes exactly the
+    two separate branches for this model."""
+    from sdclr.errors import ConfigError
+
+    if not model.dual_bn:
+        raise ConfigError(
+            "config key 'fuse_branches': the fused pass needs dual BN (bn=dual, or bn=auto "
+            "with a prune ratio); set fuse_branches=false for shared BN"
+        )
+    checked: list[str] = []  # modules checked whole, with everything inside them
+    for name, m in model.backbone.named_modules():
+        if any(name.startswith(f"{c}.") for c in checked):
+            continue
+        kind = type(m).__name__
+        if isinstance(m, DualBatchNorm) or (
+            # timm's global pooling: avg, max or their mean act per channel; 'catavgmax'
+            # concatenates, which would interleave the branches' features
+            kind == "SelectAdaptivePool2d" and "cat" not in str(getattr(m, "pool_type", "cat"))
+        ):
+            checked.append(name)
+            continue
+        if isinstance(m, (nn.Conv2d, *_PER_CHANNEL)) or kind in _CONTAINERS:
+            continue
+        raise ConfigError(
+            f"config key 'fuse_branches': the backbone's '{name}' ({kind}) may mix channels, "
+            f"which the fused pass cannot keep apart; set fuse_branches=false for this backbone"
+        )
 
 
 def getattr_path(module: nn.Module, path: str) -> torch.Tensor:

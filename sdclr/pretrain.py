@@ -76,6 +76,7 @@ class StepSettings:
     amp_dtype: torch.dtype | None = None
     channels_last: bool = False
     compile: bool = False
+    compile_mode: str = "default"  # torch.compile's mode for the model
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -89,7 +90,10 @@ def step_settings(cfg, device: torch.device) -> StepSettings:
     # auto: off under torchrun, where SyncBatchNorm breaks the compiled graph (pytorch#161302)
     compile_ = cfg.compile if cfg.compile is not None else cuda and world_size() == 1
     return StepSettings(
-        torch.bfloat16 if precision == "bf16" else None, bool(channels_last), bool(compile_)
+        torch.bfloat16 if precision == "bf16" else None,
+        bool(channels_last),
+        bool(compile_),
+        str(cfg.compile_mode),
     )
 
 
@@ -98,8 +102,8 @@ def prepare_model(model: ContrastiveModel, settings: StepSettings) -> Contrastiv
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     if settings.compile:
-        model.backbone.compile()
-        model.head.compile()
+        model.backbone.compile(mode=settings.compile_mode)
+        model.head.compile(mode=settings.compile_mode)
     return model
 
 
@@ -447,6 +451,8 @@ def pretrain(
         "precision": "bf16" if settings.amp_dtype else "fp32",
         "channels_last": settings.channels_last,
         "compile": settings.compile,
+        "compile_mode": settings.compile_mode if settings.compile else None,
+        "fuse_branches": bool(getattr(method, "fuse_branches", False)),
         "resumed": resume_from is not None,
     }
     if method.pruned:

@@ -66,10 +66,13 @@ def test_wrong_type_fails_at_composition():
         ("split.pretrain_set=D_x", "split.pretrain_set"),
         ("prune.random_ratio=0.95", "prune.random_ratio"),
         ("device=tpu", "device"),
+        ("compile_mode=fastest", "compile_mode"),
+        ("fuse_branches=true method=moco", "fuse_branches"),
+        ("fuse_branches=true bn=shared", "fuse_branches"),
     ],
 )
 def test_out_of_range_values_name_the_key(override, key):
-    cfg = compose_config([override])
+    cfg = compose_config(override.split())
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
 
@@ -124,6 +127,18 @@ def test_gpu_check_runs_compose_and_validate(tmp_path):
         if cmd[1:3] == ["-m", "sdclr"]
     ]
     assert len(runs) == 3  # cifar, folder with nvJPEG, folder with the resized cache
+    from sdclr.bench import build_parser
+
+    benches = [
+        build_parser().parse_args(cmd[3:])
+        for step in gpu_check.STEPS
+        for cmd in gpu_check.commands(step, tmp_path, [])
+        if cmd[1:3] == ["-m", "sdclr.bench"]
+    ]
+    assert len(benches) == 2 and benches[1].compile_mode == "reduce-overhead"
+    for args in benches:
+        if args.compile_mode:
+            validate(compose_config([f"compile_mode={args.compile_mode}"]))
     for overrides in runs:
         cfg = compose_config([o for o in overrides if not o.startswith("hydra.")])
         validate(cfg)
@@ -135,3 +150,13 @@ def test_torchrun_needs_a_global_batch_that_splits_evenly():
     check_world_size(compose_config(["pretrain.batch_size=512"]), 4)
     with pytest.raises(ConfigError, match="pretrain.batch_size.*multiple of 3"):
         check_world_size(compose_config(["pretrain.batch_size=512"]), 3)
+
+
+def test_fused_branches_are_refused_under_torchrun():
+    from sdclr.config import check_world_size
+
+    check_world_size(compose_config(["fuse_branches=true"]), 1)
+    with pytest.raises(ConfigError, match="fuse_branches.*one process"):
+        check_world_size(compose_config(["fuse_branches=true"]), 2)
+    # SimCLR with shared BN already runs both views in one pass: nothing to refuse
+    validate(compose_config(["fuse_branches=true", "prune=none"]))

@@ -168,6 +168,78 @@ def test_joint_gradient_equals_the_reference_two_pass_gradient():
     assert checked > 20
 
 
+def _max_abs(tensors) -> float:
+    return max(float(t.abs().max()) for t in tensors)
+
+
+@pytest.mark.parametrize(
+    "backbone,stem,size,ratio,channels_last",
+    [
+        ("resnet18", True, 32, 0.9, False),
+        ("resnet18", True, 32, None, True),  # dual BN without a mask; channels_last input
+        # bottlenecks, 7x7 stem and max-pool (a milder ratio: at this width a 0.7 pruned
+        # branch is nearly constant over the batch and its gradients are rounding noise)
+        ("resnet50", False, 64, 0.3, False),
+    ],
+)
+def test_fused_pass_equals_the_two_separate_branches(backbone, stem, size, ratio, channels_last):
+    """fuse_branches: the grouped-conv pass gives the same loss, gradients and BN running
+    statistics as the dense and pruned passes run one after the other, and leaves the model
+    as it found it (groups, BN branch)."""
+    from sdclr.model import check_fusable
+
+    torch.manual_seed(0)
+    separate = build_model(backbone, stem, CHANNELS, 3, 16, dual_bn=True)
+    fused = copy.deepcopy(separate)
+    check_fusable(fused)
+    g = torch.Generator().manual_seed(2)
+    v1, v2 = (torch.randn(16, 3, size, size, generator=g) for _ in range(2))
+    if channels_last:
+        for m in (separate, fused):
+            m.to(memory_format=torch.channels_last)
+        v1, v2 = (v.contiguous(memory_format=torch.channels_last) for v in (v1, v2))
+    losses = []
+    for model, fuse in ((separate, False), (fused, True)):
+        method = ContrastiveMethod(0.2, ratio, dual_bn=True, fuse_branches=fuse)
+        method.setup(model)
+        method.on_epoch_start(model)
+        model.train()
+        loss = method.loss(model, v1, v2)
+        loss.backward()
+        losses.append(float(loss.detach()))
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    grads = dict(separate.named_parameters())
+    scale = _max_abs(p.grad for p in separate.parameters() if p.grad is not None)
+    for name, p in fused.named_parameters():
+        assert (p.grad is None) == (grads[name].grad is None), name
+        # the first head layer's bias feeds a batch norm: its gradient is 0 up to rounding
+        if p.grad is not None and name != "head.0.bias":
+            assert torch.allclose(p.grad, grads[name].grad, rtol=1e-4, atol=1e-5 * scale), name
+    buffers = dict(separate.named_buffers())
+    for name, b in fused.named_buffers():
+        assert torch.allclose(b.float(), buffers[name].float(), rtol=1e-5, atol=1e-6), name
+    assert all(m.groups == 1 for m in fused.modules() if isinstance(m, nn.Conv2d))
+    assert all(m.branch == 0 for m in fused.modules() if isinstance(m, DualBatchNorm))
+
+
+def test_fused_pass_refuses_what_it_cannot_keep_apart():
+    from timm.layers import SelectAdaptivePool2d
+
+    from sdclr.errors import ConfigError
+    from sdclr.model import check_fusable
+
+    with pytest.raises(ConfigError, match="fuse_branches.*dual BN"):
+        check_fusable(small_model(dual_bn=False))
+    concat = small_model(dual_bn=True)  # avg and max features side by side mix the halves
+    concat.backbone.global_pool = SelectAdaptivePool2d(pool_type="catavgmax", flatten=True)
+    with pytest.raises(ConfigError, match="global_pool.*mix channels"):
+        ContrastiveMethod(0.2, 0.9, dual_bn=True, fuse_branches=True).setup(concat)
+    mixing = small_model(dual_bn=True)
+    mixing.backbone.layer1[0].act1 = nn.LayerNorm(8)
+    with pytest.raises(ConfigError, match=r"'layer1\.0\.act1' \(LayerNorm\)"):
+        check_fusable(mixing)
+
+
 def test_each_branch_updates_only_its_own_bn_statistics():
     model = small_model(dual_bn=True)
     model.train()
@@ -247,8 +319,8 @@ def test_mask_changes_only_at_epoch_starts():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_step_in_bf16_channels_last_compiled_is_sync_free_and_close_to_fp32():
     """The GPU step as pretraining runs it (bf16 autocast, channels_last, torch.compile, mask
-    on the device): no host synchronisation once compiled, and the loss of the same weights
-    and views agrees with the plain float32 step."""
+    on the device), with the branches as two passes and fused: no host synchronisation once
+    compiled, and the loss of the same weights and views agrees with the plain float32 step."""
     from sdclr.pretrain import StepSettings, make_optimizer, prepare_model, train_step
     from sdclr.runner import compose_config
 
@@ -256,12 +328,15 @@ def test_cuda_step_in_bf16_channels_last_compiled_is_sync_free_and_close_to_fp32
     cfg = compose_config(["device=cuda"]).pretrain
     x1, x2 = (v.to(dev) for v in views(16))
     losses = {}
-    for name, settings in (
-        ("fp32", StepSettings()),
-        ("fast", StepSettings(torch.bfloat16, channels_last=True, compile=True)),
+    fast = StepSettings(torch.bfloat16, channels_last=True, compile=True)
+    for name, settings, fuse in (
+        ("fp32", StepSettings(), False),
+        ("fast", fast, False),
+        ("fast-fused", fast, True),
     ):
         model = prepare_model(small_model(dual_bn=True).to(dev), settings)
-        method = ContrastiveMethod(0.2, 0.9, dual_bn=True)
+        method = ContrastiveMethod(0.2, 0.9, dual_bn=True, fuse_branches=fuse)
+        method.setup(model)
         model.train()
         method.on_epoch_start(model)
         assert all(m.device.type == "cuda" for m in method.masks.values())
@@ -279,4 +354,5 @@ def test_cuda_step_in_bf16_channels_last_compiled_is_sync_free_and_close_to_fp32
         finally:
             torch.cuda.set_sync_debug_mode("default")
         assert torch.isfinite(loss)
-    assert abs(losses["fast"] - losses["fp32"]) < 0.02 * losses["fp32"]
+    for name in ("fast", "fast-fused"):
+        assert abs(losses[name] - losses["fp32"]) < 0.02 * losses["fp32"], name

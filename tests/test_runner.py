@@ -200,6 +200,28 @@ def test_pretraining_on_the_balanced_control(tmp_path, env):
     assert "linear" not in m and "mask_density" not in m["pretrain"]
 
 
+def test_fused_branches_through_the_cli(tmp_path, env):
+    """fuse_branches=true trains SDCLR end to end and says so in metrics.json."""
+    job = tmp_path / "fused"
+    ok(
+        sdclr(
+            [
+                "stage=pretrain",
+                "prune=p90",
+                "fuse_branches=true",
+                *TINY,
+                "pretrain.epochs=1",
+                f"hydra.run.dir={job}",
+            ],
+            env,
+        )
+    )
+    pre = json.loads((job / "metrics.json").read_text())["pretrain"]
+    assert pre["fuse_branches"] is True and pre["compile_mode"] is None  # no compile on CPU
+    assert torch.isfinite(torch.tensor(pre["final_loss"]))
+    assert abs(pre["mask_density"][0] - 0.1) < 1e-3
+
+
 def test_debug_shows_the_traceback(tmp_path, env):
     env = dict(env, SDCLR_DATA=str(tmp_path / "nowhere"))
     out = sdclr([*TINY, "debug=true", f"hydra.run.dir={tmp_path / 'run'}"], env)
