@@ -18,6 +18,7 @@ with them computes the same weights as one without.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,6 +50,24 @@ def default_per_class(num_classes: int) -> int:
     return max(8, 640 // max(num_classes, 1))
 
 
+@dataclass(frozen=True)
+class EvalSettings:
+    """What both monitors share: the classes and their groups, and how images are seen (the
+    evaluation view, normalised; forwards of ``batch_size`` images in ``amp_dtype``)."""
+
+    num_classes: int
+    groups: dict[str, list[int]]
+    mean: list[float]
+    std: list[float]
+    size: int
+    resize: int | None = None
+    batch_size: int = 512
+    amp_dtype: torch.dtype | None = None
+
+    def view(self, x: torch.Tensor) -> torch.Tensor:
+        return normalize(eval_view(x, self.size, self.resize), self.mean, self.std)
+
+
 class KnnMonitor:
     def __init__(
         self,
@@ -58,23 +77,14 @@ class KnnMonitor:
         bank_labels: torch.Tensor,
         test: TensorImages | FileImages,
         test_labels: torch.Tensor,
-        num_classes: int,
-        groups: dict[str, list[int]],
-        mean: list[float],
-        std: list[float],
-        size: int,
-        resize: int | None = None,
-        batch_size: int = 512,
-        amp_dtype: torch.dtype | None = None,
+        settings: EvalSettings,
         k: int = 200,
         temperature: float = 0.1,
     ):
         self.every = int(every)
         self.bank, self.bank_idx, self.bank_labels = bank, bank_idx, bank_labels
         self.test, self.test_labels = test, test_labels
-        self.num_classes, self.groups = num_classes, groups
-        self.mean, self.std, self.size, self.resize = mean, std, size, resize
-        self.batch_size, self.amp_dtype = batch_size, amp_dtype
+        self.settings = settings
         self.k, self.temperature = k, temperature
 
     def due(self, epochs_done: int) -> bool:
@@ -82,23 +92,24 @@ class KnnMonitor:
 
     def __call__(self, backbone: nn.Module) -> dict[str, Any]:
         """kNN accuracy of ``backbone``'s features: acc, many, medium, few, std, k."""
+        e = self.settings
         r = knn_monitor(
             backbone,
             self.bank,
             self.bank_labels,
             self.test,
             self.test_labels,
-            self.num_classes,
-            self.groups,
-            self.mean,
-            self.std,
-            self.batch_size,
-            self.amp_dtype,
+            e.num_classes,
+            e.groups,
+            e.mean,
+            e.std,
+            e.batch_size,
+            e.amp_dtype,
             self.k,
             self.temperature,
             bank_idx=self.bank_idx,
-            size=self.size,
-            resize=self.resize,
+            size=e.size,
+            resize=e.resize,
         )
         return {key: r[key] for key in ("acc", "many", "medium", "few", "std", "k")}
 
@@ -110,22 +121,14 @@ class Diagnostics:
         bank: TensorImages | FileImages,
         sample: torch.Tensor,
         labels: torch.Tensor,
-        num_classes: int,
-        groups: dict[str, list[int]],
-        mean: list[float],
-        std: list[float],
-        size: int,
-        resize: int | None = None,
-        batch_size: int = 512,
-        amp_dtype: torch.dtype | None = None,
+        settings: EvalSettings,
     ):
         """``bank``: the pretraining set; ``labels``: its labels [N] on the training device;
         ``sample``: positions in it of the fixed diagnostic sample."""
         self.every = int(every)
         self.bank, self.sample, self.labels = bank, sample, labels
-        self.num_classes, self.groups = num_classes, groups
-        self.mean, self.std, self.size, self.resize = mean, std, size, resize
-        self.batch_size, self.amp_dtype = batch_size, amp_dtype
+        self.settings = settings
+        num_classes = settings.num_classes
         device = labels.device
         self.loss_sum = torch.zeros(num_classes, device=device, dtype=torch.float64)
         self.count = torch.zeros(num_classes, device=device, dtype=torch.float64)
@@ -160,21 +163,21 @@ class Diagnostics:
         branch = 1 if getattr(method, "dual_bn", False) else 0
         pruned = bool(method.pruned) and method.masks is not None
         dense, sparse = [], []
+        e = self.settings
         chunks = [
-            self.sample[s : s + self.batch_size]
-            for s in range(0, len(self.sample), self.batch_size)
+            self.sample[s : s + e.batch_size] for s in range(0, len(self.sample), e.batch_size)
         ]
         with evaluating(model):
             for x in self.bank.batches(chunks):
-                v = normalize(eval_view(x, self.size, self.resize), self.mean, self.std)
-                with autocast(v.device.type, self.amp_dtype):
+                v = e.view(x)
+                with autocast(v.device.type, e.amp_dtype):
                     dense.append(model(v, branch=0).float())
                     if pruned:
                         sparse.append(model(v, branch=branch, masks=method.masks).float())
         return torch.cat(dense), (torch.cat(sparse) if pruned else None)
 
     def _per_class_mean(self, values: torch.Tensor, labels: torch.Tensor) -> list[float | None]:
-        c = self.num_classes
+        c = self.settings.num_classes
         total = torch.zeros(c, dtype=torch.float64, device=values.device)
         n = torch.zeros(c, dtype=torch.float64, device=values.device)
         total.index_add_(0, labels, values.double())
@@ -199,12 +202,12 @@ class Diagnostics:
         out["loss_share"] = _nan_to_none(share) if count.sum() > 0 else None
         out["loss_mean"] = _nan_to_none(mean) if count.sum() > 0 else None
         out["sample_counts"] = np.bincount(
-            sample_labels.cpu().numpy(), minlength=self.num_classes
+            sample_labels.cpu().numpy(), minlength=self.settings.num_classes
         ).tolist()
         out["layer_density"] = layer_density(method.masks) if method.masks else None
         # group summaries (scalars: these reach W&B)
         for g in GROUPS:
-            classes = self.groups.get(g, [])
+            classes = self.settings.groups.get(g, [])
             if out["disagreement"] is not None:
                 vals = [out["disagreement"][c] for c in classes]
                 vals = [v for v in vals if v is not None]

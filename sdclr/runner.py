@@ -383,6 +383,7 @@ def _training_monitor(
     Both need labels (and the kNN monitor test images); without them they are left off."""
     from sdclr.monitor import (
         Diagnostics,
+        EvalSettings,
         KnnMonitor,
         TrainingMonitor,
         default_per_class,
@@ -392,7 +393,7 @@ def _training_monitor(
 
     mon = cfg.monitor
     amp = step_settings(cfg, device).amp_dtype
-    common = dict(
+    settings = EvalSettings(
         num_classes=data.num_classes,
         groups=groups,
         mean=list(cfg.data.mean),
@@ -414,9 +415,9 @@ def _training_monitor(
                 data.train_labels[pool],
                 data.test,
                 data.test_labels,
+                settings,
                 k=int(mon.knn_k),
                 temperature=float(mon.knn_t),
-                **common,
             )
         elif main_process:
             print("kNN monitor off: the data has no labels or no test images", flush=True)
@@ -430,7 +431,7 @@ def _training_monitor(
                 pretrain_bank,
                 torch.as_tensor(sample, device=device),
                 labels,
-                **common,
+                settings,
             )
         elif main_process:
             print("diagnostics off: the data has no labels", flush=True)

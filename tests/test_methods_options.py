@@ -34,6 +34,7 @@ from sdclr.loss import nt_xent
 from sdclr.method import ContrastiveMethod, build_method
 from sdclr.monitor import (
     Diagnostics,
+    EvalSettings,
     KnnMonitor,
     TrainingMonitor,
     default_per_class,
@@ -376,12 +377,12 @@ def test_bcl_memory_is_indexed_by_dataset_position_and_strengths_follow_it(monke
 
 def tiny_monitor(cfg, imgs, labels, knn_every=1, diag_every=1):
     bank = TensorImages(imgs)
-    common = dict(
+    settings = EvalSettings(
         num_classes=3, groups=GROUPS3, mean=list(cfg.data.mean), std=list(cfg.data.std), size=32
     )
-    knn = KnnMonitor(knn_every, bank, torch.arange(len(imgs)), labels, bank, labels, **common)
+    knn = KnnMonitor(knn_every, bank, torch.arange(len(imgs)), labels, bank, labels, settings)
     sample = torch.as_tensor(stratified_sample(labels.numpy(), 3, 4))
-    diag = Diagnostics(diag_every, bank, sample, labels, **common)
+    diag = Diagnostics(diag_every, bank, sample, labels, settings)
     return TrainingMonitor(knn, diag)
 
 
