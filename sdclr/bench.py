@@ -554,7 +554,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="timed steps per method (default: one epoch; quick: 3)",
     )
-    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    compile_ = parser.add_mutually_exclusive_group()
+    compile_.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    compile_.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile even where the default is off (the CPU, quick mode included)",
+    )
     parser.add_argument(
         "--compile-mode",
         default=None,
@@ -575,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
             args.device,
             args.batch_size,
             args.steps,
-            False if args.no_compile else None,
+            False if args.no_compile else (True if args.compile else None),
             args.compile_mode,
         )
     except SdclrError as e:
