@@ -1,4 +1,5 @@
-"""The contrastive network: backbone + projection head, with a dense and a pruned branch."""
+"""The contrastive network: backbone + projection head, with a dense and a pruned branch, run
+as two passes or fused into one (:meth:`ContrastiveModel.forward_pair`)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sdclr.backbone import (
     projection_head,
     set_bn_branch,
 )
+from sdclr.errors import ConfigError
 
 
 class ContrastiveModel(nn.Module):
@@ -122,8 +124,6 @@ _CONTAINERS = ("ResNet", "BasicBlock", "Bottleneck", "Sequential")
 def check_fusable(model: ContrastiveModel) -> None:
     """Raise ConfigError unless :meth:`ContrastiveModel.forward_pair` computes exactly the
     two separate branches for this model."""
-    from sdclr.errors import ConfigError
-
     if not model.dual_bn:
         raise ConfigError(
             "config key 'fuse_branches': the fused pass needs dual BN (bn=dual, or bn=auto "
