@@ -222,6 +222,37 @@ def test_fused_pass_equals_the_two_separate_branches(backbone, stem, size, ratio
     assert all(m.branch == 0 for m in fused.modules() if isinstance(m, DualBatchNorm))
 
 
+def test_compiled_model_switches_between_fused_and_separate_passes():
+    """Under torch.compile (dynamo with its eager backend: the guards, not inductor, are what
+    is tested), the fused pass's temporary conv groups and BN branch must select their own
+    graphs: dense, pruned, fused, then dense again all match the uncompiled model."""
+    import torch._dynamo
+
+    eager = small_model(dual_bn=True)
+    compiled = copy.deepcopy(eager)
+    compiled.backbone.compile(backend="eager")
+    compiled.head.compile(backend="eager")
+    method = ContrastiveMethod(0.2, 0.9, dual_bn=True)
+    method.on_epoch_start(eager)
+    v1, v2 = views()
+    outs = []
+    try:
+        for model in (eager, compiled):
+            model.train()
+            outs.append(
+                [
+                    model(v1, branch=0),
+                    model(v2, branch=1, masks=method.masks),
+                    *model.forward_pair(v1, v2, method.masks),
+                    model(v1, branch=0),
+                ]
+            )
+    finally:
+        torch._dynamo.reset()
+    for a, b in zip(*outs):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_fused_pass_refuses_what_it_cannot_keep_apart():
     from timm.layers import SelectAdaptivePool2d
 
