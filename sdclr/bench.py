@@ -202,7 +202,7 @@ def _time_step_ratio(ctx: dict[str, Any]) -> dict[str, float]:
     if settings.channels_last:
         plain.to(memory_format=torch.channels_last)
     if settings.compile:
-        plain.compile()
+        plain.compile(mode=settings.compile_mode)
     plain_opt = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
 
     def sdclr_step(fuse: bool) -> Callable[[], None]:
