@@ -100,7 +100,7 @@ class DualBatchNorm(nn.Module):
 
     def _pair_forward(self, x: torch.Tensor) -> torch.Tensor:
         dense, pruned = self.bn
-        if dense.momentum is None or not (dense.affine and dense.track_running_stats):
+        if not pairable(self):
             raise RuntimeError(
                 "the fused pass needs affine batch norms with running statistics and a momentum"
             )
@@ -126,6 +126,15 @@ class DualBatchNorm(nn.Module):
                     bn.running_var.copy_(var[i * c : (i + 1) * c])
                     bn.num_batches_tracked.add_(1)
         return out
+
+
+def pairable(bn: DualBatchNorm) -> bool:
+    """Whether the fused pass can run ``bn``'s two copies side by side: both affine, both
+    with running statistics and the same momentum and eps."""
+    a, b = bn.bn
+    return all(m.affine and m.track_running_stats for m in (a, b)) and (
+        a.momentum is not None and (a.momentum, a.eps) == (b.momentum, b.eps)
+    )
 
 
 def convert_dual_bn(module: nn.Module) -> nn.Module:

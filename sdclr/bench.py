@@ -45,6 +45,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from sdclr.config import COMPILE_MODES
 from sdclr.precision import autocast
 
 REPO = Path(__file__).resolve().parent.parent
@@ -405,6 +406,14 @@ def _time_loading_224(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
     }
 
 
+def _recompile_limit_hit() -> bool:
+    """Whether dynamo gave up compiling some frame since the last reset (it then runs eager
+    with only a warning), as far as its counters tell."""
+    from torch._dynamo.utils import counters
+
+    return any("recompile" in str(reason).lower() for reason in counters["unimplemented"])
+
+
 def run_benchmark(
     quick: bool,
     device_name: str = "auto",
@@ -413,6 +422,7 @@ def run_benchmark(
     compile_: bool | None = None,
     compile_mode: str | None = None,
 ) -> dict[str, Any]:
+    from sdclr.config import validate
     from sdclr.pretrain import augment_config, batches_per_epoch, step_settings
     from sdclr.runner import compose_config, load_data, resolve_device
     from sdclr.splits import resolve_split
@@ -425,6 +435,7 @@ def run_benchmark(
     if compile_mode is not None:
         overrides.append(f"compile_mode={compile_mode}")
     cfg = compose_config(overrides)
+    validate(cfg)
     torch.manual_seed(0)
     torch.backends.cudnn.benchmark = True
     data = load_data(cfg)
@@ -450,20 +461,45 @@ def run_benchmark(
         "gen": torch.Generator(device=device).manual_seed(0),
         "timer": Timer(device),
     }
+    if compile_mode is not None and not ctx["settings"].compile:
+        print(
+            f"note: --compile-mode {compile_mode} has no effect: torch.compile is off here "
+            f"(add --compile)",
+            file=sys.stderr,
+        )
+
+    # every row compiles its own models; dynamo's graph cache is per code object (timm's
+    # ResNet.forward for all of them), so clear it between rows: otherwise the later rows
+    # could reach the recompile limit and silently run eager
+    limit_hit: list[str] = []  # rows in which dynamo fell back to eager anyway
+
+    def fresh(row: str, fn: Callable[[], Any]) -> Any:
+        if not ctx["settings"].compile:
+            return fn()
+        from torch._dynamo.utils import counters
+
+        torch._dynamo.reset()  # the graphs; the counters it leaves, so clear what is read
+        counters["unimplemented"].clear()
+        out = fn()
+        if _recompile_limit_hit():
+            limit_hit.append(row)
+        return out
+
     results: dict[str, Any] = {
-        "simclr": _time_method(ctx, None),
-        "sdclr_p90": _time_method(ctx, 0.9),
-        "sdclr_p90_fused": _time_method(ctx, 0.9, fuse=True),
-        "ceiling": _time_ceiling(ctx),
+        "simclr": fresh("simclr", lambda: _time_method(ctx, None)),
+        "sdclr_p90": fresh("sdclr_p90", lambda: _time_method(ctx, 0.9)),
+        "sdclr_p90_fused": fresh("sdclr_p90_fused", lambda: _time_method(ctx, 0.9, fuse=True)),
+        "ceiling": fresh("ceiling", lambda: _time_ceiling(ctx)),
     }
     for name in METHOD_ROWS:
         results[name]["fraction_of_ceiling"] = (
             results[name]["views_per_second"] / results["ceiling"]["views_per_second"]
         )
-    results.update(_time_step_ratio(ctx))
-    results["augmentation"] = _time_views(ctx)
+    results.update(fresh("step_ratio", lambda: _time_step_ratio(ctx)))
+    results["augmentation"] = fresh("augmentation", lambda: _time_views(ctx))
     results["linear_probe"] = _time_probe(ctx, quick)
-    results["loading_224"] = _time_loading_224(ctx, quick)
+    results["loading_224"] = fresh("loading_224", lambda: _time_loading_224(ctx, quick))
+    results["recompile_limit_hit"] = limit_hit
     results["peak_memory_mb"] = _peak_memory_mb(device)
     settings = ctx["settings"]
     results["setup"] = {
@@ -532,6 +568,13 @@ def format_table(r: dict[str, Any], json_path: Path) -> str:
             f"{ld['dataloader_pil_images_per_second']:,.0f} |",
             f"| 224 px loading: suite over baseline | {ld['speedup']:.2f} |",
         ]
+    if r.get("recompile_limit_hit"):
+        lines += [
+            "",
+            "WARNING: dynamo reached its recompile limit in "
+            + ", ".join(r["recompile_limit_hit"])
+            + ": parts of those rows ran uncompiled",
+        ]
     lines += [
         "",
         f"JSON: {json_path}",
@@ -564,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--compile-mode",
         default=None,
+        choices=COMPILE_MODES,
         help="torch.compile mode of the model: default | reduce-overhead (CUDA graphs) | "
         "max-autotune | max-autotune-no-cudagraphs",
     )

@@ -280,7 +280,8 @@ class Config:
     # max-autotune | max-autotune-no-cudagraphs
     compile_mode: str = "default"
     # SDCLR's dense and pruned branches as one pass of grouped convolutions (same outputs and
-    # gradients, half the kernel launches); needs dual BN and a single process
+    # gradients, one launch of each backbone kernel instead of two); needs dual BN and a
+    # single process
     fuse_branches: bool = False
     seed: int = 0
     debug: bool = False  # show tracebacks for handled errors

@@ -16,6 +16,7 @@ from sdclr.backbone import (
     convert_dual_bn,
     create_backbone,
     feature_dim,
+    pairable,
     projection_head,
     set_bn_branch,
 )
@@ -59,7 +60,8 @@ class ContrastiveModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Both branches in one pass of the backbone (``fuse_branches=true``): the same
         outputs and gradients as ``forward(x_dense, 0)`` and ``forward(x_pruned, 1, masks)``,
-        with half the kernel launches.
+        with one launch of each backbone kernel instead of two (the head still runs twice,
+        and each conv's pair of weights is built outside the compiled backbone).
 
         The two inputs are stacked along the channels and every convolution runs with twice
         its groups over the weights ``[w | w * mask]``, so each group sees only its own
@@ -84,21 +86,24 @@ class ContrastiveModel(nn.Module):
             else torch.contiguous_format
         )
         x = torch.cat([x_dense, x_pruned], dim=1).contiguous(memory_format=fmt)
-        for _, conv in convs:
-            conv.groups *= 2
-        set_bn_branch(self.backbone, PAIR)
-        try:
+        groups = [conv.groups for _, conv in convs]
+        try:  # whatever happens, the model is left as it was found
+            for _, conv in convs:
+                conv.groups *= 2
+            set_bn_branch(self.backbone, PAIR)
             feats = functional_call(self.backbone, params, (x,), strict=False)
-        finally:
             for _, conv in convs:
                 conv.groups //= 2
             set_bn_branch(self.backbone, 0)
-        f_dense, f_pruned = feats.chunk(2, dim=1)
-        set_bn_branch(self.head, 0)
-        z_dense = self.head(f_dense)
-        set_bn_branch(self.head, 1)
-        z_pruned = self.head(f_pruned)
-        set_bn_branch(self.head, 0)
+            f_dense, f_pruned = feats.chunk(2, dim=1)
+            set_bn_branch(self.head, 0)
+            z_dense = self.head(f_dense)
+            set_bn_branch(self.head, 1)
+            z_pruned = self.head(f_pruned)
+        finally:
+            for (_, conv), g in zip(convs, groups):
+                conv.groups = g
+            set_bn_branch(self, 0)
         return z_dense, z_pruned
 
 
@@ -129,6 +134,13 @@ def check_fusable(model: ContrastiveModel) -> None:
             "config key 'fuse_branches': the fused pass needs dual BN (bn=dual, or bn=auto "
             "with a prune ratio); set fuse_branches=false for shared BN"
         )
+    for name, m in model.backbone.named_modules():
+        if isinstance(m, DualBatchNorm) and not pairable(m):
+            raise ConfigError(
+                f"config key 'fuse_branches': the backbone's batch norm '{name}' lacks affine "
+                f"parameters, running statistics or a momentum, which the fused pass needs; "
+                f"set fuse_branches=false"
+            )
     checked: list[str] = []  # modules checked whole, with everything inside them
     for name, m in model.backbone.named_modules():
         if any(name.startswith(f"{c}.") for c in checked):

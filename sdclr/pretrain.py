@@ -102,9 +102,20 @@ def prepare_model(model: ContrastiveModel, settings: StepSettings) -> Contrastiv
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     if settings.compile:
+        raise_recompile_limit()
         model.backbone.compile(mode=settings.compile_mode)
         model.head.compile(mode=settings.compile_mode)
     return model
+
+
+def raise_recompile_limit(limit: int = 32) -> None:
+    """Let dynamo keep more graphs per compiled forward than its default 8. A pretraining run
+    needs one per combination of branch (dense, pruned or fused), grad mode (training,
+    monitors) and batch shape (full, last, the monitors' chunks), and past the limit dynamo
+    silently falls back to eager."""
+    import torch._dynamo.config as dynamo_config
+
+    dynamo_config.recompile_limit = max(int(dynamo_config.recompile_limit), limit)
 
 
 def make_views(
@@ -452,7 +463,9 @@ def pretrain(
         "channels_last": settings.channels_last,
         "compile": settings.compile,
         "compile_mode": settings.compile_mode if settings.compile else None,
-        "fuse_branches": bool(getattr(method, "fuse_branches", False)),
+        # what ran: SimCLR with shared BN is one pass already, with nothing to fuse
+        "fuse_branches": bool(getattr(method, "fuse_branches", False))
+        and bool(method.pruned or getattr(method, "dual_bn", False)),
         "resumed": resume_from is not None,
     }
     if method.pruned:

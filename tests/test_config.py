@@ -136,6 +136,8 @@ def test_gpu_check_runs_compose_and_validate(tmp_path):
         if cmd[1:3] == ["-m", "sdclr.bench"]
     ]
     assert len(benches) == 2 and benches[1].compile_mode == "reduce-overhead"
+    with pytest.raises(SystemExit):  # argparse: one line naming the choices, exit 2
+        build_parser().parse_args(["--compile-mode", "fastest"])
     for args in benches:
         if args.compile_mode:
             validate(compose_config([f"compile_mode={args.compile_mode}"]))

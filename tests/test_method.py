@@ -227,7 +227,10 @@ def test_compiled_model_switches_between_fused_and_separate_passes():
     is tested), the fused pass's temporary conv groups and BN branch must select their own
     graphs: dense, pruned, fused, then dense again all match the uncompiled model."""
     import torch._dynamo
+    from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()
+    counters.clear()
     eager = small_model(dual_bn=True)
     compiled = copy.deepcopy(eager)
     compiled.backbone.compile(backend="eager")
@@ -247,10 +250,33 @@ def test_compiled_model_switches_between_fused_and_separate_passes():
                     model(v1, branch=0),
                 ]
             )
+        graphs = counters["stats"]["unique_graphs"]
+        gave_up = [r for r in counters["unimplemented"] if "recompile" in str(r).lower()]
     finally:
         torch._dynamo.reset()
+    assert graphs >= 4 and not gave_up  # dense, pruned, fused (+ head): really compiled
     for a, b in zip(*outs):
         assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_fused_pass_leaves_the_model_as_found_when_it_fails():
+    model = small_model(dual_bn=True)
+    v1, v2 = views()
+
+    layer, calls = model.head[3], []
+
+    def broken(x):  # the head's second call: the pruned branch, BN copy 1 selected
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("boom")
+        return nn.Linear.forward(layer, x)
+
+    layer.forward = broken
+    with pytest.raises(RuntimeError, match="boom"):
+        model.forward_pair(v1, v2)
+    assert len(calls) == 2
+    assert all(m.groups == 1 for m in model.modules() if isinstance(m, nn.Conv2d))
+    assert all(m.branch == 0 for m in model.modules() if isinstance(m, DualBatchNorm))
 
 
 def test_fused_pass_refuses_what_it_cannot_keep_apart():
@@ -265,6 +291,10 @@ def test_fused_pass_refuses_what_it_cannot_keep_apart():
     concat.backbone.global_pool = SelectAdaptivePool2d(pool_type="catavgmax", flatten=True)
     with pytest.raises(ConfigError, match="global_pool.*mix channels"):
         ContrastiveMethod(0.2, 0.9, dual_bn=True, fuse_branches=True).setup(concat)
+    no_momentum = small_model(dual_bn=True)  # a cumulative-average BN copy
+    no_momentum.backbone.layer2[0].bn1.bn[1].momentum = None
+    with pytest.raises(ConfigError, match=r"'layer2\.0\.bn1' lacks"):
+        check_fusable(no_momentum)
     mixing = small_model(dual_bn=True)
     mixing.backbone.layer1[0].act1 = nn.LayerNorm(8)
     with pytest.raises(ConfigError, match=r"'layer1\.0\.act1' \(LayerNorm\)"):
