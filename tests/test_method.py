@@ -259,6 +259,22 @@ def test_compiled_model_switches_between_fused_and_separate_passes():
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_compiling_raises_dynamos_recompile_limit():
+    """A run needs more graphs per forward than dynamo's default 8 (branches x grad mode x
+    batch shapes); past the limit it would fall back to eager without failing."""
+    import torch._dynamo.config as dynamo_config
+
+    from sdclr.pretrain import StepSettings, prepare_model
+
+    before = dynamo_config.recompile_limit
+    try:
+        dynamo_config.recompile_limit = 8
+        prepare_model(small_model(dual_bn=True), StepSettings(compile=True))  # compiles lazily
+        assert dynamo_config.recompile_limit >= 32
+    finally:
+        dynamo_config.recompile_limit = before
+
+
 def test_fused_pass_leaves_the_model_as_found_when_it_fails():
     model = small_model(dual_bn=True)
     v1, v2 = views()
