@@ -68,7 +68,7 @@ class ContrastiveModel(nn.Module):
         branch; each DualBatchNorm normalises its two halves with its two copies
         (:data:`sdclr.backbone.PAIR`); ReLU, pooling and the residual additions act per
         channel. The backbone may hold nothing that mixes channels other than a Conv2d
-        (:func:`check_fusable`). The head runs once per branch."""
+        (:func:`check_fusable`)."""
         if not self.dual_bn:
             raise RuntimeError("the fused pass needs dual BN")
         convs = [(n, m) for n, m in self.backbone.named_modules() if isinstance(m, nn.Conv2d)]
@@ -92,9 +92,6 @@ class ContrastiveModel(nn.Module):
                 conv.groups *= 2
             set_bn_branch(self.backbone, PAIR)
             feats = functional_call(self.backbone, params, (x,), strict=False)
-            for _, conv in convs:
-                conv.groups //= 2
-            set_bn_branch(self.backbone, 0)
             f_dense, f_pruned = feats.chunk(2, dim=1)
             set_bn_branch(self.head, 0)
             z_dense = self.head(f_dense)
