@@ -107,23 +107,31 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _time_method(ctx: dict[str, Any], ratio: float | None, fuse: bool = False) -> dict[str, Any]:
-    """Augmentation + training step, as pretrain() runs them, after warm-up."""
+def _training_setup(ctx: dict[str, Any], ratio: float | None, fuse: bool = False) -> tuple:
+    """(model, method, optimiser) of SimCLR (``ratio`` None) or SDCLR with dual BN, ResNet-18
+    with the CIFAR stem, prepared with the run's numerics, in training mode with its mask."""
     from sdclr.method import ContrastiveMethod
     from sdclr.model import build_model
-    from sdclr.pretrain import make_optimizer, make_views, prepare_model, train_step
+    from sdclr.pretrain import make_optimizer, prepare_model
 
-    device, settings, gen = ctx["device"], ctx["settings"], ctx["gen"]
-    d_i, batches = ctx["d_i"], ctx["batches"]
     dual = ratio is not None
-    model = prepare_model(
-        build_model("resnet18", True, None, 3 if dual else 2, 128, dual).to(device), settings
-    )
-    method = ContrastiveMethod(0.2, ratio, 0.0, dual, gen, fuse_branches=fuse)
+    model = build_model("resnet18", True, None, 3 if dual else 2, 128, dual).to(ctx["device"])
+    model = prepare_model(model, ctx["settings"])
+    method = ContrastiveMethod(0.2, ratio, 0.0, dual, ctx["gen"], fuse_branches=fuse)
     method.setup(model)
     opt = make_optimizer(model, ctx["cfg"].pretrain)
     model.train()
     method.on_epoch_start(model)
+    return model, method, opt
+
+
+def _time_method(ctx: dict[str, Any], ratio: float | None, fuse: bool = False) -> dict[str, Any]:
+    """Augmentation + training step, as pretrain() runs them, after warm-up."""
+    from sdclr.pretrain import make_views, train_step
+
+    device, settings, gen = ctx["device"], ctx["settings"], ctx["gen"]
+    d_i, batches = ctx["d_i"], ctx["batches"]
+    model, method, opt = _training_setup(ctx, ratio, fuse)
     perm = torch.randperm(len(d_i), generator=gen, device=device)
     cursor = [0]
 
@@ -143,7 +151,7 @@ def _time_method(ctx: dict[str, Any], ratio: float | None, fuse: bool = False) -
     timer.measure(step, 1)
     cursor[0] = 0
     per_step = timer.measure(step, ctx["timed_steps"])
-    mask_seconds = timer.measure(lambda: method.on_epoch_start(model), 1) if dual else 0.0
+    mask_seconds = timer.measure(lambda: method.on_epoch_start(model), 1) if method.pruned else 0.0
     epoch = per_step * len(batches) + mask_seconds
     return {
         "step_seconds": per_step,
@@ -184,20 +192,10 @@ def _time_step_ratio(ctx: dict[str, Any]) -> dict[str, float]:
     """SDCLR step on ready-made views over two plain fwd+bwd passes of the same backbone, with
     the branches as two passes and fused."""
     from sdclr.backbone import create_backbone
-    from sdclr.method import ContrastiveMethod
-    from sdclr.model import build_model
-    from sdclr.pretrain import make_optimizer, make_views, prepare_model, train_step
+    from sdclr.pretrain import make_views, train_step
 
     device, settings, gen, batch = ctx["device"], ctx["settings"], ctx["gen"], ctx["batch"]
-    steps = {}
-    for fuse in (False, True):
-        model = build_model("resnet18", True, None, 3, 128, True).to(device)
-        model = prepare_model(model, settings)
-        method = ContrastiveMethod(0.2, 0.9, 0.0, True, gen, fuse_branches=fuse)
-        method.setup(model)
-        model.train()
-        method.on_epoch_start(model)
-        steps[fuse] = (model, method, make_optimizer(model, ctx["cfg"].pretrain))
+    steps = {fuse: _training_setup(ctx, 0.9, fuse) for fuse in (False, True)}
     v1, v2 = make_views(ctx["d_i"][:batch], ctx["aug"], gen, ctx["mean"], ctx["std"], settings)
     plain = create_backbone("resnet18", True).to(device)  # no dual BN, no mask, no head
     if settings.channels_last:
