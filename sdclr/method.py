@@ -62,6 +62,12 @@ class ContrastiveMethod:
     def pruned(self) -> bool:
         return self.prune_ratio is not None
 
+    @property
+    def fuses(self) -> bool:
+        """Whether the branches run as one fused pass: ``fuse_branches`` with two branches to
+        fuse (SimCLR with shared BN is one pass of both views already)."""
+        return self.fuse_branches and (self.pruned or self.dual_bn)
+
     @torch.no_grad()
     def on_epoch_start(self, model: ContrastiveModel) -> float | None:
         """Recompute the mask from the current dense weights; returns its density."""
@@ -83,7 +89,7 @@ class ContrastiveMethod:
         else:
             if self.pruned and self.masks is None:
                 raise RuntimeError("on_epoch_start must run before the first SDCLR step")
-            if self.fuse_branches:
+            if self.fuses:
                 z1, z2 = model.forward_pair(view1, view2, self.masks)
             else:
                 z1 = model(view1, branch=0)
@@ -106,7 +112,7 @@ class ContrastiveMethod:
         return (per[:b] + per[b:]).float() / 2
 
     def setup(self, model: ContrastiveModel) -> None:
-        if self.fuse_branches and (self.pruned or self.dual_bn):
+        if self.fuses:
             check_fusable(model)
 
     # the rest of the method interface: nothing outside the model, no state of its own

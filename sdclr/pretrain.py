@@ -463,9 +463,7 @@ def pretrain(
         "channels_last": settings.channels_last,
         "compile": settings.compile,
         "compile_mode": settings.compile_mode if settings.compile else None,
-        # what ran: SimCLR with shared BN is one pass already, with nothing to fuse
-        "fuse_branches": bool(getattr(method, "fuse_branches", False))
-        and bool(method.pruned or getattr(method, "dual_bn", False)),
+        "fuse_branches": bool(getattr(method, "fuses", False)),  # what ran
         "resumed": resume_from is not None,
     }
     if method.pruned:
