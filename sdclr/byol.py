@@ -35,6 +35,7 @@ from torch import nn
 from sdclr.backbone import convert_dual_bn, set_bn_branch
 from sdclr.moco import MomentumMethod, broadcast_, head_out_dim
 from sdclr.model import ContrastiveModel
+from sdclr.precision import upcast_half
 
 
 def predictor_mlp(dim: int, hidden: int) -> nn.Sequential:
@@ -46,11 +47,13 @@ def predictor_mlp(dim: int, hidden: int) -> nn.Sequential:
     )
 
 
-def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """mean over the batch of 2 - 2 cos(p_i, z_i) (z carries no gradient)."""
-    p = F.normalize(p.float(), dim=1)
-    z = F.normalize(z.detach().float(), dim=1)
-    return (2 - 2 * (p * z).sum(1)).mean()
+def byol_loss(p: torch.Tensor, z: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """2 - 2 cos(p_i, z_i) (z carries no gradient): its mean over the batch, or with
+    ``reduction="none"`` the [B] per-sample values."""
+    p = F.normalize(upcast_half(p), dim=1)
+    z = F.normalize(upcast_half(z.detach()), dim=1)
+    per_sample = 2 - 2 * (p * z).sum(1)
+    return per_sample if reduction == "none" else per_sample.mean()
 
 
 class BYOL(MomentumMethod):
@@ -81,7 +84,7 @@ class BYOL(MomentumMethod):
         predictor = predictor_mlp(head_out_dim(model), self.hidden_dim)
         if self.dual_bn:
             convert_dual_bn(predictor)
-        self.predictor = predictor.to(ref.device)
+        self.predictor = predictor.to(ref)  # the model's device and dtype
         broadcast_(list(self.predictor.parameters()) + list(self.predictor.buffers()))
 
     def extra_parameters(self) -> list[nn.Parameter]:
@@ -123,4 +126,4 @@ class BYOL(MomentumMethod):
 
     def _per_sample(self, term: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         p, z = term
-        return 2 - 2 * (F.normalize(p.float(), dim=1) * F.normalize(z.float(), dim=1)).sum(1)
+        return byol_loss(p, z, reduction="none")

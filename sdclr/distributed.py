@@ -116,7 +116,10 @@ def convert_sync_batchnorm(module: torch.nn.Module, device: torch.device) -> tor
                 child.momentum,
                 child.affine,
                 child.track_running_stats,
-            ).to(child.weight.device)
+            )
+            floats = [t for t in child.state_dict().values() if t.is_floating_point()]
+            if floats:
+                new.to(floats[0])  # the old layer's device and dtype (float64 checks too)
             new.load_state_dict(child.state_dict())
             setattr(module, name, new)
         else:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from sdclr.distributed import gather_with_grad, rank
-from sdclr.precision import full_precision
+from sdclr.precision import full_precision, upcast_half
 
 KINDS = ("ntxent", "debiased", "hard")
 _REDUCTIONS = ("mean", "none")
@@ -21,9 +21,7 @@ def _check_reduction(reduction: str) -> None:
 
 
 def _normalize(z: torch.Tensor) -> torch.Tensor:
-    # Half/bfloat16 features (autocast) are upcast to float32; float64 is kept so that
-    # double-precision checks stay exact.
-    return F.normalize(z if z.dtype == torch.float64 else z.float(), dim=1)
+    return F.normalize(upcast_half(z), dim=1)
 
 
 def _logits(

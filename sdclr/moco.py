@@ -73,7 +73,7 @@ from sdclr.errors import ConfigError
 from sdclr.loss import KINDS, debiased_from_logits
 from sdclr.method import ContrastiveMethod
 from sdclr.model import ContrastiveModel
-from sdclr.precision import full_precision
+from sdclr.precision import full_precision, upcast_half
 
 MOCHI_DEFAULTS = {"N": 1024, "s": 1024, "s_prime": 256}
 
@@ -197,10 +197,11 @@ class MomentumMethod:
     @torch.no_grad()
     def sample_losses(self) -> torch.Tensor:
         """[B] per-sample losses of the last ``loss`` call (``track_samples`` set before it),
-        each the mean over the sample's anchors (queries / predictions)."""
+        each the mean over the sample's anchors (queries / predictions), as float32 (what
+        BCL's memory and the diagnostics keep), like :meth:`ContrastiveMethod.sample_losses`."""
         if not self._last_terms:
             raise RuntimeError("set track_samples = True before the loss to get sample losses")
-        return torch.stack([self._per_sample(t) for t in self._last_terms]).mean(0)
+        return torch.stack([self._per_sample(t) for t in self._last_terms]).mean(0).float()
 
     def _per_sample(self, term: Any) -> torch.Tensor:
         raise NotImplementedError
@@ -249,10 +250,10 @@ class MomentumMethod:
     @torch.no_grad()
     def _momentum_forward(self, model: ContrastiveModel, x: torch.Tensor) -> torch.Tensor:
         """The dense momentum network (always branch 0, no mask), in the online model's
-        train / eval mode; float32 output."""
+        train / eval mode; float32 (or float64) output."""
         target = self.momentum_model
         target.train(model.training)
-        return target(x, branch=0).float()
+        return upcast_half(target(x, branch=0))
 
 
 def moco_logits(
@@ -266,7 +267,7 @@ def moco_logits(
     """[B, 1 + K (+ s + s')] logits: column 0 is q.k+, then q.queue, then MoCHi's synthetic
     negatives; all divided by the temperature. ``q``, ``k``, ``queue`` are L2-normalised."""
     with full_precision(q.device.type):  # float32 similarities inside a bf16 step
-        q, k, queue = q.float(), k.float(), queue.float()
+        q, k, queue = upcast_half(q), upcast_half(k), upcast_half(queue)
         pos = (q * k).sum(1, keepdim=True)
         neg = q @ queue.t()
         parts = [pos, neg]
@@ -397,10 +398,10 @@ class MoCo(MomentumMethod):
         self.queue_ptr = 0
 
     def _setup_extra(self, model: ContrastiveModel) -> None:
-        device = next(model.parameters()).device
-        gen_dev = self.generator.device if self.generator is not None else device
+        like = next(model.parameters())  # the queue takes the model's device and dtype
+        gen_dev = self.generator.device if self.generator is not None else like.device
         shape = (self.queue_size, head_out_dim(model))
-        queue = torch.randn(shape, generator=self.generator, device=gen_dev).to(device)
+        queue = torch.randn(shape, generator=self.generator, device=gen_dev).to(like)
         self.queue = F.normalize(queue, dim=1)
         broadcast_([self.queue])
         self.queue_ptr = 0
@@ -409,7 +410,7 @@ class MoCo(MomentumMethod):
         return {"queue": self.queue.clone(), "queue_ptr": self.queue_ptr}
 
     def _load_extra(self, state: dict[str, Any]) -> None:
-        self.queue = state["queue"].to(self.queue.device, torch.float32).clone()
+        self.queue = state["queue"].to(self.queue.device, self.queue.dtype).clone()
         self.queue_size = self.queue.shape[0]
         self.queue_ptr = int(state["queue_ptr"])
 
@@ -426,13 +427,13 @@ class MoCo(MomentumMethod):
         if self.symmetric:
             k1, k2 = self.keys(model, torch.cat([view1, view2])).chunk(2)
             z1, z2, _ = self._online(model, view1, view2)
-            q1 = F.normalize(z1.float(), dim=1)
-            q2 = F.normalize(z2.float(), dim=1)
+            q1 = F.normalize(upcast_half(z1), dim=1)
+            q2 = F.normalize(upcast_half(z2), dim=1)
             loss = self._nce(q1, k2, queue) + self._nce(q2, k1, queue)
             self.enqueue(torch.cat([k1, k2]))
         else:
             k2 = self.keys(model, view2)
-            q1 = F.normalize(model(view1, branch=0).float(), dim=1)
+            q1 = F.normalize(upcast_half(model(view1, branch=0)), dim=1)
             loss = self._nce(q1, k2, queue)
             self.enqueue(k2)
         return loss
@@ -447,18 +448,18 @@ class MoCo(MomentumMethod):
 
     def _per_sample(self, logits: torch.Tensor) -> torch.Tensor:
         if self.loss_kind != "ntxent":
-            logits = logits.float()
+            logits = upcast_half(logits)
             return debiased_from_logits(
                 logits[:, 0], logits[:, 1:], self.temperature, self.tau_plus, self.beta
             )
         labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-        return F.cross_entropy(logits.float(), labels, reduction="none")
+        return F.cross_entropy(upcast_half(logits), labels, reduction="none")
 
     @torch.no_grad()
     def enqueue(self, keys: torch.Tensor) -> None:
         """Write ``keys`` (gathered over ranks) at the pointer, wrapping around; the queue
         tensor is replaced, not written in place, so a graph that used it stays valid."""
-        keys = gather_with_grad(keys.detach().float())
+        keys = gather_with_grad(keys.detach().to(self.queue.dtype))
         b, k = keys.shape[0], self.queue_size
         start = max(0, b - k)  # more keys than slots: only the last K survive
         slots = (self.queue_ptr + torch.arange(start, b, device=keys.device)) % k

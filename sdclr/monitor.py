@@ -30,7 +30,7 @@ from sdclr.augment import normalize
 from sdclr.imagebank import FileImages, TensorImages
 from sdclr.knn import knn_monitor
 from sdclr.model import evaluating
-from sdclr.precision import autocast
+from sdclr.precision import autocast, input_dtype, upcast_half
 from sdclr.views import eval_view
 
 GROUPS = ("many", "medium", "few")
@@ -167,13 +167,14 @@ class Diagnostics:
         chunks = [
             self.sample[s : s + e.batch_size] for s in range(0, len(self.sample), e.batch_size)
         ]
+        dtype = input_dtype(model)
         with evaluating(model):
             for x in self.bank.batches(chunks):
-                v = e.view(x)
+                v = e.view(x).to(dtype)
                 with autocast(v.device.type, e.amp_dtype):
-                    dense.append(model(v, branch=0).float())
+                    dense.append(upcast_half(model(v, branch=0)))
                     if pruned:
-                        sparse.append(model(v, branch=branch, masks=method.masks).float())
+                        sparse.append(upcast_half(model(v, branch=branch, masks=method.masks)))
         return torch.cat(dense), (torch.cat(sparse) if pruned else None)
 
     def _per_class_mean(self, values: torch.Tensor, labels: torch.Tensor) -> list[float | None]:

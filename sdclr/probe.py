@@ -21,14 +21,15 @@ from torch import nn
 from sdclr.augment import normalize
 from sdclr.imagebank import FileImages, TensorImages, as_images
 from sdclr.metrics import summarize
-from sdclr.precision import autocast
+from sdclr.precision import autocast, input_dtype
 from sdclr.progress import progress_bar
 from sdclr.views import eval_view, probe_train_view
 
 
 def _encode(backbone: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
+    """Float32 features (the probe's linear layer trains in float32)."""
     with autocast(x.device.type, amp_dtype):
-        return backbone(x).float()
+        return backbone(x.to(input_dtype(backbone))).float()
 
 
 @torch.no_grad()

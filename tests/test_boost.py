@@ -1,8 +1,9 @@
 """Tests for sdclr.boost (BCL): loss memory, strengths, batched RandAugment ops vs torchvision.
 
-Images are smooth random images on the 1/255 grid (like decoded 8-bit data). Tolerances: pixel
-ops, posterize, solarize, equalize, autocontrast and nearest-neighbour geometric ops are exact;
-the enhance blends 1e-6 (same formula, different float order); bilinear rotation 1e-5.
+Images are smooth random images on the 1/255 grid (like decoded 8-bit data). Pixel ops,
+posterize, solarize, equalize, autocontrast and nearest-neighbour geometric ops are exact; the
+enhance blends and bilinear rotation are compared with torchvision's op in float64, within a
+multiple of that op's own float32 rounding measured where the test runs (tests/numerics.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import math
 
 import pytest
 import torch
+from numerics import assert_float32_close
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
@@ -132,16 +134,21 @@ def test_fused_apply_op_matches_standalone_ops():
 M = 15.0  # half of the range: factor 1.45, 15 degrees, shear 0.15, 6 bits, 7 px at 32 px
 
 
+@pytest.mark.numerics
 def test_colour_ops_match_torchvision():
     x = _images()
     f = 1.0 + 0.9 * M / 30
-    torch.testing.assert_close(B.brightness(x, M), TF.adjust_brightness(x, f), atol=1e-6, rtol=0)
-    torch.testing.assert_close(B.contrast(x, M), TF.adjust_contrast(x, f), atol=1e-6, rtol=0)
-    torch.testing.assert_close(B.color(x, M), TF.adjust_saturation(x, f), atol=1e-6, rtol=0)
-    torch.testing.assert_close(B.sharpness(x, M), TF.adjust_sharpness(x, f), atol=1e-6, rtol=0)
     g = 1.0 - 0.9 * M / 30  # negative magnitude: the other direction
-    torch.testing.assert_close(B.contrast(x, -M), TF.adjust_contrast(x, g), atol=1e-6, rtol=0)
-    torch.testing.assert_close(B.sharpness(x, -M), TF.adjust_sharpness(x, g), atol=1e-6, rtol=0)
+    for ours, tv, factor in (
+        (B.brightness(x, M), TF.adjust_brightness, f),
+        (B.contrast(x, M), TF.adjust_contrast, f),
+        (B.color(x, M), TF.adjust_saturation, f),
+        (B.sharpness(x, M), TF.adjust_sharpness, f),
+        (B.contrast(x, -M), TF.adjust_contrast, g),
+        (B.sharpness(x, -M), TF.adjust_sharpness, g),
+    ):
+        ref = lambda t, op=tv, f=factor: op(t, f)  # noqa: E731
+        assert_float32_close(ours, ref, x, what=f"{tv.__name__} {factor}")
 
 
 def test_pixel_ops_match_torchvision():
@@ -162,16 +169,17 @@ def test_pixel_ops_match_torchvision():
         assert torch.equal(B.equalize(img), TF.equalize(img))
 
 
+@pytest.mark.numerics
 def test_geometric_ops_match_torchvision():
     x = _images()
     near = InterpolationMode.NEAREST
     assert torch.equal(B.rotate(x, M), TF.rotate(x, M, interpolation=near))
     assert torch.equal(B.rotate(x, -M), TF.rotate(x, -M, interpolation=near))
-    torch.testing.assert_close(
+    assert_float32_close(
         B.rotate(x, M, mode="bilinear"),
-        TF.rotate(x, M, interpolation=InterpolationMode.BILINEAR),
-        atol=1e-5,
-        rtol=0,
+        lambda t: TF.rotate(t, M, interpolation=InterpolationMode.BILINEAR),
+        x,
+        what="bilinear rotation",
     )
     shear = math.degrees(math.atan(0.3 * M / 30))
     kw = {"angle": 0.0, "translate": [0, 0], "scale": 1.0, "interpolation": near}

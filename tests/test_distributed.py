@@ -1,14 +1,16 @@
 """NT-Xent across ranks (gloo, 2 CPU processes): negatives span the global batch and the
-gradients equal those of one process holding the whole batch."""
+gradients equal those of one process holding the whole batch (float64: tests/numerics.py)."""
 
 from __future__ import annotations
 
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from numerics import assert_close64
 
 from sdclr.loss import nt_xent
 
@@ -32,7 +34,7 @@ def _worker(rank: int, world: int, port: int, z1: torch.Tensor, z2: torch.Tensor
         grads = torch.cat([a.grad, b.grad]) / world
         gathered = [torch.empty_like(grads) for _ in range(world)]
         dist.all_gather(gathered, grads)
-        losses = [torch.zeros(()) for _ in range(world)]
+        losses = [torch.zeros((), dtype=loss.dtype) for _ in range(world)]
         dist.all_gather(losses, loss.detach())
         if rank == 0:
             out["loss"] = torch.stack(losses).mean()
@@ -41,9 +43,10 @@ def _worker(rank: int, world: int, port: int, z1: torch.Tensor, z2: torch.Tensor
         dist.destroy_process_group()
 
 
+@pytest.mark.numerics
 def test_global_negatives_and_gradients_match_a_single_process():
     g = torch.Generator().manual_seed(0)
-    z1, z2 = torch.randn(8, 6, generator=g), torch.randn(8, 6, generator=g)
+    z1, z2 = (torch.randn(8, 6, generator=g, dtype=torch.float64) for _ in range(2))
     manager = mp.Manager()
     out = manager.dict()
     mp.spawn(_worker, args=(2, _free_port(), z1, z2, out), nprocs=2, join=True)
@@ -51,11 +54,11 @@ def test_global_negatives_and_gradients_match_a_single_process():
     a, b = z1.clone().requires_grad_(True), z2.clone().requires_grad_(True)
     loss = nt_xent(a, b, 0.2)
     loss.backward()
-    assert torch.allclose(out["loss"], loss.detach(), atol=1e-6)
+    assert_close64(out["loss"], loss.detach(), what="loss")
     for rank in range(2):
         sl = slice(4 * rank, 4 * rank + 4)
         expected = torch.cat([a.grad[sl], b.grad[sl]])
-        assert torch.allclose(out["grads"][rank], expected, atol=1e-6), rank
+        assert_close64(out["grads"][rank], expected, what=f"rank {rank}")
     # and a local-only loss (no gathered negatives) would differ
     assert not torch.allclose(nt_xent(z1[:4], z2[:4], 0.2), loss.detach(), atol=1e-3)
 

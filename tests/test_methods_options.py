@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import assert_close64
 from test_runner import TINY, ok, sdclr
 
 from sdclr.boost import BoostConfig, sample_boost_params, strengths
@@ -67,9 +68,9 @@ def tiny_cfg(*overrides: str):
     return cfg
 
 
-def tiny_model(cfg, seed: int = 0):
+def tiny_model(cfg, seed: int = 0, dtype=torch.float32):
     torch.manual_seed(seed)
-    return build_from_spec(model_spec(cfg))
+    return build_from_spec(model_spec(cfg)).to(dtype)
 
 
 def images(n: int = 24, seed: int = 0) -> torch.Tensor:
@@ -193,9 +194,10 @@ def test_older_checkpoints_without_the_new_keys_still_resume():
     ],
     ids=lambda o: "-".join(o),
 )
+@pytest.mark.numerics
 def test_one_step_of_each_method_through_the_factory(overrides):
     cfg = tiny_cfg(*overrides)
-    model = tiny_model(cfg)
+    model = tiny_model(cfg, dtype=torch.float64)  # the identities below: tests/numerics.py
     method = build_method(cfg, torch.Generator().manual_seed(0))
     assert type(method).__name__ == {"simclr": "ContrastiveMethod", "moco": "MoCo"}.get(
         cfg.method.name, "BYOL"
@@ -210,7 +212,9 @@ def test_one_step_of_each_method_through_the_factory(overrides):
     momentum_before = params(method.momentum_model) if cfg.method.name != "simclr" else None
     before = params(model)
     method.track_samples = True
-    v1, v2 = torch.randn(2, 8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    v1, v2 = torch.randn(
+        2, 8, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
     loss = train_step(model, method, opt, v1, v2, StepSettings())  # after_step included
     assert loss.dim() == 0 and torch.isfinite(loss)
     after = params(model)
@@ -218,28 +222,34 @@ def test_one_step_of_each_method_through_the_factory(overrides):
     per = method.sample_losses()
     assert per.shape == (8,) and torch.isfinite(per).all() and not per.requires_grad
     # per-sample losses are each sample's mean over its anchors: SimCLR averages all anchors,
-    # MoCo and BYOL sum their two directions
+    # MoCo and BYOL sum their two directions. They are stored as float32 (BCL's memory), so
+    # the float64 identity holds up to their rounding: 2^-24 relative each, and the mean of
+    # positive values keeps that bound; 4x of it for room
     directions = 1 if cfg.method.name == "simclr" or not cfg.method.symmetric else 2
-    assert torch.allclose(per.mean() * directions, loss, atol=1e-5)
+    assert per.dtype == torch.float32
+    assert abs(float(per.double().mean()) * directions - float(loss)) <= 2**-22 * float(loss)
     if cfg.method.name != "simclr":
         m = method.momentum
         for name, p in method.momentum_model.named_parameters():
             expected = m * momentum_before[name] + (1 - m) * after[name]
-            assert torch.allclose(p, expected, atol=1e-6, rtol=0), name
+            assert_close64(p, expected, what=name)
     if cfg.method.name == "moco":  # both views' keys of the 8 images, or view 2's
         assert method.queue_ptr == (16 if cfg.method.symmetric else 8)
 
 
+@pytest.mark.numerics
 def test_simclr_losses_in_the_method_reduce_exactly():
     cfg = tiny_cfg("prune=none")
-    v1, v2 = torch.randn(2, 8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
-    model = tiny_model(cfg)
+    v1, v2 = torch.randn(
+        2, 8, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64
+    )
+    model = tiny_model(cfg, dtype=torch.float64)
     z1, z2 = model(torch.cat([v1, v2])).chunk(2)
     default = ContrastiveMethod(0.2)
     # the default loss is exactly the NT-Xent the method used before the loss group existed
     assert torch.equal(default.loss(model, v1, v2), nt_xent(z1, z2, 0.2))
     zero_prior = ContrastiveMethod(0.2, loss="debiased", tau_plus=0.0)
-    assert torch.allclose(zero_prior.loss(model, v1, v2), nt_xent(z1, z2, 0.2), atol=1e-6)
+    assert_close64(zero_prior.loss(model, v1, v2), nt_xent(z1, z2, 0.2), what="tau+ 0")
     debiased = ContrastiveMethod(0.2, loss="debiased", tau_plus=0.1)
     hard_beta0 = ContrastiveMethod(0.2, loss="hard", tau_plus=0.1, beta=0.0)
     assert torch.equal(debiased.loss(model, v1, v2), hard_beta0.loss(model, v1, v2))
@@ -386,11 +396,14 @@ def tiny_monitor(cfg, imgs, labels, knn_every=1, diag_every=1):
     return TrainingMonitor(knn, diag)
 
 
+@pytest.mark.numerics
 def test_knn_monitor_matches_knn_evaluate_and_restores_the_mode():
-    from sdclr.augment import normalize
+    """Chunked against whole-batch features, in float64 (tests/numerics.py): the kNN of
+    float32 features could flip a near tie on another CPU's kernels."""
+    from sdclr.augment import normalize, to_float
 
     cfg = tiny_cfg()
-    model = tiny_model(cfg)
+    model = tiny_model(cfg, dtype=torch.float64)
     imgs, labels = images(), torch.arange(24) % 3
     mon = tiny_monitor(cfg, imgs, labels).knn
     model.train()
@@ -400,9 +413,9 @@ def test_knn_monitor_matches_knn_evaluate_and_restores_the_mode():
     model.eval()
     with torch.no_grad():  # the reference: the whole resident batch in one plain forward
         feats = model.backbone(
-            normalize(imgs.float() / 255, list(cfg.data.mean), list(cfg.data.std))
+            normalize(to_float(imgs), list(cfg.data.mean), list(cfg.data.std)).double()
         )
-    ref = knn_evaluate(feats, labels, feats, labels, 3, GROUPS3, 200, 0.1)
+    ref = knn_evaluate(feats.float(), labels, feats.float(), labels, 3, GROUPS3, 200, 0.1)
     assert {k: out[k] for k in ("acc", "many", "medium", "few")} == {
         k: ref[k] for k in ("acc", "many", "medium", "few")
     }
@@ -411,9 +424,10 @@ def test_knn_monitor_matches_knn_evaluate_and_restores_the_mode():
     assert not tiny_monitor(cfg, imgs, labels, diag_every=2).diagnostics.due(1)
 
 
+@pytest.mark.numerics
 def test_diagnostics_by_hand():
     cfg = tiny_cfg()
-    model = tiny_model(cfg)
+    model = tiny_model(cfg, dtype=torch.float64)  # the disagreement: tests/numerics.py
     method = build_method(cfg)
     method.on_epoch_start(model)
     imgs, labels = images(), torch.arange(24) % 3
@@ -433,16 +447,17 @@ def test_diagnostics_by_hand():
     # disagreement: the first 4 images of each class, eval mode, dense vs pruned branch 1
     model.eval()
     with torch.no_grad():
-        x = imgs[:12].float() / 255
-        from sdclr.augment import normalize
+        from sdclr.augment import normalize, to_float
 
-        x = normalize(x, list(cfg.data.mean), list(cfg.data.std))
+        # the monitor's own float32 view (to_float scales by a product, not a division)
+        x = normalize(to_float(imgs[:12]), list(cfg.data.mean), list(cfg.data.std)).double()
         dense = model(x, branch=0)
         pruned = model(x, branch=1, masks=method.masks)
     dis = 1 - F.cosine_similarity(dense, pruned, dim=1)
     expected = [float(dis[labels[:12] == c].mean()) for c in range(3)]
-    assert rec["disagreement"] == pytest.approx(expected, rel=1e-5)
-    assert rec["disagreement_many"] == pytest.approx(expected[0], rel=1e-5)
+    as64 = dict(dtype=torch.float64)
+    assert_close64(torch.tensor(rec["disagreement"], **as64), torch.tensor(expected, **as64))
+    assert rec["disagreement_many"] == rec["disagreement"][0]
     assert rec["sample_counts"] == [4, 4, 4]
     dens = rec["layer_density"]
     assert set(dens) == set(method.masks)
@@ -765,6 +780,7 @@ def test_moco_sdclr_and_byol_end_to_end_with_every_option_and_a_mixed_report(tmp
     assert set(summary["plots"]) >= {"knn_curves", "diagnostics"}
 
 
+@pytest.mark.numerics
 def test_moco_losses_reduce_exactly_and_train():
     """MoCo with the debiased / hard estimator over its queue: tau+=0 is InfoNCE, beta=0 is
     the debiased loss; a step with loss=hard runs through the factory."""
@@ -776,7 +792,7 @@ def test_moco_losses_reduce_exactly_and_train():
     plain = debiased_from_logits(logits[:, 0], logits[:, 1:], 0.2, 0.0, 0.0)
     assert torch.allclose(plain, ce, atol=1e-12, rtol=0)
 
-    v1, v2 = images(8, 1).float() / 255, images(8, 2).float() / 255
+    v1, v2 = images(8, 1).double() / 255, images(8, 2).double() / 255
     losses = {}
     for name, extra in (
         ("ntxent", []),
@@ -786,11 +802,11 @@ def test_moco_losses_reduce_exactly_and_train():
         ("hard", ["loss=hard", "loss.tau_plus=0.1", "loss.beta=1.0"]),
     ):
         c = tiny_cfg("method=moco", "prune=none", "method.queue_size=64", *extra)
-        model = tiny_model(c)
+        model = tiny_model(c, dtype=torch.float64)
         method = build_method(c, torch.Generator().manual_seed(0))
         method.setup(model)
         losses[name] = method.loss(model, v1, v2).detach()
-    assert torch.allclose(losses["debiased0"], losses["ntxent"], atol=1e-5, rtol=0)
-    assert torch.allclose(losses["hard0"], losses["debiased"], atol=1e-6, rtol=0)
+    assert_close64(losses["debiased0"], losses["ntxent"], what="tau+ 0")
+    assert_close64(losses["hard0"], losses["debiased"], what="beta 0")
     assert not torch.allclose(losses["hard"], losses["debiased"])
     assert "hard(tau+=0.1,beta=1)" in method_label(c)

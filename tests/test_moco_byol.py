@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from numerics import assert_close64, max_abs
 from torch import nn
 
 from sdclr.backbone import set_bn_branch
@@ -20,19 +21,17 @@ from sdclr.model import build_model
 
 CHANNELS = [8, 16, 32, 64]
 OUT_DIM = 16
+F64 = torch.float64  # the identities are checked in float64 (tests/numerics.py)
 
 
-def small_model(dual_bn: bool, seed: int = 0):
+def small_model(dual_bn: bool, seed: int = 0, dtype=torch.float32):
     torch.manual_seed(seed)
-    return build_model("resnet18", True, CHANNELS, 2, OUT_DIM, dual_bn)
+    return build_model("resnet18", True, CHANNELS, 2, OUT_DIM, dual_bn).to(dtype)
 
 
-def views(n=8, size=16, seed=1):
+def views(n=8, size=16, seed=1, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    return (
-        torch.randn(n, 3, size, size, generator=g),
-        torch.randn(n, 3, size, size, generator=g),
-    )
+    return tuple(torch.randn(n, 3, size, size, generator=g, dtype=dtype) for _ in range(2))
 
 
 def make(kind: str, prune: float | None, **kw):
@@ -160,28 +159,29 @@ def test_queue_pointer_content_and_wraparound():
         assert torch.equal(method.queue[(2 + j) % 10], big[j])
 
 
+@pytest.mark.numerics
 def test_moco_logits_equal_the_hand_computed_infonce():
     g = torch.Generator().manual_seed(0)
-    q = F.normalize(torch.randn(5, 6, generator=g), dim=1)
-    k = F.normalize(torch.randn(5, 6, generator=g), dim=1)
-    queue = F.normalize(torch.randn(7, 6, generator=g), dim=1)
+    q, k, queue = (F.normalize(torch.randn(n, 6, generator=g, dtype=F64), dim=1) for n in (5, 5, 7))
     for t in (0.2, 0.5):
         logits = moco_logits(q, k, queue, t)
         assert logits.shape == (5, 8)
-        assert torch.allclose(logits[:, 0], (q * k).sum(1) / t)
+        assert_close64(logits[:, 0], (q * k).sum(1) / t, what="positive logits")
         loss = info_nce(logits)
-        assert torch.allclose(loss, reference_infonce(q, k, queue, t), atol=1e-6)
+        assert_close64(loss, reference_infonce(q, k, queue, t), what=f"loss t={t}")
     # a positive equal to the query and negatives opposite to it: near-zero loss
     assert info_nce(moco_logits(q[:1], q[:1], -q[:1].expand(7, 6), 0.2)) < 1e-3
 
 
+@pytest.mark.numerics
 def test_prune_none_is_plain_moco_v2():
-    model = small_model(dual_bn=False)
+    model = small_model(dual_bn=False, dtype=F64)
     method = MoCo(temperature=0.2, queue_size=32, generator=torch.Generator().manual_seed(0))
     method.setup(model)
     online, key = copy.deepcopy(model), copy.deepcopy(model)
     queue = method.queue.clone()
-    v1, v2 = views()
+    assert queue.dtype == F64  # the queue takes the model's dtype
+    v1, v2 = views(dtype=F64)
     loss = method.loss(model, v1, v2)
     loss.backward()
     # reference: both views through the query encoder in one batch, keys from the copy
@@ -190,25 +190,27 @@ def test_prune_none_is_plain_moco_v2():
         k1, k2 = F.normalize(key(torch.cat([v1, v2])), dim=1).chunk(2)
     ref = reference_infonce(q1, k2, queue, 0.2) + reference_infonce(q2, k1, queue, 0.2)
     ref.backward()
-    assert torch.allclose(loss, ref, atol=1e-5)
+    assert_close64(loss, ref, what="loss")
     ref_grads = dict(online.named_parameters())
+    scale = max_abs(p.grad for p in online.parameters())
     for name, p in model.named_parameters():
-        assert torch.allclose(p.grad, ref_grads[name].grad, atol=1e-5, rtol=1e-4), name
+        assert_close64(p.grad, ref_grads[name].grad, scale, name)
     # this step's keys are enqueued after the loss: k1 then k2 at slots 0..15
     assert method.queue_ptr == 16
-    assert torch.allclose(method.queue[:16], torch.cat([k1, k2]), atol=1e-6)
+    assert_close64(method.queue[:16], torch.cat([k1, k2]), what="enqueued keys")
     assert torch.equal(method.queue[16:], queue[16:])
     # asymmetric MoCo v2: one query (view 1, dense), key of view 2, k2 enqueued
     asym = MoCo(queue_size=32, symmetric=False, generator=torch.Generator().manual_seed(0))
-    model2 = small_model(dual_bn=False)
+    model2 = small_model(dual_bn=False, dtype=F64)
     asym.setup(model2)
     q_ref, k_ref, queue2 = copy.deepcopy(model2), copy.deepcopy(model2), asym.queue.clone()
     loss2 = asym.loss(model2, v1, v2)
     with torch.no_grad():
         k2 = F.normalize(k_ref(v2), dim=1)
         ref2 = reference_infonce(F.normalize(q_ref(v1), dim=1), k2, queue2, 0.2)
-    assert torch.allclose(loss2, ref2, atol=1e-5)
-    assert asym.queue_ptr == 8 and torch.allclose(asym.queue[:8], k2, atol=1e-6)
+    assert_close64(loss2, ref2, what="asymmetric loss")
+    assert asym.queue_ptr == 8
+    assert_close64(asym.queue[:8], k2, what="asymmetric enqueued keys")
 
 
 def pruned_copy(model, masks):
@@ -229,8 +231,9 @@ def recording_forward(model, calls):
     model.forward = forward
 
 
+@pytest.mark.numerics
 def test_pruned_moco_queries_view_two_through_the_pruned_branch():
-    model = small_model(dual_bn=True)
+    model = small_model(dual_bn=True, dtype=F64)
     method = MoCo(queue_size=32, prune_ratio=0.9, dual_bn=True)
     with pytest.raises(RuntimeError, match="on_epoch_start"):
         method.loss(model, *views())
@@ -245,7 +248,7 @@ def test_pruned_moco_queries_view_two_through_the_pruned_branch():
     calls, key_calls = [], []
     recording_forward(model, calls)
     recording_forward(method.momentum_model, key_calls)
-    v1, v2 = views()
+    v1, v2 = views(dtype=F64)
     loss = method.loss(model, v1, v2)
     # online: view 1 dense (branch 0, no mask), view 2 pruned (branch 1, the mask)
     assert [(b, m is method.masks) for b, m in calls] == [(0, False), (1, True)]
@@ -257,7 +260,7 @@ def test_pruned_moco_queries_view_two_through_the_pruned_branch():
         q2 = F.normalize(pruned(v2, branch=1), dim=1)
         q2_dense = F.normalize(dense(v2, branch=1), dim=1)
     ref = reference_infonce(q1, k2, queue, 0.2) + reference_infonce(q2, k1, queue, 0.2)
-    assert torch.allclose(loss, ref, atol=1e-5)
+    assert_close64(loss, ref, what="loss")
     dense_ref = reference_infonce(q1, k2, queue, 0.2) + reference_infonce(q2_dense, k1, queue, 0.2)
     assert not torch.allclose(loss, dense_ref, atol=1e-3)
     # the pruned branch's gradient reaches the shared dense weights and BN copy 1
@@ -266,8 +269,9 @@ def test_pruned_moco_queries_view_two_through_the_pruned_branch():
     assert bn1 and all(p.grad is not None and p.grad.abs().sum() > 0 for p in bn1)
 
 
+@pytest.mark.numerics
 def test_pruned_byol_uses_the_pruned_branch_and_dense_target():
-    model = small_model(dual_bn=True)
+    model = small_model(dual_bn=True, dtype=F64)
     method = BYOL(hidden_dim=32, prune_ratio=0.9, dual_bn=True)
     method.on_epoch_start(model)
     method.setup(model)
@@ -275,7 +279,7 @@ def test_pruned_byol_uses_the_pruned_branch_and_dense_target():
     dense, pruned = copy.deepcopy(model), pruned_copy(model, method.masks)
     calls = []
     recording_forward(model, calls)
-    v1, v2 = views()
+    v1, v2 = views(dtype=F64)
     loss = method.loss(model, v1, v2)
     assert [(b, m is method.masks) for b, m in calls] == [(0, False), (1, True)]
     with torch.no_grad():
@@ -284,27 +288,28 @@ def test_pruned_byol_uses_the_pruned_branch_and_dense_target():
         set_bn_branch(predictor, 1)
         p2 = predictor(pruned(v2, branch=1))
     ref = byol_loss(p1, t2) + byol_loss(p2, t1)
-    assert torch.allclose(loss, ref, atol=1e-5)
+    assert_close64(loss, ref, what="loss")
 
 
+@pytest.mark.numerics
 def test_mochi_adds_the_expected_negatives_without_gradient():
     g = torch.Generator().manual_seed(0)
-    q = F.normalize(torch.randn(4, 6, generator=g), dim=1).requires_grad_()
-    k = F.normalize(torch.randn(4, 6, generator=g), dim=1)
-    queue = F.normalize(torch.randn(20, 6, generator=g), dim=1)
+    q = F.normalize(torch.randn(4, 6, generator=g, dtype=F64), dim=1).requires_grad_()
+    k = F.normalize(torch.randn(4, 6, generator=g, dtype=F64), dim=1)
+    queue = F.normalize(torch.randn(20, 6, generator=g, dtype=F64), dim=1)
     mochi = {"N": 5, "s": 7, "s_prime": 3}
     h = mochi_negatives(q, q @ queue.t(), queue, mochi, torch.Generator().manual_seed(1))
     assert h.shape == (4, 10, 6) and not h.requires_grad
-    assert torch.allclose(h.norm(dim=2), torch.ones(4, 10), atol=1e-6)
+    assert_close64(h.norm(dim=2), torch.ones(4, 10, dtype=F64), what="norms")
     # pair mixtures lie in the span of the query's 5 hardest negatives
     hard = (q @ queue.t()).topk(5, dim=1).indices
     for i in range(4):
         basis = queue[hard[i]].t()  # [6, 5]
         sol = torch.linalg.lstsq(basis, h[i, :7].t().detach()).solution
-        assert torch.allclose(basis @ sol, h[i, :7].t(), atol=1e-5)
+        assert_close64(basis @ sol, h[i, :7].t(), what=f"query {i}: in the span")
     logits = moco_logits(q, k, queue, 0.2, mochi, torch.Generator().manual_seed(1))
     assert logits.shape == (4, 1 + 20 + 10)
-    assert torch.allclose(logits[:, :21], moco_logits(q, k, queue, 0.2))
+    assert_close64(logits[:, :21], moco_logits(q, k, queue, 0.2), what="queue logits")
     loss = info_nce(logits)
     assert torch.isfinite(loss) and loss > info_nce(moco_logits(q, k, queue, 0.2))
     loss.backward()
