@@ -37,6 +37,7 @@ import resource
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -118,7 +119,9 @@ def _training_setup(ctx: dict[str, Any], ratio: float | None, fuse: bool = False
     model = build_model("resnet18", True, None, 3 if dual else 2, 128, dual).to(ctx["device"])
     model = prepare_model(model, ctx["settings"])
     method = ContrastiveMethod(0.2, ratio, 0.0, dual, ctx["gen"], fuse_branches=fuse)
-    method.setup(model)
+    with warnings.catch_warnings():  # the fused pass's CPU warning: the table's note says it
+        warnings.simplefilter("ignore")
+        method.setup(model)
     opt = make_optimizer(model, ctx["cfg"].pretrain)
     model.train()
     method.on_epoch_start(model)
@@ -231,6 +234,56 @@ def _time_step_ratio(ctx: dict[str, Any]) -> dict[str, float]:
         "two_plain_seconds": plain,
         "sdclr_step_over_two_plain": float(np.median(sd)) / plain,
         "sdclr_fused_step_over_two_plain": float(np.median(fu)) / plain,
+    }
+
+
+def _gradient_error(ctx: dict[str, Any]) -> dict[str, Any]:
+    """How far the float32 SDCLR gradients land from float64 ones on this CPU, with the
+    branches as two passes and fused: each conv weight's relative gradient error (in norm),
+    its median over the convs for either pass, and the largest ratio of the fused pass's
+    error to the two passes' in one conv (about 1 where both only round; far above 1 where
+    a kernel is inexact). The fused pass's grouped convolutions go through oneDNN, whose
+    float32 backward is inexact on some CPUs (model.FUSED_ON_CPU); float64 never uses it."""
+    import copy
+
+    from sdclr.method import ContrastiveMethod
+    from sdclr.model import build_model
+    from sdclr.pretrain import make_views
+
+    batch = min(ctx["batch"], 32)  # float64 is slow; the kernels are the same at any batch
+    torch.manual_seed(0)
+    base = build_model("resnet18", True, None, 3, 128, True)
+    v1, v2 = make_views(
+        ctx["d_i"][:batch].cpu(),
+        ctx["aug"],
+        torch.Generator().manual_seed(0),
+        ctx["mean"],
+        ctx["std"],
+        ctx["settings"],
+    )
+
+    def conv_grads(dtype: torch.dtype, fuse: bool) -> dict[str, torch.Tensor]:
+        model = copy.deepcopy(base).to(dtype).train()
+        method = ContrastiveMethod(0.2, 0.9, 0.0, True, fuse_branches=fuse)
+        with warnings.catch_warnings():  # the fused pass's CPU warning: measured here
+            warnings.simplefilter("ignore")
+            method.setup(model)
+        method.on_epoch_start(model)  # float64 copies of the float32 weights: same mask
+        method.loss(model, v1.to(dtype), v2.to(dtype)).backward()
+        return {n: p.grad.double() for n, p in model.backbone.named_parameters() if p.dim() == 4}
+
+    exact = conv_grads(torch.float64, False)
+
+    def errors(fuse: bool) -> np.ndarray:
+        grads = conv_grads(torch.float32, fuse)
+        return np.array([float((grads[n] - g).norm() / g.norm()) for n, g in exact.items()])
+
+    separate, fused = errors(False), errors(True)
+    return {
+        "images": batch,
+        "separate_median": float(np.median(separate)),
+        "fused_median": float(np.median(fused)),
+        "fused_over_separate_max": float((fused / np.maximum(separate, 1e-30)).max()),
     }
 
 
@@ -495,6 +548,8 @@ def run_benchmark(
         )
     results.update(fresh("step_ratio", lambda: _time_step_ratio(ctx)))
     results["augmentation"] = fresh("augmentation", lambda: _time_views(ctx))
+    if device.type == "cpu":
+        results["gradient_error"] = _gradient_error(ctx)
     results["linear_probe"] = _time_probe(ctx, quick)
     results["loading_224"] = fresh("loading_224", lambda: _time_loading_224(ctx, quick))
     results["recompile_limit_hit"] = limit_hit
@@ -546,6 +601,17 @@ def format_table(r: dict[str, Any], json_path: Path) -> str:
         f"| SDCLR step over two plain fwd+bwd passes | {r['sdclr_step_over_two_plain']:.3f} |",
         f"| SDCLR fused step over two plain fwd+bwd passes | "
         f"{r['sdclr_fused_step_over_two_plain']:.3f} |",
+        *(
+            [
+                f"| SDCLR conv-weight gradients vs float64 ({ge['images']} images, CPU): "
+                f"median relative error, two passes / fused | "
+                f"{ge['separate_median']:.1e} / {ge['fused_median']:.1e} |",
+                f"| the same: largest ratio of the fused to the two-pass error in one conv | "
+                f"{ge['fused_over_separate_max']:.1f} |",
+            ]
+            if (ge := r.get("gradient_error"))
+            else []
+        ),
         *[
             f"| augmentation alone, two views ({mode}): views/s | {v:,.0f} |"
             for mode in ("eager", "compiled")
@@ -565,6 +631,13 @@ def format_table(r: dict[str, Any], json_path: Path) -> str:
             f"| 224 px loading + 2 views, DataLoader + PIL ({ld['workers']} workers): images/s | "
             f"{ld['dataloader_pil_images_per_second']:,.0f} |",
             f"| 224 px loading: suite over baseline | {ld['speedup']:.2f} |",
+        ]
+    if s["device_type"] == "cpu":
+        lines += [
+            "",
+            "note: the fused branches are a CUDA speed option. On a CPU their grouped "
+            "convolutions go through oneDNN, whose float32 backward is inexact on some CPUs "
+            "(see the gradient-error row); their time here says nothing about a GPU.",
         ]
     if r.get("recompile_limit_hit"):
         lines += [

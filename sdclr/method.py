@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from sdclr.loss import contrastive_loss
-from sdclr.model import ContrastiveModel, check_fusable
+from sdclr.model import ContrastiveModel, check_fusable, warn_if_fused_on_cpu
 from sdclr.pruning import conv_weights, magnitude_masks, mask_density
 
 
@@ -114,6 +114,7 @@ class ContrastiveMethod:
     def setup(self, model: ContrastiveModel) -> None:
         if self.fuses:
             check_fusable(model)
+            warn_if_fused_on_cpu(model)
 
     # the rest of the method interface: nothing outside the model, no state of its own
 

@@ -3,6 +3,7 @@ as two passes or fused into one (:meth:`ContrastiveModel.forward_pair`)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -156,6 +157,24 @@ def check_fusable(model: ContrastiveModel) -> None:
             f"config key 'fuse_branches': the backbone's '{name}' ({kind}) may mix channels, "
             f"which the fused pass cannot keep apart; set fuse_branches=false for this backbone"
         )
+
+
+FUSED_ON_CPU = (
+    "fuse_branches=true on a CPU: the fused pass is a CUDA speed option. Its grouped "
+    "convolutions go through oneDNN, whose float32 backward is inexact on some CPUs (the "
+    "conv weight gradients about 1e-2 relative off the two separate passes on an AVX-512 AMD "
+    "EPYC, where the separate passes agree with float64 to about 1e-5; README, Step "
+    "numerics), so the run may not follow SDCLR's gradients. Use fuse_branches=false on a "
+    "CPU; `python -m sdclr.bench --quick` measures the error on this machine."
+)
+
+
+def warn_if_fused_on_cpu(model: nn.Module) -> None:
+    """Warn (once per process: Python's default filter) when the fused pass would run in
+    float32 or lower on a CPU; in float64 oneDNN is not used and the pass is exact."""
+    p = next(model.parameters())
+    if p.device.type == "cpu" and p.dtype != torch.float64:
+        warnings.warn(FUSED_ON_CPU, stacklevel=3)
 
 
 def getattr_path(module: nn.Module, path: str) -> torch.Tensor:

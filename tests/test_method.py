@@ -229,6 +229,24 @@ def test_fused_pass_equals_the_two_separate_branches(backbone, stem, size, ratio
     assert all(m.branch == 0 for m in fused.modules() if isinstance(m, DualBatchNorm))
 
 
+def test_fused_pass_on_a_cpu_warns_in_float32_only():
+    """fuse_branches is a CUDA speed option: in float32 on a CPU its grouped convolutions'
+    oneDNN backward may be inexact, which setup says; float64 is exact and stays quiet."""
+    import warnings
+
+    from sdclr.model import FUSED_ON_CPU
+
+    method = ContrastiveMethod(0.2, 0.9, dual_bn=True, fuse_branches=True)
+    with pytest.warns(UserWarning) as record:
+        method.setup(small_model(dual_bn=True))
+    assert [str(w.message) for w in record] == [FUSED_ON_CPU]
+    assert "1e-2" in FUSED_ON_CPU and "fuse_branches=false" in FUSED_ON_CPU
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        method.setup(small_model(dual_bn=True, dtype=torch.float64))
+        ContrastiveMethod(0.2, 0.9, dual_bn=True).setup(small_model(dual_bn=True))
+
+
 @pytest.mark.numerics
 def test_compiled_model_switches_between_fused_and_separate_passes():
     """Under torch.compile (dynamo with its eager backend: the guards, not inductor, are what

@@ -201,9 +201,10 @@ def test_pretraining_on_the_balanced_control(tmp_path, env):
 
 
 def test_fused_branches_through_the_cli(tmp_path, env):
-    """fuse_branches=true trains SDCLR end to end and says so in metrics.json."""
+    """fuse_branches=true trains SDCLR end to end and says so in metrics.json; on the CPU it
+    warns once that the fused pass is meant for CUDA."""
     job = tmp_path / "fused"
-    ok(
+    out = ok(
         sdclr(
             [
                 "stage=pretrain",
@@ -216,6 +217,7 @@ def test_fused_branches_through_the_cli(tmp_path, env):
             env,
         )
     )
+    assert out.stderr.count("fuse_branches=true on a CPU") == 1, out.stderr[-2000:]
     pre = json.loads((job / "metrics.json").read_text())["pretrain"]
     assert pre["fuse_branches"] is True and pre["compile_mode"] is None  # no compile on CPU
     assert torch.isfinite(torch.tensor(pre["final_loss"]))
