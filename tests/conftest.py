@@ -1,5 +1,10 @@
 """Shared fixtures. The real CIFAR-10 JPEG copy comes from SDCLR_DATA (CI points it at
-../shared/data); decoded arrays are cached once per machine under SDCLR_CACHE."""
+../shared/data); decoded arrays are cached once per machine under SDCLR_CACHE.
+
+Every test that asks for the data (the ``data_root`` fixture, directly or through another
+fixture) is marked ``needs_data``, and every test that runs a subprocess on it (the ``env``
+fixture) also ``e2e``: ``make test-fast`` deselects both, so the marks cannot drift from what
+the tests really use."""
 
 from __future__ import annotations
 
@@ -12,14 +17,24 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        names = set(getattr(item, "fixturenames", ()))
+        if "data_root" in names:
+            item.add_marker(pytest.mark.needs_data)
+        if "env" in names:
+            item.add_marker(pytest.mark.e2e)
+
+
 def _shared_data() -> Path:
-    candidates = [os.environ.get("SDCLR_DATA"), REPO.parent / "shared" / "data"]
-    for c in candidates:
-        if c and (Path(c) / "cifar10-jpg.tar.gz").is_file():
-            return Path(c)
+    root = os.environ.get("SDCLR_DATA")
+    if root and (Path(root) / "cifar10-jpg.tar.gz").is_file():
+        return Path(root)
     raise RuntimeError(
-        "the tests need the real CIFAR-10 JPEG copy: set SDCLR_DATA to the directory holding "
-        "cifar10-jpg.tar.gz and cifar10-train-labels.npy"
+        f"this test needs the real CIFAR-10 JPEG copy, and SDCLR_DATA ({root or 'unset'}) does "
+        f"not hold it: set SDCLR_DATA to the directory holding cifar10-jpg.tar.gz and "
+        f"cifar10-train-labels.npy (make test does, from ../shared/data); a test that needs no "
+        f"data must not ask for it (make test-fast runs without it)"
     )
 
 
