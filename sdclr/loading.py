@@ -22,7 +22,7 @@ import torch
 from sdclr.config import uses_files
 from sdclr.errors import ConfigError
 from sdclr.imagebank import FileImages, TensorImages, decode_resized
-from sdclr.splits import REPO_SPLITS_DIR, Split, apply_fraction, stratified_fraction
+from sdclr.splits import Split, apply_fraction, splits_dir, stratified_fraction
 
 
 @dataclass
@@ -44,10 +44,6 @@ class RunData:
     @property
     def train_y(self) -> np.ndarray:
         return self.train_labels.cpu().numpy()
-
-
-def splits_dir(cfg) -> Path:
-    return Path(cfg.split.dir).expanduser() if cfg.split.dir else REPO_SPLITS_DIR
 
 
 def load_run_data(cfg, device: torch.device, progress: bool = True) -> RunData:
@@ -78,7 +74,7 @@ def _from_files(cfg, device: torch.device, progress: bool) -> RunData:
     from sdclr.filedata import load_file_dataset
 
     d = cfg.data
-    data, split = load_file_dataset(d, cfg.split, splits_dir(cfg))
+    data, split = load_file_dataset(d, cfg.split, splits_dir(cfg.split))
     if d.num_classes is not None and data.labelled and data.num_classes != d.num_classes:
         raise ConfigError(
             f"config key 'data.num_classes': the lists hold {data.num_classes} classes but "

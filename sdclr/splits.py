@@ -352,9 +352,15 @@ def load_official_split(
     )
 
 
+def splits_dir(split_cfg) -> Path:
+    """Where generated splits (and the file routes' lists) live: ``split.dir``, or the
+    repository's ``splits/``."""
+    return Path(split_cfg.dir).expanduser() if split_cfg.dir else REPO_SPLITS_DIR
+
+
 def resolve_split(split_cfg, data_cfg, labels: np.ndarray) -> Split:
-    """The split a run asks for: a generated file in ``splits/``, an explicit file, or the
-    reference files."""
+    """The split a run asks for: a generated file in :func:`splits_dir` (made there when
+    missing), an explicit file, or the reference files."""
     profile = profile_counts(
         data_cfg.train_per_class - data_cfg.val_per_class,
         data_cfg.num_classes,
@@ -371,7 +377,7 @@ def resolve_split(split_cfg, data_cfg, labels: np.ndarray) -> Split:
         )
     if split_cfg.source == "file":
         return load_split_file(Path(split_cfg.file).expanduser(), labels)
-    path = split_path(data_cfg.name, split_cfg.index)
+    path = split_path(data_cfg.name, split_cfg.index, splits_dir(split_cfg))
     if not path.is_file():
         # Datasets without committed files (e.g. a CIFAR-100 copy seen for the first time):
         # generate, check against the profile, and keep the file next to the others.

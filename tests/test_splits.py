@@ -14,6 +14,7 @@ from sdclr.splits import (
     load_official_split,
     load_split_file,
     profile_counts,
+    resolve_split,
     save_split,
     stratified_fraction,
 )
@@ -67,6 +68,30 @@ def test_committed_split_files_are_what_the_generator_makes(cifar10_labels, inde
     fresh = cifar10_split(cifar10_labels, index)
     for name in ("pool", "val", "D_i", "D_b", "S_b"):
         assert np.array_equal(loaded.subset(name), fresh.subset(name)), name
+
+
+def test_split_dir_is_where_generated_cifar_splits_live(cifar10_labels, tmp_path):
+    """split.dir reached only the image-file route; CIFAR read and wrote the repository's
+    splits/ whatever it said. Now a split missing there is generated into split.dir, and
+    the checkout is not touched."""
+    from sdclr.runner import compose_config
+
+    repo_files = {f: f.stat().st_mtime_ns for f in REPO_SPLITS_DIR.rglob("*") if f.is_file()}
+    cfg = compose_config(["split=split2", f"split.dir={tmp_path / 'mine'}"])
+    split = resolve_split(cfg.split, cfg.data, cifar10_labels)
+    written = tmp_path / "mine" / "cifar10" / "split2.npz"
+    assert written.is_file()
+    committed = load_split_file(REPO_SPLITS_DIR / "cifar10" / "split2.npz", cifar10_labels)
+    for name in ("pool", "val", "D_i", "D_b", "S_b"):
+        assert np.array_equal(split.subset(name), committed.subset(name)), name
+    after = {f: f.stat().st_mtime_ns for f in REPO_SPLITS_DIR.rglob("*") if f.is_file()}
+    assert after == repo_files
+    # the file in split.dir is what a later run reads: a changed copy there is used
+    again = resolve_split(cfg.split, cfg.data, cifar10_labels)
+    assert np.array_equal(again.D_i, split.D_i)
+    written.write_bytes(b"not an npz")
+    with pytest.raises(DataError, match="split2.npz"):
+        resolve_split(cfg.split, cfg.data, cifar10_labels)
 
 
 def test_split_file_refuses_another_copy_of_the_data(cifar10_labels, tmp_path):
