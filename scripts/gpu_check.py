@@ -56,9 +56,10 @@ def write_jpeg_tree(root: Path, counts: list[int], test_per_class: int = 20) -> 
     import numpy as np
     from PIL import Image
 
-    from sdclr.runner import compose_config, load_data
+    from sdclr.config.compose import compose_config
+    from sdclr.data.arrays import load_arrays
 
-    data = load_data(compose_config(["device=cpu"]))
+    data = load_arrays(compose_config(["device=cpu"]))
     rng = np.random.default_rng(0)
     for split, x, y, want in (
         ("train", data.train_x, data.train_y, counts),

@@ -1,4 +1,4 @@
-from sdclr.runner import main
+from sdclr.cli.run import main
 
 if __name__ == "__main__":
     main()

@@ -52,7 +52,7 @@ def cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def cifar10(data_root, cache_dir):
-    from sdclr.data import load_image_data
+    from sdclr.data.arrays import load_image_data
 
     return load_image_data(
         str(data_root),

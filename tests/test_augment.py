@@ -1,4 +1,4 @@
-"""Parity and statistics tests for sdclr.augment against torchvision (CPU, fast).
+"""Parity and statistics tests for sdclr.augment.ops against torchvision (CPU, fast).
 
 Parity (float images in [0, 1]): resizes, colour ops, grayscale, blur, normalisation and the
 whole contrastive pipeline are compared with torchvision's op evaluated in float64, within a
@@ -23,7 +23,7 @@ from numerics import assert_float32_close
 from torchvision.transforms import InterpolationMode, RandomResizedCrop, v2
 from torchvision.transforms.v2 import functional as TF
 
-from sdclr import augment as A
+from sdclr.augment import ops as A
 
 N_STAT = 20000
 N_FRAC = 8000  # images for the applied-fraction checks (3 sigma at p 0.5 is 1.7%)
@@ -179,7 +179,7 @@ def test_resized_crop_downscale_matches_torchvision(images64: torch.Tensor) -> N
 def test_bilinear_resized_crop_matches_torchvision_default(images64: torch.Tensor) -> None:
     """The probe's RandomResizedCrop and the eval Resize use torchvision's default bilinear
     (antialiased) resampling: resident batches and per-image crops of files alike."""
-    from sdclr.views import crop_resize_each
+    from sdclr.augment.views import crop_resize_each
 
     boxes = torch.tensor(
         [[3, 11, 50, 40], [0, 0, 64, 64], [40, 40, 10, 12], [2, 2, 25, 60], [0, 0, 3, 4]] * 2

@@ -1,4 +1,5 @@
-"""Tests for sdclr.boost (BCL): loss memory, strengths, batched RandAugment ops vs torchvision.
+"""Tests for sdclr.augment.boost (BCL): loss memory, strengths, batched RandAugment ops against
+torchvision.
 
 Images are smooth random images on the 1/255 grid (like decoded 8-bit data). Pixel ops,
 posterize, solarize, equalize, autocontrast and nearest-neighbour geometric ops are exact; the
@@ -16,7 +17,7 @@ from numerics import assert_float32_close
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
-from sdclr import boost as B
+from sdclr.augment import boost as B
 
 N_STAT = 20000
 

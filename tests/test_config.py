@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from sdclr.config import bn_mode, head_depth, method_label, validate
+from sdclr.config.compose import compose_config
+from sdclr.config.schema import bn_mode, head_depth, method_label, validate
 from sdclr.errors import ConfigError
-from sdclr.runner import CONF_DIR, compose_config
+from sdclr.utils.io import CONF_DIR
 
 
 def group_options():
@@ -101,7 +102,7 @@ def test_slurm_launcher_config_composes():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from sdclr.config import register_configs
+    from sdclr.config.schema import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -127,7 +128,7 @@ def test_gpu_check_runs_compose_and_validate(tmp_path):
         if cmd[1:3] == ["-m", "sdclr"]
     ]
     assert len(runs) == 3  # cifar, folder with nvJPEG, folder with the resized cache
-    from sdclr.bench import build_parser
+    from sdclr.cli.bench import build_parser
 
     benches = [
         build_parser().parse_args(cmd[3:])
@@ -147,7 +148,7 @@ def test_gpu_check_runs_compose_and_validate(tmp_path):
 
 
 def test_torchrun_needs_a_global_batch_that_splits_evenly():
-    from sdclr.config import check_world_size
+    from sdclr.config.schema import check_world_size
 
     check_world_size(compose_config(["pretrain.batch_size=512"]), 4)
     with pytest.raises(ConfigError, match="pretrain.batch_size.*multiple of 3"):
@@ -155,7 +156,7 @@ def test_torchrun_needs_a_global_batch_that_splits_evenly():
 
 
 def test_fused_branches_are_refused_under_torchrun():
-    from sdclr.config import check_world_size
+    from sdclr.config.schema import check_world_size
 
     check_world_size(compose_config(["fuse_branches=true"]), 1)
     with pytest.raises(ConfigError, match="fuse_branches.*one process"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sdclr.data import find_source, load_image_data
+from sdclr.data.arrays import find_source, load_image_data
 from sdclr.errors import DataError
 
 

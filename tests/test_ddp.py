@@ -16,10 +16,10 @@ import torch.multiprocessing as mp
 from numerics import assert_close64, max_abs
 from test_runner import TINY, ok
 
-from sdclr.distributed import convert_sync_batchnorm
-from sdclr.method import ContrastiveMethod
-from sdclr.model import build_model
-from sdclr.pretrain import StepSettings, train_step, wrap_distributed
+from sdclr.methods.simclr import ContrastiveMethod
+from sdclr.models.contrastive import build_model
+from sdclr.train.loop import StepSettings, train_step, wrap_distributed
+from sdclr.utils.distributed import convert_sync_batchnorm
 
 CHANNELS = [8, 16, 32, 64]
 

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from numerics import assert_close64
 
-from sdclr.loss import nt_xent
+from sdclr.losses.contrastive import nt_xent
 
 
 def _free_port() -> int:
@@ -67,9 +67,9 @@ def test_each_rank_augments_only_its_chunk_and_gets_the_single_process_views():
     """Under torchrun a rank decodes and augments only its chunk; the draws still cover the
     global batch, so the views (BCL boost included) equal the single-process ones chunk by
     chunk, and the generators stay in step."""
-    from sdclr.augment import ContrastiveAugmentConfig, Shard
-    from sdclr.boost import BoostConfig
-    from sdclr.pretrain import StepSettings, make_views
+    from sdclr.augment.boost import BoostConfig
+    from sdclr.augment.ops import ContrastiveAugmentConfig, Shard
+    from sdclr.train.loop import StepSettings, make_views
 
     g = torch.Generator().manual_seed(0)
     images = (torch.rand(6, 3, 40, 48, generator=g) * 255).to(torch.uint8)

@@ -16,11 +16,11 @@ import pytest
 import torch
 from imagetree import write_tree
 
+from sdclr.data.banks import FileImages, decode_file
+from sdclr.data.files import load_file_dataset, read_list, scan_folder, split_from_lists
+from sdclr.data.splits import generate_split, long_tail_profile, pareto_counts, profile_counts
 from sdclr.errors import DataError
-from sdclr.filedata import load_file_dataset, read_list, scan_folder, split_from_lists
-from sdclr.imagebank import FileImages, decode_file
-from sdclr.metrics import class_groups
-from sdclr.splits import generate_split, long_tail_profile, pareto_counts, profile_counts
+from sdclr.eval.metrics import class_groups
 
 REPO = Path(__file__).resolve().parent.parent
 TREE_COUNTS = [60, 45, 34, 26, 20, 15, 11, 9, 8, 7, 6, 6]  # 12 classes, long-tailed
@@ -48,7 +48,7 @@ def tree(tmp_path_factory, data_root) -> Path:
 def _cfg(**data):
     from omegaconf import OmegaConf
 
-    from sdclr.runner import compose_config
+    from sdclr.config.compose import compose_config
 
     cfg = compose_config(["data=folder"])
     for k, v in data.items():
@@ -288,8 +288,8 @@ def test_nvjpeg_decoding_matches_the_cpu_decoder(tree):
 
 
 def test_list_views_match_the_batched_views_on_equal_sizes():
-    from sdclr.augment import ContrastiveAugmentConfig
-    from sdclr.views import contrastive_view, eval_view, probe_train_view
+    from sdclr.augment.ops import ContrastiveAugmentConfig
+    from sdclr.augment.views import contrastive_view, eval_view, probe_train_view
 
     x = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8)
     cfg = ContrastiveAugmentConfig(size=24, scale=(0.08, 1.0), blur_p=0.5)
@@ -417,7 +417,7 @@ def test_a_list_naming_a_missing_image_stops_the_run_cleanly(tree, tmp_path, env
 
 
 def test_splits_command_writes_lists_for_a_folder(tree, tmp_path, capsys):
-    from sdclr.splits import main
+    from sdclr.cli.splits import main
 
     args = [
         f"data.root={tree}",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from sdclr.backbone import create_backbone
-from sdclr.knn import _topk_lowest_index_ties, knn_evaluate, knn_monitor, knn_predict
+from sdclr.eval.knn import _topk_lowest_index_ties, knn_evaluate, knn_monitor, knn_predict
+from sdclr.models.backbone import create_backbone
 
 GROUPS3 = {"many": [0], "medium": [1], "few": [2]}
 

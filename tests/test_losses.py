@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import sdclr.loss as loss_mod
-from sdclr.loss import contrastive_loss, debiased_nt_xent, hard_nt_xent, nt_xent
-from sdclr.schedule import cosine_temperature
+import sdclr.losses.contrastive as loss_mod
+from sdclr.losses.contrastive import contrastive_loss, debiased_nt_xent, hard_nt_xent, nt_xent
+from sdclr.utils.schedule import cosine_temperature
 
 
 def features(b=6, d=5, seed=0, dtype=torch.float64):
@@ -193,8 +193,8 @@ def test_cosine_temperature():
 def test_logits_stay_float32_inside_a_bf16_step():
     """The step runs under bf16 autocast on CUDA; the similarities / temperature are still
     computed in float32 (here on CPU autocast, which lowers matmuls the same way)."""
-    from sdclr.loss import contrastive_loss
-    from sdclr.moco import moco_logits
+    from sdclr.losses.contrastive import contrastive_loss
+    from sdclr.methods.moco import moco_logits
 
     g = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g)

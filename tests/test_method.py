@@ -11,11 +11,11 @@ import torch.nn.functional as F
 from numerics import assert_close64, max_abs
 from torch import nn
 
-from sdclr.backbone import DualBatchNorm, apply_cifar_stem, projection_head
-from sdclr.loss import nt_xent
-from sdclr.method import ContrastiveMethod
-from sdclr.model import build_model
-from sdclr.pruning import conv_weights, magnitude_masks, mask_density
+from sdclr.losses.contrastive import nt_xent
+from sdclr.methods.simclr import ContrastiveMethod
+from sdclr.models.backbone import DualBatchNorm, apply_cifar_stem, projection_head
+from sdclr.models.contrastive import build_model
+from sdclr.models.pruning import conv_weights, magnitude_masks, mask_density
 
 CHANNELS = [8, 16, 32, 64]
 
@@ -31,7 +31,7 @@ def views(n=8, seed=1, dtype=torch.float32):
 
 
 def reference_nt_xent(z1, z2, t):
-    """The loss written out anchor by anchor, independent of sdclr.loss."""
+    """The loss written out anchor by anchor, independent of sdclr.losses.contrastive."""
     z = F.normalize(torch.cat([z1, z2]), dim=1)
     n = z1.shape[0]
     total = 0.0
@@ -192,7 +192,7 @@ def test_fused_pass_equals_the_two_separate_branches(backbone, stem, size, ratio
     statistics as the dense and pruned passes run one after the other, and leaves the model
     as it found it (groups, BN branch). In float64 (tests/numerics.py): in float32 the
     gradients of the grouped convolutions are about 1e-2 off on some CPUs' oneDNN kernels."""
-    from sdclr.model import check_fusable
+    from sdclr.models.contrastive import check_fusable
 
     torch.manual_seed(0)
     separate = build_model(backbone, stem, CHANNELS, 3, 16, dual_bn=True).double()
@@ -234,7 +234,7 @@ def test_fused_pass_on_a_cpu_warns_in_float32_only():
     oneDNN backward may be inexact, which setup says; float64 is exact and stays quiet."""
     import warnings
 
-    from sdclr.model import FUSED_ON_CPU
+    from sdclr.models.contrastive import FUSED_ON_CPU
 
     method = ContrastiveMethod(0.2, 0.9, dual_bn=True, fuse_branches=True)
     with pytest.warns(UserWarning) as record:
@@ -290,7 +290,7 @@ def test_compiling_raises_dynamos_recompile_limit():
     batch shapes); past the limit it would fall back to eager without failing."""
     import torch._dynamo.config as dynamo_config
 
-    from sdclr.pretrain import StepSettings, prepare_model
+    from sdclr.train.loop import StepSettings, prepare_model
 
     before = dynamo_config.recompile_limit
     try:
@@ -325,7 +325,7 @@ def test_fused_pass_refuses_what_it_cannot_keep_apart():
     from timm.layers import SelectAdaptivePool2d
 
     from sdclr.errors import ConfigError
-    from sdclr.model import check_fusable
+    from sdclr.models.contrastive import check_fusable
 
     with pytest.raises(ConfigError, match="fuse_branches.*dual BN"):
         check_fusable(small_model(dual_bn=False))
@@ -370,8 +370,8 @@ def test_mask_changes_only_at_epoch_starts():
     """Through the real pretraining loop: record the mask at every step."""
     from omegaconf import OmegaConf
 
-    from sdclr.pretrain import pretrain
-    from sdclr.runner import compose_config
+    from sdclr.config.compose import compose_config
+    from sdclr.train.loop import pretrain
 
     cfg = compose_config(
         [
@@ -424,8 +424,8 @@ def test_cuda_step_in_bf16_channels_last_compiled_is_sync_free_and_close_to_fp32
     """The GPU step as pretraining runs it (bf16 autocast, channels_last, torch.compile, mask
     on the device), with the branches as two passes and fused: no host synchronisation once
     compiled, and the loss of the same weights and views agrees with the plain float32 step."""
-    from sdclr.pretrain import StepSettings, make_optimizer, prepare_model, train_step
-    from sdclr.runner import compose_config
+    from sdclr.config.compose import compose_config
+    from sdclr.train.loop import StepSettings, make_optimizer, prepare_model, train_step
 
     dev = torch.device("cuda")
     cfg = compose_config(["device=cuda"]).pretrain

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from numerics import assert_close64
 from test_runner import TINY, ok, sdclr
 
-from sdclr.boost import BoostConfig, sample_boost_params, strengths
-from sdclr.checkpoint import build_from_spec, model_spec
-from sdclr.config import (
+from sdclr.augment.boost import BoostConfig, sample_boost_params, strengths
+from sdclr.config.compose import compose_config
+from sdclr.config.drift import config_differences
+from sdclr.config.schema import (
     boost_preset,
     check_world_size,
     diagnostics_on,
@@ -28,12 +29,10 @@ from sdclr.config import (
     method_slug,
     validate,
 )
+from sdclr.data.banks import TensorImages
 from sdclr.errors import ConfigError
-from sdclr.imagebank import TensorImages
-from sdclr.knn import knn_evaluate
-from sdclr.loss import nt_xent
-from sdclr.method import ContrastiveMethod, build_method
-from sdclr.monitor import (
+from sdclr.eval.knn import knn_evaluate
+from sdclr.eval.monitor import (
     Diagnostics,
     EvalSettings,
     KnnMonitor,
@@ -42,10 +41,12 @@ from sdclr.monitor import (
     layer_density,
     stratified_sample,
 )
-from sdclr.pretrain import StepSettings, make_optimizer, make_views, pretrain, train_step
-from sdclr.resume import Interrupted, config_differences
-from sdclr.runner import compose_config
-from sdclr.schedule import cosine_temperature
+from sdclr.losses.contrastive import nt_xent
+from sdclr.methods.simclr import ContrastiveMethod, build_method
+from sdclr.models.checkpoint import build_from_spec, model_spec
+from sdclr.train.loop import StepSettings, make_optimizer, make_views, pretrain, train_step
+from sdclr.utils.schedule import cosine_temperature
+from sdclr.utils.signals import Interrupted
 
 SMALL = [
     "backbone.channels=[8,16,32,64]",
@@ -110,7 +111,7 @@ def test_defaults_keep_the_existing_method_and_names():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from sdclr.runner import CONF_DIR
+    from sdclr.utils.io import CONF_DIR
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -162,7 +163,7 @@ def test_bcl_presets_follow_the_pruned_branch_and_overrides():
 
 
 def test_older_checkpoints_without_the_new_keys_still_resume():
-    from sdclr.config import to_container
+    from sdclr.config.schema import to_container
 
     current = to_container(compose_config([]))
     saved = {k: v for k, v in current.items() if k not in ("method", "loss", "boost", "bcl")}
@@ -301,9 +302,9 @@ def test_cosine_temperature_is_set_at_every_epoch_start_and_logged():
 
 
 def test_boost_goes_after_the_augmentation_and_before_normalisation():
-    from sdclr.augment import normalize
-    from sdclr.pretrain import augment_config
-    from sdclr.views import contrastive_view
+    from sdclr.augment.ops import normalize
+    from sdclr.augment.views import contrastive_view
+    from sdclr.train.loop import augment_config
 
     cfg = compose_config([])
     aug = augment_config(cfg.data)
@@ -320,7 +321,7 @@ def test_boost_goes_after_the_augmentation_and_before_normalisation():
         pa = sample_boost_params(6, strength, bcfg, g)
         b = contrastive_view(x, aug, g)
         pb = sample_boost_params(6, strength, bcfg, g)
-        from sdclr.boost import apply_boost
+        from sdclr.augment.boost import apply_boost
 
         assert torch.equal(v1, normalize(apply_boost(a, pa), mean, std))
         assert torch.equal(v2, normalize(apply_boost(b, pb), mean, std))
@@ -347,7 +348,7 @@ class IdMethod(ContrastiveMethod):
 
 
 def test_bcl_memory_is_indexed_by_dataset_position_and_strengths_follow_it(monkeypatch):
-    import sdclr.pretrain as pre
+    import sdclr.train.loop as pre
 
     n = 24
     ids = torch.arange(n, dtype=torch.uint8).view(n, 1, 1, 1).expand(n, 3, 32, 32).contiguous()
@@ -400,7 +401,7 @@ def tiny_monitor(cfg, imgs, labels, knn_every=1, diag_every=1):
 def test_knn_monitor_matches_knn_evaluate_and_restores_the_mode():
     """Chunked against whole-batch features, in float64 (tests/numerics.py): the kNN of
     float32 features could flip a near tie on another CPU's kernels."""
-    from sdclr.augment import normalize, to_float
+    from sdclr.augment.ops import normalize, to_float
 
     cfg = tiny_cfg()
     model = tiny_model(cfg, dtype=torch.float64)
@@ -447,7 +448,7 @@ def test_diagnostics_by_hand():
     # disagreement: the first 4 images of each class, eval mode, dense vs pruned branch 1
     model.eval()
     with torch.no_grad():
-        from sdclr.augment import normalize, to_float
+        from sdclr.augment.ops import normalize, to_float
 
         # the monitor's own float32 view (to_float scales by a product, not a division)
         x = normalize(to_float(imgs[:12]), list(cfg.data.mean), list(cfg.data.std)).double()
@@ -587,7 +588,7 @@ def test_interrupted_moco_resumes_its_queue_momentum_network_and_bcl_memory_exac
 
 
 def test_wandb_gets_scalars_and_flattened_dicts():
-    from sdclr.tracking import wandb_scalars
+    from sdclr.utils.tracking import wandb_scalars
 
     rec = {
         "epoch": 3,
@@ -640,7 +641,7 @@ def _fake_job(root: Path, name: str, label: str, method: str, split: int, acc: f
 
 
 def test_report_groups_any_mix_of_methods_with_curves_and_diagnostics(tmp_path):
-    from sdclr.report import build_report
+    from sdclr.report.build import build_report
 
     jobs = [
         ("BYOL shared-BN head2", "BYOL"),
@@ -678,7 +679,7 @@ def test_report_groups_any_mix_of_methods_with_curves_and_diagnostics(tmp_path):
 
 
 def test_pretrain_only_job_gets_its_plots(tmp_path):
-    from sdclr.report import write_pretrain_plots
+    from sdclr.report.build import write_pretrain_plots
 
     _fake_job(tmp_path, "job", "SDCLR p=0.9 dual-BN head3", "SDCLR", 1, 50.0)
     metrics = json.loads((tmp_path / "job" / "metrics.json").read_text())
@@ -769,7 +770,10 @@ def test_moco_sdclr_and_byol_end_to_end_with_every_option_and_a_mixed_report(tmp
     )
 
     report = subprocess.run(
-        [sys.executable, "-m", "sdclr.report", str(root)], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "sdclr.report", str(root)],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert report.returncode == 0, report.stderr
     summary = json.loads((root / "report.json").read_text())
@@ -784,7 +788,7 @@ def test_moco_sdclr_and_byol_end_to_end_with_every_option_and_a_mixed_report(tmp
 def test_moco_losses_reduce_exactly_and_train():
     """MoCo with the debiased / hard estimator over its queue: tau+=0 is InfoNCE, beta=0 is
     the debiased loss; a step with loss=hard runs through the factory."""
-    from sdclr.loss import debiased_from_logits
+    from sdclr.losses.contrastive import debiased_from_logits
 
     g = torch.Generator().manual_seed(3)
     logits = torch.randn(8, 33, generator=g, dtype=torch.float64).clamp(-1, 1) / 0.2

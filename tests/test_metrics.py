@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sdclr.metrics import class_groups, per_class_accuracy, summarize
+from sdclr.eval.metrics import class_groups, per_class_accuracy, summarize
 
 
 def test_cifar10_thirds_are_3_3_4_by_d_i_count():

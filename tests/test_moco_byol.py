@@ -13,11 +13,11 @@ import torch.nn.functional as F
 from numerics import assert_close64, max_abs
 from torch import nn
 
-from sdclr.backbone import set_bn_branch
-from sdclr.byol import BYOL, byol_loss
 from sdclr.errors import ConfigError
-from sdclr.moco import MoCo, info_nce, mochi_negatives, moco_logits
-from sdclr.model import build_model
+from sdclr.methods.byol import BYOL, byol_loss
+from sdclr.methods.moco import MoCo, info_nce, mochi_negatives, moco_logits
+from sdclr.models.backbone import set_bn_branch
+from sdclr.models.contrastive import build_model
 
 CHANNELS = [8, 16, 32, 64]
 OUT_DIM = 16

@@ -10,8 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from sdclr.probe import train_probe
-from sdclr.schedule import warmup_cosine
+from sdclr.eval.probe import train_probe
+from sdclr.utils.schedule import warmup_cosine
 
 
 class MeanColour(nn.Module):

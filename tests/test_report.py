@@ -1,4 +1,4 @@
-"""Tests for sdclr.report: aggregation over a fake Hydra multirun sweep."""
+"""Tests for sdclr.report.build: aggregation over a fake Hydra multirun sweep."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sdclr.report import (
+from sdclr.report.build import (
     build_report,
     find_job_dirs,
     format_job_metrics,

@@ -156,7 +156,10 @@ def test_a_failing_sweep_job_does_not_stop_the_others(tmp_path, env):
     )
     assert out.returncode == 1 and "1 job(s) failed" in out.stderr
     report = subprocess.run(
-        [sys.executable, "-m", "sdclr.report", str(sweep)], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "sdclr.report", str(sweep)],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert report.returncode == 0, report.stderr
     summary = json.loads((sweep / "report.json").read_text())
@@ -177,7 +180,7 @@ def test_resuming_on_another_device_type_is_one_clear_error():
     """A CUDA generator's state cannot drive a CPU generator (nor the reverse): the resume
     stops with a CheckpointError before touching any random state."""
     from sdclr.errors import CheckpointError
-    from sdclr.resume import restore_rng, rng_state
+    from sdclr.utils.rng import restore_rng, rng_state
 
     g = torch.Generator().manual_seed(0)
     state = rng_state(g)

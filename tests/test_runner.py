@@ -164,7 +164,10 @@ def test_two_split_two_method_sweep_and_report(tmp_path, env):
     jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())
     assert len(jobs) == 4
     out = subprocess.run(
-        [sys.executable, "-m", "sdclr.report", str(sweep)], capture_output=True, text=True, env=env
+        [sys.executable, "-m", "sdclr.report", str(sweep)],
+        capture_output=True,
+        text=True,
+        env=env,
     )
     assert out.returncode == 0, out.stderr
     report = json.loads((sweep / "report.json").read_text())

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sdclr.data import labels_fingerprint
-from sdclr.errors import DataError
-from sdclr.splits import (
-    REPO_SPLITS_DIR,
+from sdclr.data.arrays import labels_fingerprint
+from sdclr.data.splits import (
+    SPLITS_DIR,
     apply_fraction,
     generate_split,
     load_official_split,
@@ -18,6 +17,7 @@ from sdclr.splits import (
     save_split,
     stratified_fraction,
 )
+from sdclr.errors import DataError
 
 CIFAR10_PROFILE = [4500, 2697, 1617, 969, 581, 348, 208, 125, 75, 45]
 
@@ -63,7 +63,7 @@ def test_splits_differ_in_class_order_and_share_the_pool(cifar10_labels):
 
 @pytest.mark.parametrize("index", [1, 2, 3, 4, 5])
 def test_committed_split_files_are_what_the_generator_makes(cifar10_labels, index):
-    path = REPO_SPLITS_DIR / "cifar10" / f"split{index}.npz"
+    path = SPLITS_DIR / "cifar10" / f"split{index}.npz"
     loaded = load_split_file(path, cifar10_labels)
     fresh = cifar10_split(cifar10_labels, index)
     for name in ("pool", "val", "D_i", "D_b", "S_b"):
@@ -74,17 +74,17 @@ def test_split_dir_is_where_generated_cifar_splits_live(cifar10_labels, tmp_path
     """split.dir reached only the image-file route; CIFAR read and wrote the repository's
     splits/ whatever it said. Now a split missing there is generated into split.dir, and
     the checkout is not touched."""
-    from sdclr.runner import compose_config
+    from sdclr.config.compose import compose_config
 
-    repo_files = {f: f.stat().st_mtime_ns for f in REPO_SPLITS_DIR.rglob("*") if f.is_file()}
+    repo_files = {f: f.stat().st_mtime_ns for f in SPLITS_DIR.rglob("*") if f.is_file()}
     cfg = compose_config(["split=split2", f"split.dir={tmp_path / 'mine'}"])
     split = resolve_split(cfg.split, cfg.data, cifar10_labels)
     written = tmp_path / "mine" / "cifar10" / "split2.npz"
     assert written.is_file()
-    committed = load_split_file(REPO_SPLITS_DIR / "cifar10" / "split2.npz", cifar10_labels)
+    committed = load_split_file(SPLITS_DIR / "cifar10" / "split2.npz", cifar10_labels)
     for name in ("pool", "val", "D_i", "D_b", "S_b"):
         assert np.array_equal(split.subset(name), committed.subset(name)), name
-    after = {f: f.stat().st_mtime_ns for f in REPO_SPLITS_DIR.rglob("*") if f.is_file()}
+    after = {f: f.stat().st_mtime_ns for f in SPLITS_DIR.rglob("*") if f.is_file()}
     assert after == repo_files
     # the file in split.dir is what a later run reads: a changed copy there is used
     again = resolve_split(cfg.split, cfg.data, cifar10_labels)

@@ -1,0 +1,718 @@
+"""Speed benchmark: ``python -m sdclr.bench`` (``make bench``) / ``--quick`` (``make bench-quick``).
+
+Measured in one run on whatever device is found (CUDA events on a GPU, perf_counter on CPU),
+on CIFAR-10-LT split 1 (D_i, 11,165 images), ResNet-18 with the CIFAR stem, batch 512, with
+the suite's own training step (GPU-resident data, batched augmentation, the configured
+precision / channels_last / compile):
+
+* pretraining epoch time and views/s for SimCLR and for SDCLR (p90, dual BN), after warm-up;
+  SDCLR twice: its two branches as two passes (the default) and as one fused pass of grouped
+  convolutions (``fuse_branches=true``);
+* the model-only ceiling: forward+backward+SGD of the same backbone and a 2-layer head on a
+  random device-resident batch of 2 x batch views in one pass, same numerics; and each method's
+  ratio to it;
+* ``sdclr_step_over_two_plain``: the SDCLR step (both branches, mask, dual BN, head, loss) on
+  ready-made views, over two plain forward+backward passes of the same backbone on the same
+  views: the overhead of SDCLR's machinery; ``sdclr_fused_step_over_two_plain`` the same for
+  the fused step;
+* the augmentation alone: both views of a resident batch, eager and (when the run compiles)
+  compiled, in views/s;
+* linear-probe time (30 epochs over the 45,000-image pool) and peak memory;
+* the 224-px row: images/s of the image-file path (JPEG decoding on the device in batches,
+  then both pretraining views with the batched ops at 224 px, protocol.md's ImageNet recipe)
+  against a DataLoader + PIL + torchvision.transforms baseline doing the same work in the
+  same run with the same number of workers. The JPEGs are real CIFAR-10 images re-encoded at
+  varied ImageNet-like sizes (320-500 px), written to a temporary folder.
+
+``--quick`` runs a few steps of each at a small batch on the CPU so it can run anywhere (CI);
+epoch and probe times are then extrapolated from the measured steps and marked so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from sdclr.config.schema import COMPILE_MODES
+from sdclr.utils.io import REPO
+from sdclr.utils.precision import autocast
+
+METHOD_ROWS = {
+    "simclr": "SimCLR",
+    "sdclr_p90": "SDCLR p90 dual-BN",
+    "sdclr_p90_fused": "SDCLR p90 dual-BN, fused branches",
+}
+
+
+class Timer:
+    """Wall time of a block; CUDA events when on a GPU (no host sync inside the block)."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    def measure(self, fn: Callable[[], Any], repeats: int) -> float:
+        """Seconds per call of ``fn``, averaged over ``repeats`` calls."""
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            for _ in range(repeats):
+                fn()
+            end.record()
+            torch.cuda.synchronize()
+            return start.elapsed_time(end) / 1000.0 / repeats
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - t0) / repeats
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _commit() -> str:
+    """The commit benchmarked, marked -dirty when tracked files differ from it."""
+    head = _git("rev-parse", "--short", "HEAD")
+    if head is None:
+        return "unknown"
+    return head + ("-dirty" if _git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
+
+
+def _training_setup(ctx: dict[str, Any], ratio: float | None, fuse: bool = False) -> tuple:
+    """(model, method, optimiser) of SimCLR (``ratio`` None) or SDCLR with dual BN, ResNet-18
+    with the CIFAR stem, prepared with the run's numerics, in training mode with its mask."""
+    from sdclr.methods.simclr import ContrastiveMethod
+    from sdclr.models.contrastive import build_model
+    from sdclr.train.loop import make_optimizer, prepare_model
+
+    dual = ratio is not None
+    model = build_model("resnet18", True, None, 3 if dual else 2, 128, dual).to(ctx["device"])
+    model = prepare_model(model, ctx["settings"])
+    method = ContrastiveMethod(0.2, ratio, 0.0, dual, ctx["gen"], fuse_branches=fuse)
+    with warnings.catch_warnings():  # the fused pass's CPU warning: the table's note says it
+        warnings.simplefilter("ignore")
+        method.setup(model)
+    opt = make_optimizer(model, ctx["cfg"].pretrain)
+    model.train()
+    method.on_epoch_start(model)
+    return model, method, opt
+
+
+def _time_method(ctx: dict[str, Any], ratio: float | None, fuse: bool = False) -> dict[str, Any]:
+    """Augmentation + training step, as pretrain() runs them, after warm-up."""
+    from sdclr.train.loop import make_views, train_step
+
+    device, settings, gen = ctx["device"], ctx["settings"], ctx["gen"]
+    d_i, batches = ctx["d_i"], ctx["batches"]
+    model, method, opt = _training_setup(ctx, ratio, fuse)
+    perm = torch.randperm(len(d_i), generator=gen, device=device)
+    cursor = [0]
+
+    def step() -> None:
+        start, end = batches[cursor[0] % len(batches)]
+        cursor[0] += 1
+        v1, v2 = make_views(
+            d_i[perm[start:end]], ctx["aug"], gen, ctx["mean"], ctx["std"], settings
+        )
+        train_step(model, method, opt, v1, v2, settings)
+
+    timer = ctx["timer"]
+    # warm-up (compilation, cuDNN autotuning) on full batches, then on the epoch's last batch,
+    # which may be shorter: its recompile must not land in the timed steps
+    timer.measure(step, ctx["warmup"])
+    cursor[0] = len(batches) - 1
+    timer.measure(step, 1)
+    cursor[0] = 0
+    per_step = timer.measure(step, ctx["timed_steps"])
+    mask_seconds = timer.measure(lambda: method.on_epoch_start(model), 1) if method.pruned else 0.0
+    epoch = per_step * len(batches) + mask_seconds
+    return {
+        "step_seconds": per_step,
+        "epoch_seconds": epoch,
+        "views_per_second": 2 * len(d_i) / epoch,
+        "mask_seconds": mask_seconds,
+        "timed_steps": ctx["timed_steps"],
+        "extrapolated": ctx["timed_steps"] != len(batches),
+    }
+
+
+def _time_ceiling(ctx: dict[str, Any]) -> dict[str, Any]:
+    """Forward+backward+SGD of backbone + 2-layer head on random resident views, one pass."""
+    from sdclr.models.contrastive import build_model
+    from sdclr.train.loop import make_optimizer, prepare_model
+
+    device, settings, batch = ctx["device"], ctx["settings"], ctx["batch"]
+    model = prepare_model(build_model("resnet18", True, None, 2, 128, False).to(device), settings)
+    opt = make_optimizer(model, ctx["cfg"].pretrain)
+    x = torch.randn(2 * batch, 3, 32, 32, device=device).contiguous(
+        memory_format=settings.memory_format
+    )
+
+    def step() -> None:
+        with autocast(device.type, settings.amp_dtype):
+            z = nn.functional.normalize(model(x).float(), dim=1)
+            loss = (z @ z.t()).logsumexp(1).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    ctx["timer"].measure(step, ctx["warmup"])
+    per_step = ctx["timer"].measure(step, ctx["timed_steps"])
+    return {"step_seconds": per_step, "views_per_second": 2 * batch / per_step}
+
+
+def _time_step_ratio(ctx: dict[str, Any]) -> dict[str, float]:
+    """SDCLR step on ready-made views over two plain fwd+bwd passes of the same backbone, with
+    the branches as two passes and fused."""
+    from sdclr.models.backbone import create_backbone
+    from sdclr.train.loop import make_views, train_step
+
+    device, settings, gen, batch = ctx["device"], ctx["settings"], ctx["gen"], ctx["batch"]
+    steps = {fuse: _training_setup(ctx, 0.9, fuse) for fuse in (False, True)}
+    v1, v2 = make_views(ctx["d_i"][:batch], ctx["aug"], gen, ctx["mean"], ctx["std"], settings)
+    plain = create_backbone("resnet18", True).to(device)  # no dual BN, no mask, no head
+    if settings.channels_last:
+        plain.to(memory_format=torch.channels_last)
+    if settings.compile:
+        plain.compile(mode=settings.compile_mode)
+    plain_opt = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
+
+    def sdclr_step(fuse: bool) -> Callable[[], None]:
+        model, method, opt = steps[fuse]
+        return lambda: train_step(model, method, opt, v1, v2, settings)
+
+    def two_plain() -> None:
+        with autocast(device.type, settings.amp_dtype):
+            loss = plain(v1).float().square().mean() + plain(v2).float().square().mean()
+        plain_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        plain_opt.step()
+
+    timer = ctx["timer"]
+    separate, fused = sdclr_step(False), sdclr_step(True)
+    for fn in (separate, fused, two_plain):
+        timer.measure(fn, ctx["warmup"])
+    sd, fu, tp = [], [], []
+    for _ in range(max(2, ctx["timed_steps"])):  # interleaved: noise hits all alike
+        sd.append(timer.measure(separate, 1))
+        fu.append(timer.measure(fused, 1))
+        tp.append(timer.measure(two_plain, 1))
+    plain = float(np.median(tp))
+    return {
+        "sdclr_step_seconds": float(np.median(sd)),
+        "sdclr_fused_step_seconds": float(np.median(fu)),
+        "two_plain_seconds": plain,
+        "sdclr_step_over_two_plain": float(np.median(sd)) / plain,
+        "sdclr_fused_step_over_two_plain": float(np.median(fu)) / plain,
+    }
+
+
+def _gradient_error(ctx: dict[str, Any]) -> dict[str, Any]:
+    """How far the float32 SDCLR gradients land from float64 ones on this CPU, with the
+    branches as two passes and fused: each conv weight's relative gradient error (in norm),
+    its median over the convs for either pass, and the largest ratio of the fused pass's
+    error to the two passes' in one conv (about 1 where both only round; far above 1 where
+    a kernel is inexact). The fused pass's grouped convolutions go through oneDNN, whose
+    float32 backward is inexact on some CPUs (model.FUSED_ON_CPU); float64 never uses it."""
+    import copy
+
+    from sdclr.methods.simclr import ContrastiveMethod
+    from sdclr.models.contrastive import build_model
+    from sdclr.train.loop import make_views
+
+    batch = min(ctx["batch"], 32)  # float64 is slow; the kernels are the same at any batch
+    torch.manual_seed(0)
+    base = build_model("resnet18", True, None, 3, 128, True)
+    v1, v2 = make_views(
+        ctx["d_i"][:batch].cpu(),
+        ctx["aug"],
+        torch.Generator().manual_seed(0),
+        ctx["mean"],
+        ctx["std"],
+        ctx["settings"],
+    )
+
+    def conv_grads(dtype: torch.dtype, fuse: bool) -> dict[str, torch.Tensor]:
+        model = copy.deepcopy(base).to(dtype).train()
+        method = ContrastiveMethod(0.2, 0.9, 0.0, True, fuse_branches=fuse)
+        with warnings.catch_warnings():  # the fused pass's CPU warning: measured here
+            warnings.simplefilter("ignore")
+            method.setup(model)
+        method.on_epoch_start(model)  # float64 copies of the float32 weights: same mask
+        method.loss(model, v1.to(dtype), v2.to(dtype)).backward()
+        return {n: p.grad.double() for n, p in model.backbone.named_parameters() if p.dim() == 4}
+
+    exact = conv_grads(torch.float64, False)
+
+    def errors(fuse: bool) -> np.ndarray:
+        grads = conv_grads(torch.float32, fuse)
+        return np.array([float((grads[n] - g).norm() / g.norm()) for n, g in exact.items()])
+
+    separate, fused = errors(False), errors(True)
+    return {
+        "images": batch,
+        "separate_median": float(np.median(separate)),
+        "fused_median": float(np.median(fused)),
+        "fused_over_separate_max": float((fused / np.maximum(separate, 1e-30)).max()),
+    }
+
+
+def _time_views(ctx: dict[str, Any]) -> dict[str, Any]:
+    """The augmentation alone: both views of a resident batch (draws, crop, jitter, grayscale,
+    normalisation), eager and, when the run compiles, compiled; the share of a step it costs
+    shows up as the gap between the methods and the model-only ceiling."""
+    from dataclasses import replace
+
+    from sdclr.train.loop import make_views
+
+    settings, batch = ctx["settings"], ctx["batch"]
+    x = ctx["d_i"][:batch]
+    out = {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        if compiled and not settings.compile:
+            continue
+        mode = replace(settings, compile=compiled)
+
+        def views(mode=mode) -> None:
+            make_views(x, ctx["aug"], ctx["gen"], ctx["mean"], ctx["std"], mode)
+
+        ctx["timer"].measure(views, max(2, ctx["warmup"]))
+        seconds = ctx["timer"].measure(views, max(3, ctx["timed_steps"]))
+        out[f"{name}_views_per_second"] = 2 * len(x) / seconds
+    return out
+
+
+def _time_probe(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """The linear probe (30 epochs over the pool); quick: a slice, one epoch, extrapolated."""
+    from sdclr.eval.probe import train_probe
+    from sdclr.models.contrastive import build_model
+
+    device, settings, split, data = ctx["device"], ctx["settings"], ctx["split"], ctx["data"]
+    model = build_model("resnet18", True, None, 3, 128, True).to(device)
+    if settings.channels_last:
+        model.to(memory_format=torch.channels_last)
+    cfg = ctx["cfg"].linear.copy()
+    pool, val_idx, test_idx = split.pool, split.val, np.arange(len(data.test_y))
+    if quick:
+        pool, val_idx, test_idx = pool[: 4 * ctx["batch"]], val_idx[:64], test_idx[:64]
+        cfg.epochs = 1
+    cfg.milestones = [m for m in cfg.milestones if m < cfg.epochs]
+    images, labels = ctx["images"], torch.from_numpy(data.train_y).to(device)
+    r = train_probe(
+        model.backbone,
+        images,
+        labels,
+        pool,
+        val_idx,
+        images.new_tensor(data.test_x[test_idx]),
+        labels.new_tensor(data.test_y[test_idx]),
+        cfg,
+        10,
+        {"many": [0], "medium": [1], "few": [2]},
+        ctx["mean"],
+        ctx["std"],
+        torch.Generator(device=device).manual_seed(1),
+        progress=False,
+        amp_dtype=settings.amp_dtype,
+    )
+    full_epochs = int(ctx["cfg"].linear.epochs)
+    # training epochs scale with pool size x epochs, the one-off val/test features with
+    # the number of evaluation images
+    train_scale = (len(split.pool) * full_epochs) / (len(pool) * cfg.epochs)
+    eval_scale = (len(split.val) + len(data.test_y)) / (len(val_idx) + len(test_idx))
+    return {
+        "seconds": r["train_seconds"] * train_scale + r["setup_seconds"] * eval_scale,
+        "measured_seconds": r["seconds"],
+        "images": len(split.pool),
+        "epochs": full_epochs,
+        "extrapolated": train_scale != 1.0 or eval_scale != 1.0,
+    }
+
+
+class _PilTwoViews(torch.utils.data.Dataset):
+    """The baseline: what a reference-style loader does per image, in loader workers."""
+
+    def __init__(self, files: list[Path]):
+        from torchvision import transforms as T
+
+        self.files = files
+        self.transform = T.Compose(
+            [
+                T.RandomResizedCrop(
+                    224, scale=(0.08, 1.0), interpolation=T.InterpolationMode.BICUBIC
+                ),
+                T.RandomHorizontalFlip(),
+                T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+                T.RandomGrayscale(p=0.2),
+                T.RandomApply([T.GaussianBlur(23, (0.1, 2.0))], p=0.5),
+                T.ToTensor(),
+                T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+            ]
+        )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from PIL import Image
+
+        with Image.open(self.files[i]) as im:
+            im = im.convert("RGB")
+            return self.transform(im), self.transform(im)
+
+
+def _write_jpegs(images: np.ndarray, folder: Path, seed: int = 0) -> list[Path]:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    files = []
+    for i, img in enumerate(images):
+        w, h = (int(v) for v in rng.integers(320, 501, size=2))
+        path = folder / f"{i:05d}.jpg"
+        Image.fromarray(img.transpose(1, 2, 0)).resize((w, h), Image.BICUBIC).save(path, quality=90)
+        files.append(path)
+    return files
+
+
+def _time_loading_224(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
+    """Images/s of the 224-px loading + two-view augmentation: suite vs DataLoader + PIL."""
+    import os
+    import tempfile
+
+    from sdclr.augment.ops import ContrastiveAugmentConfig
+    from sdclr.data.banks import FileImages
+    from sdclr.train.loop import make_views
+
+    device, data = ctx["device"], ctx["data"]
+    n, batch = (32, 16) if quick else (2048, 256)
+    workers = min(8, os.cpu_count() or 1)
+    aug = ContrastiveAugmentConfig(size=224, scale=(0.08, 1.0), blur_p=0.5)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with tempfile.TemporaryDirectory(prefix="sdclr-bench-224-") as tmp:
+        files = _write_jpegs(data.train_x[:n], Path(tmp))
+        bank = FileImages(Path(tmp), [f.name for f in files], device, workers)
+        idx = [torch.arange(s, min(s + batch, n)) for s in range(0, n, batch)]
+
+        def suite_pass() -> None:
+            for x in bank.batches(idx):
+                make_views(x, aug, ctx["gen"], ctx["mean"], ctx["std"], ctx["settings"])
+
+        def baseline_pass() -> None:
+            loader = torch.utils.data.DataLoader(
+                _PilTwoViews(files),
+                batch_size=batch,
+                shuffle=True,
+                num_workers=workers,
+                pin_memory=device.type == "cuda",
+            )
+            for v1, v2 in loader:
+                v1.to(device, non_blocking=True), v2.to(device, non_blocking=True)
+
+        out = {}
+        for name, fn in (("suite", suite_pass), ("dataloader_pil", baseline_pass)):
+            fn()  # warm-up: worker start, decoder initialisation, file cache
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            out[name] = n / (time.perf_counter() - t0)
+    return {
+        "images": n,
+        "batch_size": batch,
+        "workers": workers,
+        "decoder": "nvJPEG on the GPU" if device.type == "cuda" else "CPU loader workers",
+        "suite_images_per_second": out["suite"],
+        "dataloader_pil_images_per_second": out["dataloader_pil"],
+        "speedup": out["suite"] / out["dataloader_pil"],
+    }
+
+
+def _recompile_limit_hit() -> bool:
+    """Whether dynamo gave up compiling some frame since the last reset (it then runs eager
+    with only a warning), as far as its counters tell."""
+    from torch._dynamo.utils import counters
+
+    return any("recompile" in str(reason).lower() for reason in counters["unimplemented"])
+
+
+def run_benchmark(
+    quick: bool,
+    device_name: str = "auto",
+    batch_size: int | None = None,
+    steps: int | None = None,
+    compile_: bool | None = None,
+    compile_mode: str | None = None,
+) -> dict[str, Any]:
+    from sdclr.config.compose import compose_config
+    from sdclr.config.schema import validate
+    from sdclr.data.arrays import load_arrays
+    from sdclr.data.splits import resolve_split
+    from sdclr.train.loop import augment_config, batches_per_epoch, step_settings
+    from sdclr.utils.distributed import resolve_device
+
+    device = resolve_device("cpu" if quick and device_name == "auto" else device_name)
+    batch = batch_size or (16 if quick else 512)
+    overrides = [f"device={device}", f"pretrain.batch_size={batch}"]
+    if compile_ is not None:
+        overrides.append(f"compile={str(compile_).lower()}")
+    if compile_mode is not None:
+        overrides.append(f"compile_mode={compile_mode}")
+    cfg = compose_config(overrides)
+    validate(cfg)
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True
+    data = load_arrays(cfg)
+    split = resolve_split(cfg.split, cfg.data, data.train_y)
+    images = torch.from_numpy(data.train_x).to(device)
+    d_i = images[torch.as_tensor(split.D_i, device=device)]
+    batches = batches_per_epoch(len(d_i), batch, False)
+    ctx = {
+        "cfg": cfg,
+        "device": device,
+        "settings": step_settings(cfg, device),
+        "batch": batch,
+        "data": data,
+        "split": split,
+        "images": images,
+        "d_i": d_i,
+        "batches": batches,
+        "timed_steps": steps or (2 if quick else len(batches)),
+        "warmup": 1 if quick else 15,
+        "aug": augment_config(cfg.data),
+        "mean": list(cfg.data.mean),
+        "std": list(cfg.data.std),
+        "gen": torch.Generator(device=device).manual_seed(0),
+        "timer": Timer(device),
+    }
+    if compile_mode is not None and not ctx["settings"].compile:
+        print(
+            f"note: --compile-mode {compile_mode} has no effect: torch.compile is off here "
+            f"(add --compile)",
+            file=sys.stderr,
+        )
+
+    # every row compiles its own models; dynamo's graph cache is per code object (timm's
+    # ResNet.forward for all of them), so clear it between rows: otherwise the later rows
+    # could reach the recompile limit and silently run eager
+    limit_hit: list[str] = []  # rows in which dynamo fell back to eager anyway
+
+    def fresh(row: str, fn: Callable[[], Any]) -> Any:
+        if not ctx["settings"].compile:
+            return fn()
+        from torch._dynamo.utils import counters
+
+        torch._dynamo.reset()  # the graphs; the counters it leaves, so clear what is read
+        counters["unimplemented"].clear()
+        out = fn()
+        if _recompile_limit_hit():
+            limit_hit.append(row)
+        return out
+
+    results: dict[str, Any] = {
+        "simclr": fresh("simclr", lambda: _time_method(ctx, None)),
+        "sdclr_p90": fresh("sdclr_p90", lambda: _time_method(ctx, 0.9)),
+        "sdclr_p90_fused": fresh("sdclr_p90_fused", lambda: _time_method(ctx, 0.9, fuse=True)),
+        "ceiling": fresh("ceiling", lambda: _time_ceiling(ctx)),
+    }
+    for name in METHOD_ROWS:
+        results[name]["fraction_of_ceiling"] = (
+            results[name]["views_per_second"] / results["ceiling"]["views_per_second"]
+        )
+    results.update(fresh("step_ratio", lambda: _time_step_ratio(ctx)))
+    results["augmentation"] = fresh("augmentation", lambda: _time_views(ctx))
+    if device.type == "cpu":
+        results["gradient_error"] = _gradient_error(ctx)
+    results["linear_probe"] = _time_probe(ctx, quick)
+    results["loading_224"] = fresh("loading_224", lambda: _time_loading_224(ctx, quick))
+    results["recompile_limit_hit"] = limit_hit
+    results["peak_memory_mb"] = _peak_memory_mb(device)
+    settings = ctx["settings"]
+    results["setup"] = {
+        "device": _device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "commit": _commit(),
+        "batch_size": batch,
+        "images": len(d_i),
+        "steps_per_epoch": len(batches),
+        "precision": "bf16" if settings.amp_dtype else "fp32",
+        "channels_last": settings.channels_last,
+        "compile": settings.compile,
+        "compile_mode": settings.compile_mode,
+        "quick": quick,
+        "command": "python -m sdclr.bench " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    return results
+
+
+def format_table(r: dict[str, Any], json_path: Path) -> str:
+    s = r["setup"]
+    ex = " (extrapolated)"
+    lines = [
+        f"sdclr benchmark: {s['device']}, torch {s['torch']}, commit {s['commit']}, "
+        f"{s['precision']}, channels_last={s['channels_last']}, compile={s['compile']}"
+        + (f" ({s['compile_mode']})" if s["compile"] else ""),
+        f"CIFAR-10-LT split 1 D_i ({s['images']} images), ResNet-18 CIFAR stem, batch "
+        f"{s['batch_size']} ({s['steps_per_epoch']} steps/epoch)"
+        + (", QUICK: a few steps, epoch times extrapolated" if s["quick"] else ""),
+        "",
+        "| measurement | value |",
+        "|---|---:|",
+    ]
+    for name, label in METHOD_ROWS.items():
+        m = r[name]
+        lines += [
+            f"| {label}: epoch seconds{ex if m['extrapolated'] else ''} | "
+            f"{m['epoch_seconds']:.3f} |",
+            f"| {label}: views/s | {m['views_per_second']:,.0f} |",
+            f"| {label}: fraction of model-only ceiling | {m['fraction_of_ceiling']:.2f} |",
+        ]
+    lines += [
+        f"| model-only ceiling: views/s | {r['ceiling']['views_per_second']:,.0f} |",
+        f"| SDCLR step over two plain fwd+bwd passes | {r['sdclr_step_over_two_plain']:.3f} |",
+        f"| SDCLR fused step over two plain fwd+bwd passes | "
+        f"{r['sdclr_fused_step_over_two_plain']:.3f} |",
+        *(
+            [
+                f"| SDCLR conv-weight gradients vs float64 ({ge['images']} images, CPU): "
+                f"median relative error, two passes / fused | "
+                f"{ge['separate_median']:.1e} / {ge['fused_median']:.1e} |",
+                f"| the same: largest ratio of the fused to the two-pass error in one conv | "
+                f"{ge['fused_over_separate_max']:.1f} |",
+            ]
+            if (ge := r.get("gradient_error"))
+            else []
+        ),
+        *[
+            f"| augmentation alone, two views ({mode}): views/s | {v:,.0f} |"
+            for mode in ("eager", "compiled")
+            if (v := r.get("augmentation", {}).get(f"{mode}_views_per_second")) is not None
+        ],
+        f"| linear probe, {r['linear_probe']['epochs']} epochs x "
+        f"{r['linear_probe']['images']} images: seconds"
+        f"{ex if r['linear_probe']['extrapolated'] else ''} | {r['linear_probe']['seconds']:.1f} |",
+        f"| peak {'device' if s['device_type'] == 'cuda' else 'host RSS'} memory (MiB) | "
+        f"{r['peak_memory_mb']:,.0f} |",
+    ]
+    ld = r.get("loading_224")
+    if ld:
+        lines += [
+            f"| 224 px loading + 2 views, suite ({ld['decoder']}): images/s | "
+            f"{ld['suite_images_per_second']:,.0f} |",
+            f"| 224 px loading + 2 views, DataLoader + PIL ({ld['workers']} workers): images/s | "
+            f"{ld['dataloader_pil_images_per_second']:,.0f} |",
+            f"| 224 px loading: suite over baseline | {ld['speedup']:.2f} |",
+        ]
+    if s["device_type"] == "cpu":
+        lines += [
+            "",
+            "note: the fused branches are a CUDA speed option. On a CPU their grouped "
+            "convolutions go through oneDNN, whose float32 backward is inexact on some CPUs "
+            "(see the gradient-error row); their time here says nothing about a GPU.",
+        ]
+    if r.get("recompile_limit_hit"):
+        lines += [
+            "",
+            "WARNING: dynamo reached its recompile limit in "
+            + ", ".join(r["recompile_limit_hit"])
+            + ": parts of those rows ran uncompiled",
+        ]
+    lines += [
+        "",
+        f"JSON: {json_path}",
+    ]
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m sdclr.bench", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a few steps at batch 32 on the CPU (runs anywhere)"
+    )
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="timed steps per method (default: one epoch; quick: 3)",
+    )
+    compile_ = parser.add_mutually_exclusive_group()
+    compile_.add_argument("--no-compile", action="store_true", help="skip torch.compile")
+    compile_.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile even where the default is off (the CPU, quick mode included)",
+    )
+    parser.add_argument(
+        "--compile-mode",
+        default=None,
+        choices=COMPILE_MODES,
+        help="torch.compile mode of the model: default | reduce-overhead (CUDA graphs) | "
+        "max-autotune | max-autotune-no-cudagraphs",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from sdclr.errors import SdclrError
+
+    try:
+        r = run_benchmark(
+            args.quick,
+            args.device,
+            args.batch_size,
+            args.steps,
+            False if args.no_compile else (True if args.compile else None),
+            args.compile_mode,
+        )
+    except SdclrError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = args.out or REPO / "outputs" / "bench" / (
+        f"bench-{r['setup']['device_type']}{'-quick' if args.quick else ''}-"
+        f"{time.strftime('%Y%m%d-%H%M%S')}.json"
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(r, indent=2))
+    print(format_table(r, out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

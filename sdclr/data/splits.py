@@ -1,0 +1,441 @@
+"""Long-tailed splits: the seeded generator, split files, and the reference index files.
+
+Protocol (protocol.md section 3), for a dataset with C classes and n images per class:
+
+* the training set is divided once, for all splits, into a balanced probe pool
+  (n - v per class) and a held-out validation set (v per class);
+* split s draws its own class order; class k of that order gets
+  floor(P * (1/imbalance)^(k/(C-1))) images of the pool (P = pool images per class): D_i;
+* D_b, the balanced control, has floor(|D_i| / C) images per class;
+* S_b, the few-shot probe set, has the few-shot count per class and lies inside both.
+
+Inside each class the pool is shuffled once per split and every subset takes a prefix of that
+shuffle, which makes S_b a subset of D_i and of D_b by construction.
+
+A split file (``.npz``) records the number of training images and a fingerprint of their
+labels, so it can never be applied to another copy or order of the data by accident.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sdclr.data.arrays import labels_fingerprint
+from sdclr.errors import DataError
+from sdclr.utils.io import SPLITS_DIR
+
+GENERATOR_VERSION = 1
+POOL_SEED = 0  # the pool/validation division is shared by all splits
+SUBSETS = ("D_i", "D_b", "S_b")
+
+
+@dataclass
+class Split:
+    """Index arrays into the training set, plus what they were made for."""
+
+    dataset: str
+    index: int
+    num_classes: int
+    pool: np.ndarray
+    val: np.ndarray
+    D_i: np.ndarray
+    D_b: np.ndarray
+    S_b: np.ndarray
+    n_train: int
+    fingerprint: str
+    source: str
+    # Test images carved from the training set (image folders without a test folder); None
+    # when the dataset has its own test set.
+    test: np.ndarray | None = None
+
+    def subset(self, name: str) -> np.ndarray:
+        return {
+            "pool": self.pool,
+            "val": self.val,
+            "D_i": self.D_i,
+            "D_b": self.D_b,
+            "S_b": self.S_b,
+            "test": self.test,
+        }[name]
+
+    def counts(self, name: str, labels: np.ndarray) -> np.ndarray:
+        return np.bincount(labels[self.subset(name)], minlength=self.num_classes)
+
+
+def profile_counts(head: int, num_classes: int, imbalance_factor: float) -> list[int]:
+    """Exponential long-tail profile: floor(head * (1/imbalance)^(k/(C-1)))."""
+    mu = 1.0 / imbalance_factor
+    return [math.floor(head * mu ** (k / (num_classes - 1))) for k in range(num_classes)]
+
+
+def pareto_counts(head: int, tail: int, num_classes: int, exponent: float) -> list[int]:
+    """Pareto (type II) rank-size profile from ``head`` down to ``tail`` images:
+    floor(head * (1 + k * s)^-exponent), with s chosen so that the last class gets ``tail``.
+
+    ImageNet-LT was drawn "from a Pareto distribution with alpha 6" without a formula; with
+    exponent 3 this law gives 116,711 images for 1,000 classes from 1280 to 5 (ImageNet-LT:
+    115,846) and 12,988 for 100 classes from 1280 to 6 (ImageNet-100-LT: 12,205). For the
+    published sets, use their list files.
+    """
+    if num_classes == 1:
+        return [head]
+    s = ((head / tail) ** (1.0 / exponent) - 1.0) / (num_classes - 1)
+    counts = [math.floor(head * (1.0 + k * s) ** (-exponent) + 1e-9) for k in range(num_classes)]
+    counts[-1] = max(counts[-1], tail)  # guard the float rounding of the last class
+    return counts
+
+
+def long_tail_profile(
+    kind: str,
+    num_classes: int,
+    head: int,
+    imbalance_factor: float | None = None,
+    tail: int | None = None,
+    exponent: float = 3.0,
+) -> list[int]:
+    """Per-rank image counts of D_i: ``exp`` (head * (1/imbalance)^(k/(C-1)); the imbalance
+    is head/tail when ``tail`` is given) or ``pareto`` (:func:`pareto_counts`)."""
+    if kind == "exp":
+        factor = head / tail if tail else float(imbalance_factor or 1.0)
+        return profile_counts(head, num_classes, factor)
+    if kind == "pareto":
+        if not tail:
+            tail = max(1, math.floor(head / float(imbalance_factor or 1.0)))
+        return pareto_counts(head, tail, num_classes, exponent)
+    raise DataError(f"unknown long-tail profile '{kind}'; use exp, pareto or none")
+
+
+def _assign_ranks(order: np.ndarray, pool_sizes: list[int], profile: list[int]) -> list[int]:
+    """Class for each rank of the profile: the first class of the split's random order whose
+    pool can supply that many images. With pools all at least the head count (CIFAR) this is
+    the random order itself; with uneven pools (ImageNet) big ranks go to big classes."""
+    remaining = [int(c) for c in order]
+    chosen = []
+    for k, need in enumerate(profile):
+        pick = next((c for c in remaining if pool_sizes[c] >= need), None)
+        if pick is None:
+            raise DataError(
+                f"no class has the {need} pool images that rank {k + 1} of the long-tail "
+                f"profile needs (largest remaining pool: "
+                f"{max(pool_sizes[c] for c in remaining)}); lower data.head_count"
+            )
+        remaining.remove(pick)
+        chosen.append(pick)
+    return chosen
+
+
+def generate_split(
+    labels: np.ndarray,
+    num_classes: int,
+    index: int,
+    val_per_class: int,
+    imbalance_factor: float,
+    fewshot_per_class: int,
+    dataset: str = "",
+    profile: list[int] | str | None = None,
+    test_per_class: int = 0,
+    fewshot_in_d_i: bool = True,
+) -> Split:
+    """Build split ``index`` (1-based) deterministically from the training labels.
+
+    ``profile`` None is the CIFAR rule (exponential from the smallest pool, ``imbalance_factor``);
+    a list gives explicit per-rank counts (ImageNet-style profiles); ``"none"`` keeps every pool
+    image in D_i (a collection that is long-tailed already). ``test_per_class`` carves a test
+    set too, for image folders without one. ``fewshot_in_d_i`` demands that S_b lies inside D_i
+    (CIFAR); ImageNet's 1% set has more images per class than its tail classes.
+    """
+    labels = np.asarray(labels, dtype=np.int64)
+    per_class = np.bincount(labels, minlength=num_classes)
+    if len(per_class) != num_classes:
+        raise DataError(
+            f"labels go up to {len(per_class) - 1} but the data config says {num_classes} classes"
+        )
+    rng_pool = np.random.default_rng([POOL_SEED, GENERATOR_VERSION])
+    pool_by_class, val, test = [], [], []
+    held = val_per_class + test_per_class
+    for c in range(num_classes):
+        idx = np.flatnonzero(labels == c)
+        if len(idx) <= held:
+            raise DataError(
+                f"class {c} has {len(idx)} training images, not enough for "
+                f"{val_per_class} validation + {test_per_class} test images plus at least one "
+                f"for training; lower data.val_per_class"
+                + (" / data.test_per_class or add a test folder" if test_per_class else "")
+            )
+        idx = rng_pool.permutation(idx)
+        test.append(idx[:test_per_class])
+        val.append(idx[test_per_class:held])
+        pool_by_class.append(idx[held:])
+    pool_sizes = [len(p) for p in pool_by_class]
+    keep_all = isinstance(profile, str) and profile == "none"
+    if keep_all:
+        counts = sorted(pool_sizes, reverse=True)
+    elif profile is None:
+        counts = profile_counts(int(min(pool_sizes)), num_classes, imbalance_factor)
+    else:
+        counts = [int(c) for c in profile]
+        if len(counts) != num_classes:
+            raise DataError(f"the profile has {len(counts)} counts for {num_classes} classes")
+    balanced = sum(counts) // num_classes
+    if keep_all:  # the largest balanced subset no bigger than D_i
+        balanced = min(balanced, min(pool_sizes))
+    if fewshot_per_class < 1:
+        raise DataError("data.fewshot_per_class must be >= 1")
+    if fewshot_in_d_i and fewshot_per_class > min(counts):
+        raise DataError(
+            f"the few-shot set asks for {fewshot_per_class} images per class, but "
+            f"the smallest class of D_i has {min(counts)}; lower "
+            f"data.fewshot_per_class or data.imbalance_factor"
+        )
+    short = [c for c in range(num_classes) if pool_sizes[c] < fewshot_per_class]
+    if short:
+        raise DataError(
+            f"class {short[0]} has {pool_sizes[short[0]]} pool images, fewer than "
+            f"data.fewshot_per_class={fewshot_per_class}; lower it"
+        )
+
+    rng = np.random.default_rng([index, GENERATOR_VERSION])
+    order = rng.permutation(num_classes)  # order[k] = the class with the k-th largest count
+    if keep_all:
+        ranked = [int(c) for c in order]
+    else:
+        ranked = _assign_ranks(order, pool_sizes, counts)
+    sets: dict[str, list[np.ndarray]] = {name: [] for name in SUBSETS}
+    for k, c in enumerate(ranked):
+        shuffled = rng.permutation(pool_by_class[c])
+        sets["D_i"].append(shuffled if keep_all else shuffled[: counts[k]])
+        sets["D_b"].append(shuffled[:balanced])
+        sets["S_b"].append(shuffled[:fewshot_per_class])
+    return Split(
+        dataset=dataset,
+        index=index,
+        num_classes=num_classes,
+        pool=np.sort(np.concatenate(pool_by_class)),
+        val=np.sort(np.concatenate(val)),
+        **{name: np.sort(np.concatenate(v)) for name, v in sets.items()},
+        n_train=len(labels),
+        fingerprint=labels_fingerprint(labels),
+        source=f"generated (seed {index}, generator v{GENERATOR_VERSION})",
+        test=np.sort(np.concatenate(test)) if test_per_class else None,
+    )
+
+
+# --- files --------------------------------------------------------------------------------
+
+
+def split_path(dataset: str, index: int, splits_dir: Path = SPLITS_DIR) -> Path:
+    from sdclr.data.arrays import base_name
+
+    return Path(splits_dir) / base_name(dataset) / f"split{index}.npz"
+
+
+def save_split(split: Split, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "dataset": split.dataset,
+        "index": split.index,
+        "num_classes": split.num_classes,
+        "n_train": split.n_train,
+        "fingerprint": split.fingerprint,
+        "source": split.source,
+        "generator_version": GENERATOR_VERSION,
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez_compressed(
+            f,
+            meta=np.array(json.dumps(meta)),
+            pool=split.pool,
+            val=split.val,
+            **{name: split.subset(name) for name in SUBSETS},
+        )
+    tmp.replace(path)
+
+
+def load_split_file(path: Path, labels: np.ndarray, fix_hint: str = "") -> Split:
+    """Load a split file and check it was made for exactly this training set."""
+    if not path.is_file():
+        raise DataError(f"split file {path} not found. {fix_hint}")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            arrays = {k: z[k].astype(np.int64) for k in ("pool", "val", *SUBSETS)}
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(
+            f"split file {path} is not a valid sdclr split file ({e}); regenerate "
+            f"it with `python -m sdclr.splits`"
+        ) from e
+    n, fp = len(labels), labels_fingerprint(labels)
+    if meta["n_train"] != n or meta["fingerprint"] != fp:
+        raise DataError(
+            f"split file {path} was made for a training set of {meta['n_train']} images with "
+            f"label fingerprint {meta['fingerprint']}, but the loaded data has {n} images with "
+            f"fingerprint {fp}: the data is another copy or in another order. For the shared "
+            f"CIFAR JPEG copy set data.order_labels to its labels file; otherwise generate "
+            f"splits for this copy with `python -m sdclr.splits --out DIR` and pass "
+            f"split.source=file split.file=DIR/...npz"
+        )
+    return Split(
+        meta.get("dataset", ""),
+        int(meta["index"]),
+        int(meta["num_classes"]),
+        arrays["pool"],
+        arrays["val"],
+        arrays["D_i"],
+        arrays["D_b"],
+        arrays["S_b"],
+        n,
+        fp,
+        f"file {path}",
+    )
+
+
+def load_official_split(
+    directory: Path,
+    index: int,
+    labels: np.ndarray,
+    num_classes: int,
+    expected_profile: list[int],
+    dataset: str = "",
+) -> Split:
+    """The reference code's ``.npy`` index files, which index torchvision's CIFAR order."""
+    directory = Path(directory)
+    names = {
+        "pool": "trainIdxList.npy",
+        "val": "valIdxList.npy",
+        **{s: f"split{index}_{s}.npy" for s in SUBSETS},
+    }
+    arrays = {}
+    for key, name in names.items():
+        f = directory / name
+        if not f.is_file():
+            raise DataError(
+                f"official split file {f} not found; split.official_dir must hold "
+                f"trainIdxList.npy, valIdxList.npy and split<i>_D_i/D_b/S_b.npy"
+            )
+        try:
+            arrays[key] = np.load(f).astype(np.int64).ravel()
+        except (OSError, ValueError) as e:
+            raise DataError(f"official split file {f} is not a readable .npy ({e})") from e
+        if len(arrays[key]) and (arrays[key].min() < 0 or arrays[key].max() >= len(labels)):
+            raise DataError(
+                f"{f} indexes images up to {arrays[key].max()}, but the training "
+                f"set has {len(labels)}; these files belong to another dataset"
+            )
+    counts = np.sort(np.bincount(labels[arrays["D_i"]], minlength=num_classes))[::-1]
+    if list(counts) != list(expected_profile):
+        raise DataError(
+            f"the official D_i of split {index} gives per-class counts {list(counts)} on this "
+            f"data instead of the profile {list(expected_profile)}: the reference files index "
+            f"CIFAR in torchvision's original order, and this copy is in another order. Use the "
+            f"torchvision format, or set data.order_labels to the original-order labels file"
+        )
+    return Split(
+        dataset,
+        index,
+        num_classes,
+        arrays["pool"],
+        arrays["val"],
+        arrays["D_i"],
+        arrays["D_b"],
+        arrays["S_b"],
+        len(labels),
+        labels_fingerprint(labels),
+        f"official files in {directory}",
+    )
+
+
+def splits_dir(split_cfg) -> Path:
+    """Where generated splits (and the file routes' lists) live: ``split.dir``, or the
+    repository's ``splits/``."""
+    return Path(split_cfg.dir).expanduser() if split_cfg.dir else SPLITS_DIR
+
+
+def resolve_split(split_cfg, data_cfg, labels: np.ndarray) -> Split:
+    """The split a run asks for: a generated file in :func:`splits_dir` (made there when
+    missing), an explicit file, or the reference files."""
+    profile = profile_counts(
+        data_cfg.train_per_class - data_cfg.val_per_class,
+        data_cfg.num_classes,
+        data_cfg.imbalance_factor,
+    )
+    if split_cfg.source == "official":
+        return load_official_split(
+            Path(split_cfg.official_dir),
+            split_cfg.index,
+            labels,
+            data_cfg.num_classes,
+            profile,
+            data_cfg.name,
+        )
+    if split_cfg.source == "file":
+        return load_split_file(Path(split_cfg.file).expanduser(), labels)
+    path = split_path(data_cfg.name, split_cfg.index, splits_dir(split_cfg))
+    if not path.is_file():
+        # Datasets without committed files (e.g. a CIFAR-100 copy seen for the first time):
+        # generate, check against the profile, and keep the file next to the others.
+        split = generate_split(
+            labels,
+            data_cfg.num_classes,
+            split_cfg.index,
+            data_cfg.val_per_class,
+            data_cfg.imbalance_factor,
+            data_cfg.fewshot_per_class,
+            data_cfg.name,
+        )
+        try:
+            save_split(split, path)
+        except OSError:
+            pass  # read-only install: the split is deterministic, so using it unsaved is safe
+        return split
+    return load_split_file(path, labels, "Generate it with `python -m sdclr.splits`.")
+
+
+# --- fraction -----------------------------------------------------------------------------
+
+
+def stratified_fraction(
+    indices: np.ndarray, labels: np.ndarray, fraction: float, seed: int = 0
+) -> np.ndarray:
+    """Keep max(1, round(fraction * n_c)) images of each class, chosen deterministically.
+
+    Each image has a fixed random priority (from ``seed``); a class keeps its lowest-priority
+    images, so smaller fractions give subsets of larger ones.
+    """
+    if fraction >= 1.0:
+        return indices
+    priority = np.random.default_rng([seed, 7]).permutation(len(labels))
+    kept = []
+    for c in np.unique(labels[indices]):
+        idx = indices[labels[indices] == c]
+        keep = max(1, int(round(fraction * len(idx))))
+        kept.append(idx[np.argsort(priority[idx], kind="stable")[:keep]])
+    return np.sort(np.concatenate(kept))
+
+
+def apply_fraction(split: Split, labels: np.ndarray, fraction: float) -> Split:
+    if fraction >= 1.0:
+        return split
+    sub = {
+        name: stratified_fraction(split.subset(name), labels, fraction)
+        for name in ("pool", "val", *SUBSETS)
+    }
+    return Split(
+        split.dataset,
+        split.index,
+        split.num_classes,
+        sub["pool"],
+        sub["val"],
+        sub["D_i"],
+        sub["D_b"],
+        sub["S_b"],
+        split.n_train,
+        split.fingerprint,
+        f"{split.source}, fraction {fraction:g}",
+        None if split.test is None else stratified_fraction(split.test, labels, fraction),
+    )

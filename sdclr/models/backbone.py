@@ -1,0 +1,164 @@
+"""Encoders: timm ResNets with an optional CIFAR stem, projection heads, and dual BN.
+
+Dual BN keeps two independent copies (affine parameters and running statistics) of every
+batch-norm layer: copy 0 serves the dense branch, copy 1 the pruned branch of SDCLR. All
+other weights are shared.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import timm
+import torch
+from torch import nn
+
+from sdclr.errors import ConfigError
+
+
+def create_backbone(name: str, cifar_stem: bool, channels: list[int] | None = None) -> nn.Module:
+    """A timm ResNet returning pooled features (``num_classes=0``), initialised as the
+    reference code does: Kaiming-normal (fan_out, relu) convs, BN weight 1 / bias 0, no
+    zero-initialised residual BN."""
+    kwargs = {"num_classes": 0, "pretrained": False, "zero_init_last": False}
+    if channels is not None:
+        kwargs["channels"] = tuple(int(c) for c in channels)
+    try:
+        model = timm.create_model(name, **kwargs)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise ConfigError(
+            f"config key 'backbone.name': timm cannot build '{name}' ({e}); use "
+            f"a timm ResNet such as resnet18 or resnet50"
+        ) from e
+    if not hasattr(model, "conv1") or not hasattr(model, "fc"):
+        raise ConfigError(
+            f"config key 'backbone.name': '{name}' is not a timm ResNet (no "
+            f"conv1/fc); use e.g. resnet18, resnet34, resnet50"
+        )
+    if cifar_stem:
+        apply_cifar_stem(model)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return model
+
+
+def apply_cifar_stem(model: nn.Module) -> nn.Module:
+    """3x3 stride-1 stem conv and no max-pool, for 32 px images (timm has no such option)."""
+    if not isinstance(model.conv1, nn.Conv2d):
+        raise ConfigError(
+            "backbone.cifar_stem=true needs a ResNet with a single-conv stem "
+            "(not the deep 'd'/'t' stems)"
+        )
+    width = model.conv1.out_channels
+    model.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+def feature_dim(backbone: nn.Module) -> int:
+    return int(backbone.num_features)
+
+
+def projection_head(in_dim: int, depth: int, out_dim: int = 128) -> nn.Sequential:
+    """SimCLR (depth 2): Linear-BN-ReLU-Linear(no bias)-BN. SDCLR as published (depth 3):
+    one more Linear(no bias)-BN-ReLU block before the output layer."""
+    layers: list[nn.Module] = []
+    for i in range(depth - 1):
+        layers += [
+            nn.Linear(in_dim, in_dim, bias=(i == 0)),
+            nn.BatchNorm1d(in_dim),
+            nn.ReLU(inplace=True),
+        ]
+    layers += [nn.Linear(in_dim, out_dim, bias=False), nn.BatchNorm1d(out_dim)]
+    return nn.Sequential(*layers)
+
+
+PAIR = -1  # DualBatchNorm.branch for the fused pass: both copies, side by side
+
+
+class DualBatchNorm(nn.Module):
+    """Two batch norms behind one layer; ``branch`` picks which one a forward uses.
+
+    ``branch = PAIR`` (the fused SDCLR pass,
+    :meth:`sdclr.models.contrastive.ContrastiveModel.forward_pair`): the input holds the dense
+    branch's channels followed by the pruned branch's, and each half is normalised by its own
+    copy. Batch norm is per channel, so this is exactly the two
+    separate calls: same batch statistics, same running-statistics updates."""
+
+    def __init__(self, bn: nn.modules.batchnorm._BatchNorm):
+        super().__init__()
+        self.bn = nn.ModuleList([bn, copy.deepcopy(bn)])
+        self.branch = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.branch == PAIR:
+            return self._pair_forward(x)
+        return self.bn[self.branch](x)
+
+    def _pair_forward(self, x: torch.Tensor) -> torch.Tensor:
+        dense, pruned = self.bn
+        if not pairable(self):
+            raise RuntimeError(
+                "the fused pass needs affine batch norms with running statistics and a momentum"
+            )
+        # F.batch_norm updates the running statistics it is given in place: give it the two
+        # copies concatenated, then write each half back
+        mean = torch.cat([dense.running_mean, pruned.running_mean])
+        var = torch.cat([dense.running_var, pruned.running_var])
+        out = nn.functional.batch_norm(
+            x,
+            mean,
+            var,
+            torch.cat([dense.weight, pruned.weight]),
+            torch.cat([dense.bias, pruned.bias]),
+            dense.training,
+            dense.momentum,
+            dense.eps,
+        )
+        if dense.training:
+            c = dense.num_features
+            with torch.no_grad():
+                for i, bn in enumerate(self.bn):
+                    bn.running_mean.copy_(mean[i * c : (i + 1) * c])
+                    bn.running_var.copy_(var[i * c : (i + 1) * c])
+                    bn.num_batches_tracked.add_(1)
+        return out
+
+
+def pairable(bn: DualBatchNorm) -> bool:
+    """Whether the fused pass can run ``bn``'s two copies side by side: both affine, both
+    with running statistics and the same momentum and eps."""
+    a, b = bn.bn
+    return all(m.affine and m.track_running_stats for m in (a, b)) and (
+        a.momentum is not None and (a.momentum, a.eps) == (b.momentum, b.eps)
+    )
+
+
+def convert_dual_bn(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm (1d/2d) in ``module`` by a :class:`DualBatchNorm`."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.modules.batchnorm._BatchNorm):
+            setattr(module, name, DualBatchNorm(child))
+        else:
+            convert_dual_bn(child)
+    return module
+
+
+def set_bn_branch(module: nn.Module, branch: int) -> None:
+    for m in module.modules():
+        if isinstance(m, DualBatchNorm):
+            m.branch = branch
+
+
+def dense_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """The backbone's weights with dual BN collapsed to the dense copy: plain timm keys."""
+    out = {}
+    for key, value in backbone.state_dict().items():
+        if ".bn.1." in key:
+            continue
+        out[key.replace(".bn.0.", ".")] = value.detach().clone()
+    return out

@@ -1,0 +1,2 @@
+"""Layer 0: helpers with no knowledge of the method: process groups, numerics, progress bars,
+schedules, tracking, RNG state, signals, paths."""

@@ -1,0 +1,50 @@
+"""Every random stream that affects training (Python, NumPy, torch CPU and CUDA, the
+augmentation generator): seeded at the start, saved in checkpoints and restored, so that a
+resumed run draws what an uninterrupted one would have."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import numpy as np
+import torch
+
+from sdclr.errors import CheckpointError
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def restore_rng(state: dict[str, Any], generator: torch.Generator | None = None) -> None:
+    saved = state.get("generator") if generator is not None else None
+    if saved is not None and saved.numel() != generator.get_state().numel():
+        # CPU and CUDA generators are different algorithms: the stream cannot carry over
+        raise CheckpointError(
+            f"the checkpoint was written by a run drawing its augmentations on another device "
+            f"type than this one ({generator.device.type}); resume on the device type the run "
+            f"started on (config key 'device'), or start a new run"
+        )
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        for i, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, i)
+    if saved is not None:
+        generator.set_state(saved)
