@@ -10,7 +10,8 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from sdclr.config.compose import compose_config
-from sdclr.config.schema import bn_mode, head_depth, method_label, validate
+from sdclr.config.derived import bn_mode, head_depth, method_label
+from sdclr.config.validate import validate
 from sdclr.errors import ConfigError
 from sdclr.utils.io import CONF_DIR
 
@@ -148,7 +149,7 @@ def test_gpu_check_runs_compose_and_validate(tmp_path):
 
 
 def test_torchrun_needs_a_global_batch_that_splits_evenly():
-    from sdclr.config.schema import check_world_size
+    from sdclr.config.validate import check_world_size
 
     check_world_size(compose_config(["pretrain.batch_size=512"]), 4)
     with pytest.raises(ConfigError, match="pretrain.batch_size.*multiple of 3"):
@@ -156,7 +157,7 @@ def test_torchrun_needs_a_global_batch_that_splits_evenly():
 
 
 def test_fused_branches_are_refused_under_torchrun():
-    from sdclr.config.schema import check_world_size
+    from sdclr.config.validate import check_world_size
 
     check_world_size(compose_config(["fuse_branches=true"]), 1)
     with pytest.raises(ConfigError, match="fuse_branches.*one process"):

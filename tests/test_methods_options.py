@@ -20,15 +20,9 @@ from test_runner import TINY, ok, sdclr
 
 from sdclr.augment.boost import BoostConfig, sample_boost_params, strengths
 from sdclr.config.compose import compose_config
+from sdclr.config.derived import boost_preset, diagnostics_on, method_label, method_slug
 from sdclr.config.drift import config_differences
-from sdclr.config.schema import (
-    boost_preset,
-    check_world_size,
-    diagnostics_on,
-    method_label,
-    method_slug,
-    validate,
-)
+from sdclr.config.validate import check_world_size, validate
 from sdclr.data.banks import TensorImages
 from sdclr.errors import ConfigError
 from sdclr.eval.knn import knn_evaluate
@@ -163,7 +157,7 @@ def test_bcl_presets_follow_the_pruned_branch_and_overrides():
 
 
 def test_older_checkpoints_without_the_new_keys_still_resume():
-    from sdclr.config.schema import to_container
+    from sdclr.config.derived import to_container
 
     current = to_container(compose_config([]))
     saved = {k: v for k, v in current.items() if k not in ("method", "loss", "boost", "bcl")}

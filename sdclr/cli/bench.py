@@ -474,7 +474,7 @@ def run_benchmark(
     compile_mode: str | None = None,
 ) -> dict[str, Any]:
     from sdclr.config.compose import compose_config
-    from sdclr.config.schema import validate
+    from sdclr.config.validate import validate
     from sdclr.data.arrays import load_arrays
     from sdclr.data.splits import resolve_split
     from sdclr.train.loop import augment_config, batches_per_epoch, step_settings

@@ -19,17 +19,16 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from sdclr.config.schema import (
+from sdclr.config.derived import (
     bn_mode,
-    check_world_size,
     diagnostics_on,
     head_depth,
     method_label,
     method_title,
-    register_configs,
     to_container,
-    validate,
 )
+from sdclr.config.schema import register_configs
+from sdclr.config.validate import check_world_size, validate
 from sdclr.errors import CheckpointError, ConfigError, SdclrError
 from sdclr.utils.distributed import is_main_process, resolve_device
 from sdclr.utils.io import CONF_DIR

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from sdclr.config.compose import compose_config
-from sdclr.config.schema import uses_files
+from sdclr.config.derived import uses_files
 from sdclr.data.arrays import load_arrays
 from sdclr.data.files import generate_lists, generated_lists_dir
 from sdclr.data.splits import SUBSETS, generate_split, save_split, split_path

@@ -1,6 +1,6 @@
 """From the data and split config to what a run trains on: image banks, labels and a split.
 
-Two routes, chosen by :func:`sdclr.config.schema.uses_files`:
+Two routes, chosen by :func:`sdclr.config.derived.uses_files`:
 
 * arrays (CIFAR): :func:`sdclr.data.arrays.load_image_data` decodes everything once (cached) and the
   split comes from :func:`sdclr.data.splits.resolve_split`;
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sdclr.config.schema import uses_files
+from sdclr.config.derived import uses_files
 from sdclr.data.banks import FileImages, TensorImages, decode_resized
 from sdclr.data.splits import Split, apply_fraction, splits_dir, stratified_fraction
 from sdclr.errors import ConfigError

@@ -51,7 +51,7 @@ forward (one BN batch of 2B, as SimCLR here does); with dual BN view 2 uses BN c
 Distributed: under torch.distributed the keys of all ranks are gathered before they are
 enqueued (every rank keeps the same queue; the initial queue is broadcast from rank 0); this
 path was checked by hand with two gloo processes but has no test in the suite, and the runner
-refuses MoCo and BYOL under torchrun (:func:`sdclr.config.schema.check_world_size`). There is no
+refuses MoCo and BYOL under torchrun (:func:`sdclr.config.validate.check_world_size`). There is no
 Shuffle BN: as for SimCLR / SDCLR here, BN statistics are those of the whole (global, with
 global BN) batch, which is SimCLR's answer to the same information leak, and MoCo v3 drops
 Shuffle BN as well.

@@ -139,7 +139,7 @@ def build_method(cfg, generator: torch.Generator | None = None):
     """The method object of a config: ``method.name`` with the prune ratio, BN mode, loss and
     the method's own keys. ``generator`` drives random pruning, MoCo's initial queue and
     MoCHi's draws (the loop's generator, so checkpoints capture it)."""
-    from sdclr.config.schema import bn_mode
+    from sdclr.config.derived import bn_mode
 
     name = cfg.method.name
     prune = cfg.prune.ratio

@@ -18,7 +18,7 @@ combinations without any job dir are listed as missing.
 
 Any mix of methods (SimCLR, SDCLR, MoCo v2, BYOL, with or without a pruned branch, losses
 and options) is grouped correctly: the label names the method and every non-default option
-(:func:`sdclr.config.schema.method_label`); labels of older runs that lack the method name get it.
+(:func:`sdclr.config.derived.method_label`); labels of older runs that lack the method name get it.
 
 Outputs (in ``DIR`` or ``--out``): ``report.md`` (also printed), ``report.json``,
 ``group_accuracy.png`` and ``per_class_accuracy.png``; when the runs have them,

@@ -30,7 +30,7 @@ from sdclr.augment.boost import BoostConfig, LossMemory
 from sdclr.augment.boost import boost as boost_view
 from sdclr.augment.ops import ContrastiveAugmentConfig, Shard, normalize
 from sdclr.augment.views import Batch, contrastive_view
-from sdclr.config.schema import boost_preset
+from sdclr.config.derived import boost_preset
 from sdclr.data.banks import FileImages, TensorImages, as_images
 from sdclr.errors import TrainingError
 from sdclr.eval.monitor import TrainingMonitor
