@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from numerics import assert_close64
 from test_runner import TINY, ok, sdclr
 
-from sdclr.augment.boost import BoostConfig, sample_boost_params, strengths
+from sdclr.augment.boost import BoostConfig, sample_boost_params
 from sdclr.config.compose import compose_config
 from sdclr.config.derived import boost_preset, diagnostics_on, method_label, method_slug
 from sdclr.config.drift import config_differences
@@ -38,6 +38,7 @@ from sdclr.eval.monitor import (
 from sdclr.losses.contrastive import nt_xent
 from sdclr.methods.simclr import ContrastiveMethod, build_method
 from sdclr.models.checkpoint import build_from_spec, model_spec
+from sdclr.train.bcl import strengths
 from sdclr.train.loop import StepSettings, make_optimizer, make_views, pretrain, train_step
 from sdclr.utils.schedule import cosine_temperature
 from sdclr.utils.signals import Interrupted

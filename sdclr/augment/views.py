@@ -35,6 +35,7 @@ from sdclr.augment.ops import (
 )
 from sdclr.augment.ops import contrastive_view as tensor_contrastive_view
 
+# A batch of images: one resident uint8 tensor [B, 3, H, W], or decoded files of their own sizes
 Batch = Tensor | list[Tensor]
 
 

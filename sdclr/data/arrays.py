@@ -29,6 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from sdclr.errors import DataError
 from sdclr.utils.io import natural_key
+from sdclr.utils.progress import progress_bar
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
 CACHE_VERSION = 1
@@ -394,8 +395,6 @@ def _decode_one(args: tuple[str, bytes, int | None]) -> np.ndarray:
 def _decode_all(
     names: list[str], reader, size: int | None, progress: bool, desc: str
 ) -> np.ndarray:
-    from sdclr.utils.progress import progress_bar
-
     def jobs() -> Iterable[tuple[str, bytes, int | None]]:
         for n in names:
             yield n, reader.read(n), size

@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sdclr.augment.views import resize_center_crop
 from sdclr.errors import DataError
+from sdclr.utils.progress import progress_bar
 
-Batch = Tensor | list[Tensor]
 # torchvision >= 0.29 marks torchvision.io's decoders as superseded by TorchCodec; they are
 # still the decoders that ship with torchvision (and the GPU machine's 0.26 has no TorchCodec)
 warnings.filterwarnings(
@@ -265,8 +266,6 @@ class FileImages:
 def resize_square(img: Tensor, size: int) -> Tensor:
     """Shorter side to ``size``, then the central square: the resized cache's storage format
     (uint8 in and out)."""
-    from sdclr.augment.views import resize_center_crop
-
     return resize_center_crop(img, size, size)
 
 
@@ -279,8 +278,6 @@ def decode_resized(
     progress: bool = True,
 ) -> np.ndarray:
     """Decode every file once into a uint8 ``[N, 3, size, size]`` array (the resized cache)."""
-    from sdclr.utils.progress import progress_bar
-
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
 
     def one(i: int) -> None:

@@ -20,8 +20,10 @@ import numpy as np
 import torch
 
 from sdclr.config.derived import uses_files
+from sdclr.data.arrays import load_arrays
 from sdclr.data.banks import FileImages, TensorImages, decode_resized
-from sdclr.data.splits import Split, apply_fraction, splits_dir, stratified_fraction
+from sdclr.data.files import load_file_dataset
+from sdclr.data.splits import Split, apply_fraction, resolve_split, splits_dir, stratified_fraction
 from sdclr.errors import ConfigError
 
 
@@ -50,8 +52,6 @@ def load_run_data(cfg, device: torch.device, progress: bool = True) -> RunData:
     """The data of a run, with ``data.fraction`` applied to every subset and the test set."""
     if uses_files(cfg):
         return _from_files(cfg, device, progress)
-    from sdclr.data.arrays import load_arrays
-    from sdclr.data.splits import resolve_split
 
     data = load_arrays(cfg)
     split = apply_fraction(
@@ -71,8 +71,6 @@ def load_run_data(cfg, device: torch.device, progress: bool = True) -> RunData:
 
 
 def _from_files(cfg, device: torch.device, progress: bool) -> RunData:
-    from sdclr.data.files import load_file_dataset
-
     d = cfg.data
     data, split = load_file_dataset(d, cfg.split, splits_dir(cfg.split))
     if d.num_classes is not None and data.labelled and data.num_classes != d.num_classes:

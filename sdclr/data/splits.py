@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdclr.data.arrays import labels_fingerprint
+from sdclr.data.arrays import base_name, labels_fingerprint
 from sdclr.errors import DataError
 from sdclr.utils.io import SPLITS_DIR
 
@@ -229,8 +229,6 @@ def generate_split(
 
 
 def split_path(dataset: str, index: int, splits_dir: Path = SPLITS_DIR) -> Path:
-    from sdclr.data.arrays import base_name
-
     return Path(splits_dir) / base_name(dataset) / f"split{index}.npz"
 
 

@@ -24,6 +24,7 @@ from sdclr.data.banks import FileImages, TensorImages, as_images
 from sdclr.eval.metrics import summarize
 from sdclr.utils.precision import autocast, input_dtype
 from sdclr.utils.progress import progress_bar
+from sdclr.utils.signals import Interrupted
 
 
 def _encode(backbone: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
@@ -149,8 +150,6 @@ def train_probe(
                 copy.deepcopy(linear.state_dict()),
             )
         if stop is not None and stop.requested:
-            from sdclr.utils.signals import Interrupted
-
             raise Interrupted(
                 f"signal received during the {desc} probe (epoch {epoch + 1}); probes restart "
                 f"from scratch on resume: run the same command again",

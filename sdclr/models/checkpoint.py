@@ -14,14 +14,13 @@ from typing import Any
 
 import torch
 
+from sdclr.config.derived import bn_mode, cifar_stem, head_depth
 from sdclr.errors import CheckpointError
 from sdclr.models.contrastive import ContrastiveModel, build_model
 
 
 def model_spec(cfg) -> dict[str, Any]:
     """Everything that fixes the network's shape; stored in every checkpoint."""
-    from sdclr.config.derived import bn_mode, cifar_stem, head_depth
-
     return {
         "backbone": str(cfg.backbone.name),
         "cifar_stem": cifar_stem(cfg),

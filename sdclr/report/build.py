@@ -45,6 +45,7 @@ import yaml
 
 from sdclr.errors import SdclrError
 from sdclr.utils.io import natural_key
+from sdclr.utils.tracking import Tracker, sweep_group
 
 #: Probe stages reported, in order, with their human-readable titles.
 STAGES: tuple[tuple[str, str], ...] = (
@@ -1017,8 +1018,6 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
 
 def _log_to_wandb(sweep_dir: Path, out_dir: Path, markdown: str, project: str) -> None:
     from types import SimpleNamespace
-
-    from sdclr.utils.tracking import Tracker, sweep_group
 
     group = sweep_group(sweep_dir)
     logger_cfg = SimpleNamespace(

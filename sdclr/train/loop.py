@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from sdclr.augment.boost import BoostConfig, LossMemory
+from sdclr.augment.boost import BoostConfig
 from sdclr.augment.boost import boost as boost_view
 from sdclr.augment.ops import ContrastiveAugmentConfig, Shard, normalize
 from sdclr.augment.views import Batch, contrastive_view
@@ -37,6 +37,7 @@ from sdclr.eval.monitor import TrainingMonitor
 from sdclr.methods.simclr import ContrastiveMethod
 from sdclr.models.checkpoint import save_checkpoint
 from sdclr.models.contrastive import ContrastiveModel
+from sdclr.train.bcl import LossMemory
 from sdclr.utils.distributed import any_rank, barrier, gather_with_grad, global_mean, world_size
 from sdclr.utils.distributed import rank as get_rank
 from sdclr.utils.precision import autocast
