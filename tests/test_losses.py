@@ -194,7 +194,7 @@ def test_logits_stay_float32_inside_a_bf16_step():
     """The step runs under bf16 autocast on CUDA; the similarities / temperature are still
     computed in float32 (here on CPU autocast, which lowers matmuls the same way)."""
     from sdclr.losses.contrastive import contrastive_loss
-    from sdclr.methods.moco import moco_logits
+    from sdclr.losses.moco import moco_logits
 
     g = torch.Generator().manual_seed(0)
     z1, z2 = torch.randn(16, 32, generator=g), torch.randn(16, 32, generator=g)

@@ -36,7 +36,8 @@ from sdclr.eval.monitor import (
     stratified_sample,
 )
 from sdclr.losses.contrastive import nt_xent
-from sdclr.methods.simclr import ContrastiveMethod, build_method
+from sdclr.methods.registry import build_method
+from sdclr.methods.simclr import ContrastiveMethod
 from sdclr.models.checkpoint import build_from_spec, model_spec
 from sdclr.train.bcl import strengths
 from sdclr.train.loop import StepSettings, make_optimizer, make_views, pretrain, train_step

@@ -14,8 +14,10 @@ from numerics import assert_close64, max_abs
 from torch import nn
 
 from sdclr.errors import ConfigError
-from sdclr.methods.byol import BYOL, byol_loss
-from sdclr.methods.moco import MoCo, info_nce, mochi_negatives, moco_logits
+from sdclr.losses.byol import byol_loss
+from sdclr.losses.moco import info_nce, mochi_negatives, moco_logits
+from sdclr.methods.byol import BYOL
+from sdclr.methods.moco import MoCo
 from sdclr.models.backbone import set_bn_branch
 from sdclr.models.contrastive import build_model
 

@@ -112,7 +112,7 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
     from sdclr.data.run_data import load_run_data
     from sdclr.eval.metrics import class_groups
     from sdclr.eval.probe import train_probe
-    from sdclr.methods.simclr import build_method
+    from sdclr.methods.registry import build_method
     from sdclr.models.checkpoint import build_from_spec, load_encoder, model_spec
     from sdclr.train.loop import pretrain, step_settings
     from sdclr.utils.distributed import convert_sync_batchnorm, init_from_env, world_size

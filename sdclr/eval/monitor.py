@@ -160,7 +160,7 @@ class Diagnostics:
     def features(self, model: nn.Module, method: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Projections [S, d] of the sample through the dense branch and, with a pruned
         branch, through it (BN copy 1 with dual BN, the current mask); eval mode."""
-        branch = 1 if getattr(method, "dual_bn", False) else 0
+        branch = 1 if method.dual_bn else 0
         pruned = bool(method.pruned) and method.masks is not None
         dense, sparse = [], []
         e = self.settings

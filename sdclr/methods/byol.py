@@ -1,8 +1,5 @@
-"""BYOL (Grill et al. 2020) as a method object with the interface of
-:class:`sdclr.methods.simclr.ContrastiveMethod` (see :mod:`sdclr.methods.moco` for the full
-list: ``pruned``, ``masks``, ``on_epoch_start``, ``loss``, ``after_step``, ``extra_parameters``,
-``set_progress``, ``state_dict`` / ``load_state_dict``, ``setup``, ``track_samples`` /
-``sample_losses``).
+"""BYOL (Grill et al. 2020) as a method object (the interface of
+:class:`sdclr.methods.base.Method`, on the momentum machinery of :mod:`sdclr.methods.momentum`).
 
 Online network: the ContrastiveModel (backbone + projection head) followed by a predictor
 MLP, Linear(out, hidden) -> BN -> ReLU -> Linear(hidden, out). Target network: an EMA copy of
@@ -29,13 +26,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from sdclr.methods.moco import MomentumMethod, broadcast_, head_out_dim
+from sdclr.config.derived import bn_mode
+from sdclr.losses.byol import byol_loss
+from sdclr.methods.momentum import MomentumMethod, broadcast_, head_out_dim
 from sdclr.models.backbone import convert_dual_bn, set_bn_branch
 from sdclr.models.contrastive import ContrastiveModel
-from sdclr.utils.precision import upcast_half
 
 
 def predictor_mlp(dim: int, hidden: int) -> nn.Sequential:
@@ -47,16 +44,9 @@ def predictor_mlp(dim: int, hidden: int) -> nn.Sequential:
     )
 
 
-def byol_loss(p: torch.Tensor, z: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
-    """2 - 2 cos(p_i, z_i) (z carries no gradient): its mean over the batch, or with
-    ``reduction="none"`` the [B] per-sample values."""
-    p = F.normalize(upcast_half(p), dim=1)
-    z = F.normalize(upcast_half(z.detach()), dim=1)
-    per_sample = 2 - 2 * (p * z).sum(1)
-    return per_sample if reduction == "none" else per_sample.mean()
-
-
 class BYOL(MomentumMethod):
+    temperature = None  # no negatives, no temperature
+
     def __init__(
         self,
         hidden_dim: int = 512,
@@ -127,3 +117,18 @@ class BYOL(MomentumMethod):
     def _per_sample(self, term: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         p, z = term
         return byol_loss(p, z, reduction="none")
+
+    @classmethod
+    def from_config(cls, cfg, generator: torch.Generator | None = None) -> BYOL:
+        """``method=byol``: the predictor width, the target momentum and its schedule, the
+        prune ratio and BN mode."""
+        m = cfg.method
+        return cls(
+            hidden_dim=int(m.predictor_hidden),
+            tau=float(m.momentum),
+            cosine_tau=bool(m.cosine_momentum),
+            prune_ratio=cfg.prune.ratio,
+            random_ratio=float(cfg.prune.random_ratio),
+            dual_bn=bn_mode(cfg) == "dual",
+            generator=generator,
+        )

@@ -1,35 +1,6 @@
-"""MoCo v2 (with optional MoCHi hard negatives) as a method object, plus the shared momentum
-machinery that BYOL (:mod:`sdclr.methods.byol`) builds on.
-
-Interface (that of :class:`sdclr.methods.simclr.ContrastiveMethod`, plus the calls after
-``loss``):
-
-- ``pruned`` (bool), ``masks`` (``{conv weight name: mask}`` or None) and
-  ``on_epoch_start(model) -> density | None``: the SDCLR self-competitor's global magnitude
-  mask, recomputed from the dense online weights at every epoch start. It is computed by a
-  composed :class:`ContrastiveMethod`, so the mask is exactly SDCLR's.
-- ``loss(model, view1, view2) -> Tensor``: a scalar; one backward reaches the online network
-  (and BYOL's predictor) only. MoCo also enqueues this step's keys here.
-- ``after_step(model)``: the momentum (EMA) update of the key / target network,
-  ``key = m * key + (1 - m) * online`` over all parameters. The loop must call it after
-  ``opt.step()``, every step.
-- ``extra_parameters() -> list[nn.Parameter]``: parameters outside ``model`` that the
-  optimiser must also train (BYOL's predictor; MoCo: ``[]``).
-- ``set_progress(fraction)``: the fraction of training done, in [0, 1]; with
-  ``cosine_momentum`` the momentum rises from its base value to 1 along a half cosine
-  (BYOL's schedule), otherwise it does nothing.
-- ``state_dict()`` / ``load_state_dict(state)``: key / target network, current momentum,
-  MoCo's queue and pointer, BYOL's predictor. Loading before setup is allowed: the state is
-  applied when the momentum copy is created.
-- ``track_samples`` (bool) and ``sample_losses() -> Tensor [B]``: with ``track_samples`` set
-  before ``loss``, the detached per-sample losses of that step (each sample's mean over its
-  queries / predictions), computed from the step's detached logits or outputs (no random
-  draw is repeated); BCL and the diagnostics of :mod:`sdclr.train.loop` use them.
-- ``setup(model)``: creates the momentum copy (a deepcopy of the online ContrastiveModel,
-  backbone + head, with ``requires_grad=False``; with dual BN only its copy 0 is used, but
-  every parameter is averaged; it keeps its own BN statistics, updated by its own train-mode
-  forwards) and the method's extra state. ``loss`` calls it lazily on first use; call it
-  explicitly before building the optimiser when ``extra_parameters`` is not empty.
+"""MoCo v2 (with optional MoCHi hard negatives) as a method object, on the momentum machinery
+of :mod:`sdclr.methods.momentum` (which lists the interface), with its objective in
+:mod:`sdclr.losses.moco`.
 
 Pruning (prune ratio given, the SDCLR self-competitor): the *online* network's view 2 goes
 through the pruned branch (``branch=1`` with dual BN, conv weights times the mask), view 1
@@ -59,278 +30,21 @@ Shuffle BN as well.
 
 from __future__ import annotations
 
-import copy
-import math
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
 
+from sdclr.config.derived import bn_mode
 from sdclr.errors import ConfigError
 from sdclr.losses.contrastive import KINDS, debiased_from_logits
-from sdclr.methods.simclr import ContrastiveMethod
+from sdclr.losses.moco import info_nce, moco_logits
+from sdclr.methods.momentum import MomentumMethod, broadcast_, head_out_dim
 from sdclr.models.contrastive import ContrastiveModel
-from sdclr.utils.distributed import gather_with_grad, is_distributed, world_size
-from sdclr.utils.precision import full_precision, upcast_half
+from sdclr.utils.distributed import gather_with_grad
+from sdclr.utils.precision import upcast_half
 
 MOCHI_DEFAULTS = {"N": 1024, "s": 1024, "s_prime": 256}
-
-
-def momentum_copy(model: nn.Module) -> nn.Module:
-    """A frozen deepcopy of ``model``; submodules compiled in the online model (``.compile()``,
-    as the loop's ``prepare_model`` does) are compiled in the copy too (deepcopy drops it)."""
-    copied = copy.deepcopy(model)
-    for (_, src), (_, dst) in zip(model.named_modules(), copied.named_modules()):
-        if getattr(src, "_compiled_call_impl", None) is not None:
-            dst.compile()
-    for p in copied.parameters():
-        p.requires_grad_(False)
-    return copied
-
-
-def head_out_dim(model: ContrastiveModel) -> int:
-    """The projection dimension: ``out_features`` of the head's last linear layer."""
-    for m in reversed(list(model.head.modules())):
-        if isinstance(m, nn.Linear):
-            return m.out_features
-    raise ValueError("the projection head has no nn.Linear layer")
-
-
-def broadcast_(tensors: list[torch.Tensor]) -> None:
-    """Rank 0's values everywhere (no-op in one process)."""
-    if is_distributed() and world_size() > 1:
-        for t in tensors:
-            dist.broadcast(t, 0)
-
-
-class MomentumMethod:
-    """What MoCo and BYOL share: the SDCLR mask, the online forward with the dense / pruned
-    branches, the momentum copy, its EMA update and momentum schedule."""
-
-    def __init__(
-        self,
-        momentum: float,
-        cosine_momentum: bool = False,
-        prune_ratio: float | None = None,
-        random_ratio: float = 0.0,
-        dual_bn: bool = False,
-        generator: torch.Generator | None = None,
-    ):
-        if not 0.0 <= momentum <= 1.0:
-            raise ConfigError(f"the momentum must lie in [0, 1], got {momentum}")
-        self.base_momentum = float(momentum)
-        self.momentum = float(momentum)
-        self.cosine_momentum = cosine_momentum
-        self.prune_ratio = prune_ratio
-        self.random_ratio = random_ratio
-        self.dual_bn = dual_bn
-        self.generator = generator  # random pruning (and MoCo's queue init / MoCHi draws)
-        # the mask is exactly SDCLR's: computed by a ContrastiveMethod (temperature unused)
-        self._masker = ContrastiveMethod(1.0, prune_ratio, random_ratio, dual_bn, generator)
-        self.momentum_model: ContrastiveModel | None = None
-        self._pending_state: dict[str, Any] | None = None
-        # BCL / diagnostics: keep what the per-sample losses of the last step need
-        self.track_samples = False
-        self._last_terms: list[torch.Tensor] = []
-
-    # --- SDCLR mask -------------------------------------------------------------------
-    @property
-    def pruned(self) -> bool:
-        return self.prune_ratio is not None
-
-    @property
-    def masks(self) -> dict[str, torch.Tensor] | None:
-        return self._masker.masks
-
-    @masks.setter
-    def masks(self, value: dict[str, torch.Tensor] | None) -> None:
-        self._masker.masks = value
-
-    def on_epoch_start(self, model: ContrastiveModel) -> float | None:
-        """Recompute the mask from the current dense online weights; returns its density."""
-        return self._masker.on_epoch_start(model)
-
-    # --- setup and state ---------------------------------------------------------------
-    def setup(self, model: ContrastiveModel) -> None:
-        """Create the momentum copy from ``model`` (once; later calls do nothing)."""
-        if self.momentum_model is not None:
-            return
-        self.momentum_model = momentum_copy(model)
-        self._setup_extra(model)
-        if self._pending_state is not None:
-            state, self._pending_state = self._pending_state, None
-            self.load_state_dict(state)
-
-    def _setup_extra(self, model: ContrastiveModel) -> None:
-        pass
-
-    def extra_parameters(self) -> list[nn.Parameter]:
-        return []
-
-    def state_dict(self) -> dict[str, Any]:
-        if self.momentum_model is None:
-            if self._pending_state is not None:
-                return self._pending_state
-            raise RuntimeError("nothing to save before setup(model) or the first loss")
-        return {
-            "momentum_model": self.momentum_model.state_dict(),
-            "momentum": self.momentum,
-            **self._extra_state(),
-        }
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.momentum_model is None:
-            self._pending_state = state  # applied by setup()
-            return
-        self.momentum_model.load_state_dict(state["momentum_model"])
-        self.momentum = float(state["momentum"])
-        self._load_extra(state)
-
-    def _load_extra(self, state: dict[str, Any]) -> None:
-        pass
-
-    @torch.no_grad()
-    def sample_losses(self) -> torch.Tensor:
-        """[B] per-sample losses of the last ``loss`` call (``track_samples`` set before it),
-        each the mean over the sample's anchors (queries / predictions), as float32 (what
-        BCL's memory and the diagnostics keep), like :meth:`ContrastiveMethod.sample_losses`."""
-        if not self._last_terms:
-            raise RuntimeError("set track_samples = True before the loss to get sample losses")
-        return torch.stack([self._per_sample(t) for t in self._last_terms]).mean(0).float()
-
-    def _per_sample(self, term: Any) -> torch.Tensor:
-        raise NotImplementedError
-
-    # --- momentum ---------------------------------------------------------------------
-    def set_progress(self, fraction: float) -> None:
-        """With ``cosine_momentum``: m = 1 - (1 - m_base) * (cos(pi * fraction) + 1) / 2."""
-        if self.cosine_momentum:
-            f = min(max(float(fraction), 0.0), 1.0)
-            self.momentum = 1.0 - (1.0 - self.base_momentum) * (math.cos(math.pi * f) + 1) / 2
-
-    @torch.no_grad()
-    def after_step(self, model: ContrastiveModel) -> None:
-        """key = m * key + (1 - m) * online, for every parameter (call after opt.step())."""
-        if self.momentum_model is None:
-            self.setup(model)
-            return
-        online = dict(model.named_parameters())
-        pairs = [(p, online[name]) for name, p in self.momentum_model.named_parameters()]
-        keys = [k for k, _ in pairs]
-        torch._foreach_mul_(keys, self.momentum)
-        torch._foreach_add_(keys, [o.detach() for _, o in pairs], alpha=1.0 - self.momentum)
-
-    # --- forwards ---------------------------------------------------------------------
-    def _check_ready(self, model: ContrastiveModel) -> None:
-        self.setup(model)
-        if self.pruned and self.masks is None:
-            raise RuntimeError("on_epoch_start must run before the first pruned step")
-
-    @property
-    def _branch2(self) -> int:
-        return 1 if self.dual_bn else 0
-
-    def _online(
-        self, model: ContrastiveModel, view1: torch.Tensor, view2: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """(z1, z2, joint): view 1 dense, view 2 through the pruned branch (BN copy 1 with
-        dual BN); one joint forward when neither applies (``joint`` True)."""
-        if not self.pruned and not self.dual_bn:
-            z1, z2 = model(torch.cat([view1, view2])).chunk(2)
-            return z1, z2, True
-        z1 = model(view1, branch=0)
-        z2 = model(view2, branch=self._branch2, masks=self.masks)
-        return z1, z2, False
-
-    @torch.no_grad()
-    def _momentum_forward(self, model: ContrastiveModel, x: torch.Tensor) -> torch.Tensor:
-        """The dense momentum network (always branch 0, no mask), in the online model's
-        train / eval mode; float32 (or float64) output."""
-        target = self.momentum_model
-        target.train(model.training)
-        return upcast_half(target(x, branch=0))
-
-
-def moco_logits(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    queue: torch.Tensor,
-    temperature: float,
-    mochi: dict[str, int] | None = None,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """[B, 1 + K (+ s + s')] logits: column 0 is q.k+, then q.queue, then MoCHi's synthetic
-    negatives; all divided by the temperature. ``q``, ``k``, ``queue`` are L2-normalised."""
-    with full_precision(q.device.type):  # float32 similarities inside a bf16 step
-        q, k, queue = upcast_half(q), upcast_half(k), upcast_half(queue)
-        pos = (q * k).sum(1, keepdim=True)
-        neg = q @ queue.t()
-        parts = [pos, neg]
-        if mochi:
-            parts.append(mochi_logits(q, neg, queue, mochi, generator))
-        return torch.cat(parts, 1) / temperature
-
-
-def info_nce(logits: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy with the positive in column 0, averaged over the batch."""
-    labels = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-    return F.cross_entropy(logits, labels)
-
-
-def mochi_negatives(
-    q: torch.Tensor,
-    neg: torch.Tensor,
-    queue: torch.Tensor,
-    mochi: dict[str, int],
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """MoCHi (Kalantidis et al. 2020) synthetic negatives, [B, s + s', d], no gradient.
-
-    For each query, the ``N`` hardest queue negatives (highest q.n) are kept; ``s`` negatives
-    mix two of them, h = a n_i + (1 - a) n_j with a ~ U(0, 1); ``s_prime`` mix the query in,
-    h' = b q + (1 - b) n_j with b ~ U(0, 0.5); all L2-normalised."""
-    with torch.no_grad():
-        b, dev = q.shape[0], q.device
-        n = min(int(mochi["N"]), queue.shape[0])
-        s, s_prime = int(mochi["s"]), int(mochi["s_prime"])
-        hard = neg.detach().topk(n, dim=1).indices  # [B, n] queue rows
-        gen_dev = generator.device if generator is not None else dev
-
-        def draw_idx(count: int) -> torch.Tensor:
-            i = torch.randint(0, n, (b, count), generator=generator, device=gen_dev).to(dev)
-            return queue[hard.gather(1, i)]  # [B, count, d]
-
-        def uniform(count: int, high: float) -> torch.Tensor:
-            u = torch.rand(b, count, 1, generator=generator, device=gen_dev).to(dev)
-            return u * high
-
-        synth = []
-        if s > 0:
-            alpha = uniform(s, 1.0)
-            synth.append(alpha * draw_idx(s) + (1 - alpha) * draw_idx(s))
-        if s_prime > 0:
-            beta = uniform(s_prime, 0.5)
-            synth.append(beta * q.detach()[:, None, :] + (1 - beta) * draw_idx(s_prime))
-        if not synth:
-            return q.new_zeros(b, 0, q.shape[1])
-        return F.normalize(torch.cat(synth, 1), dim=2)
-
-
-def mochi_logits(
-    q: torch.Tensor,
-    neg: torch.Tensor,
-    queue: torch.Tensor,
-    mochi: dict[str, int],
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """q . h for the synthetic negatives (gradient to q only), [B, s + s']."""
-    h = mochi_negatives(q, neg, queue, mochi, generator)
-    return torch.einsum("bd,bsd->bs", q, h)
 
 
 def mochi_config(mochi: dict[str, Any] | None) -> dict[str, int] | None:
@@ -465,3 +179,29 @@ class MoCo(MomentumMethod):
         slots = (self.queue_ptr + torch.arange(start, b, device=keys.device)) % k
         self.queue = self.queue.index_copy(0, slots, keys[start:])
         self.queue_ptr = (self.queue_ptr + b) % k
+
+    @classmethod
+    def from_config(cls, cfg, generator: torch.Generator | None = None) -> MoCo:
+        """``method=moco``: the queue, momentum and MoCHi keys, the loss, the prune ratio and
+        BN mode; ``generator`` also draws the initial queue and MoCHi's mixtures."""
+        m = cfg.method
+        mochi = (
+            {"N": int(m.mochi_n), "s": int(m.mochi_s), "s_prime": int(m.mochi_s_prime)}
+            if m.mochi
+            else None
+        )
+        return cls(
+            temperature=float(cfg.pretrain.temperature),
+            queue_size=int(m.queue_size),
+            momentum=float(m.momentum),
+            symmetric=bool(m.symmetric),
+            mochi=mochi,
+            cosine_momentum=bool(m.cosine_momentum),
+            prune_ratio=cfg.prune.ratio,
+            random_ratio=float(cfg.prune.random_ratio),
+            dual_bn=bn_mode(cfg) == "dual",
+            generator=generator,
+            loss=str(cfg.loss.name),
+            tau_plus=float(cfg.loss.tau_plus),
+            beta=float(cfg.loss.beta),
+        )

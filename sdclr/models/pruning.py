@@ -1,4 +1,6 @@
-"""The self-competitor's mask: one global magnitude threshold over all backbone convs.
+"""The self-competitor: SDCLR's pruned branch as a mask, one global magnitude threshold over
+all backbone convs, recomputed from the dense weights at every epoch start
+(:class:`SelfCompetitor`, held by SimCLR / SDCLR and by the momentum methods alike).
 
 k = ceil(p * N) weights are removed, N being the number of conv weights: the threshold is the
 k-th smallest |w| and the mask keeps |w| > threshold, so exactly N - k weights survive (up to
@@ -56,3 +58,29 @@ def mask_density(masks: list[torch.Tensor]) -> float:
     kept = sum(int(m.sum()) for m in masks)
     total = sum(m.numel() for m in masks)
     return kept / max(total, 1)
+
+
+class SelfCompetitor:
+    """The pruned branch's mask state: ``ratio`` p of the conv weights removed (``random_ratio``
+    q of them at random, drawn from ``generator``), the current ``masks`` (``{conv weight
+    name: mask}`` in the weights' dtype, None before the first :meth:`update`), fixed within
+    an epoch. The dense weights are never zeroed: a branch multiplies them by the mask."""
+
+    def __init__(
+        self, ratio: float, random_ratio: float = 0.0, generator: torch.Generator | None = None
+    ):
+        self.ratio = ratio
+        self.random_ratio = random_ratio
+        self.generator = generator
+        self.masks: dict[str, torch.Tensor] | None = None
+
+    @torch.no_grad()
+    def update(self, backbone: nn.Module) -> float:
+        """Recompute the mask from the backbone's current dense weights; returns its density."""
+        named = conv_weights(backbone)
+        masks = magnitude_masks(
+            [w for _, w in named], self.ratio, self.random_ratio, self.generator
+        )
+        # multiplied into the weights, so kept in the weights' dtype
+        self.masks = {name: m.to(w.dtype) for (name, w), m in zip(named, masks)}
+        return mask_density(masks)

@@ -34,7 +34,7 @@ from sdclr.config.derived import boost_preset
 from sdclr.data.banks import FileImages, TensorImages, as_images
 from sdclr.errors import TrainingError
 from sdclr.eval.monitor import TrainingMonitor
-from sdclr.methods.simclr import ContrastiveMethod
+from sdclr.methods.base import Method
 from sdclr.models.checkpoint import save_checkpoint
 from sdclr.models.contrastive import ContrastiveModel
 from sdclr.train.bcl import LossMemory
@@ -153,7 +153,7 @@ class MethodStep(nn.Module):
     """The whole forward of a step (both branches and the loss) as one module call, so that
     DistributedDataParallel sees one forward per backward."""
 
-    def __init__(self, model: ContrastiveModel, method: ContrastiveMethod):
+    def __init__(self, model: ContrastiveModel, method: Method):
         super().__init__()
         self.model = model
         self.method = method
@@ -162,7 +162,7 @@ class MethodStep(nn.Module):
         return self.method.loss(self.model, v1, v2)
 
 
-def wrap_distributed(model: ContrastiveModel, method: ContrastiveMethod) -> nn.Module | None:
+def wrap_distributed(model: ContrastiveModel, method: Method) -> nn.Module | None:
     """DDP over the step when running under torchrun (gradients averaged over ranks)."""
     if world_size() == 1:
         return None
@@ -182,7 +182,7 @@ def wrap_distributed(model: ContrastiveModel, method: ContrastiveMethod) -> nn.M
 
 def train_step(
     model: ContrastiveModel,
-    method: ContrastiveMethod,
+    method: Method,
     opt: torch.optim.Optimizer,
     v1: torch.Tensor,
     v2: torch.Tensor,
@@ -225,7 +225,7 @@ def _gather(t: torch.Tensor, world: int) -> torch.Tensor:
 def pretrain(
     cfg,
     model: ContrastiveModel,
-    method: ContrastiveMethod,
+    method: Method,
     images: torch.Tensor | TensorImages | FileImages,
     generator: torch.Generator,
     checkpoint_path: Path,
@@ -268,7 +268,7 @@ def pretrain(
     diag = monitor.diagnostics if monitor is not None else None
     track = memory is not None or diag is not None
     method.track_samples = track
-    has_temperature = hasattr(method, "temperature")
+    has_temperature = method.temperature is not None
 
     if resume_from is not None:
         model.load_state_dict(resume_from["model"])
@@ -429,7 +429,7 @@ def pretrain(
             record["mask_density"] = density
         if temperature is not None:
             record["temperature"] = temperature
-        if hasattr(method, "momentum"):
+        if method.momentum is not None:
             record["momentum"] = float(method.momentum)
         emit(record)
         done = epoch + 1
@@ -466,7 +466,7 @@ def pretrain(
         "channels_last": settings.channels_last,
         "compile": settings.compile,
         "compile_mode": settings.compile_mode if settings.compile else None,
-        "fuse_branches": bool(getattr(method, "fuses", False)),  # what ran
+        "fuse_branches": bool(method.fuses),  # what ran
         "resumed": resume_from is not None,
     }
     if method.pruned:
