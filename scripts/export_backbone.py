@@ -6,7 +6,7 @@ python scripts/export_backbone.py outputs/runs/.../checkpoints/pretrain.pt backb
 
 import sys
 
-from sdclr.models.export import main
+from sdclr.cli.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,8 +18,9 @@ from test_runner import TINY, ok
 
 from sdclr.methods.simclr import ContrastiveMethod
 from sdclr.models.contrastive import build_model
-from sdclr.train.loop import StepSettings, train_step, wrap_distributed
+from sdclr.train.step import train_step, wrap_distributed
 from sdclr.utils.distributed import convert_sync_batchnorm
+from sdclr.utils.precision import StepSettings
 
 CHANNELS = [8, 16, 32, 64]
 

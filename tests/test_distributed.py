@@ -69,7 +69,8 @@ def test_each_rank_augments_only_its_chunk_and_gets_the_single_process_views():
     chunk, and the generators stay in step."""
     from sdclr.augment.boost import BoostConfig
     from sdclr.augment.ops import ContrastiveAugmentConfig, Shard
-    from sdclr.train.loop import StepSettings, make_views
+    from sdclr.train.step import make_views
+    from sdclr.utils.precision import StepSettings
 
     g = torch.Generator().manual_seed(0)
     images = (torch.rand(6, 3, 40, 48, generator=g) * 255).to(torch.uint8)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from sdclr.eval.features import EvalSettings
 from sdclr.eval.knn import _topk_lowest_index_ties, knn_evaluate, knn_monitor, knn_predict
 from sdclr.models.backbone import create_backbone
 
@@ -176,11 +177,7 @@ def test_monitor_on_a_tiny_resnet_restores_the_mode(training):
         bank_y,
         test_x,
         test_y,
-        3,
-        GROUPS3,
-        mean=[0.5, 0.5, 0.5],
-        std=[0.25, 0.25, 0.25],
-        batch_size=10,
+        EvalSettings(3, GROUPS3, mean=[0.5, 0.5, 0.5], std=[0.25, 0.25, 0.25], batch_size=10),
         k=5,
     )
     assert backbone.training is training and frozen.training is False

@@ -290,7 +290,8 @@ def test_compiling_raises_dynamos_recompile_limit():
     batch shapes); past the limit it would fall back to eager without failing."""
     import torch._dynamo.config as dynamo_config
 
-    from sdclr.train.loop import StepSettings, prepare_model
+    from sdclr.train.step import prepare_model
+    from sdclr.utils.precision import StepSettings
 
     before = dynamo_config.recompile_limit
     try:
@@ -425,7 +426,8 @@ def test_cuda_step_in_bf16_channels_last_compiled_is_sync_free_and_close_to_fp32
     on the device), with the branches as two passes and fused: no host synchronisation once
     compiled, and the loss of the same weights and views agrees with the plain float32 step."""
     from sdclr.config.compose import compose_config
-    from sdclr.train.loop import StepSettings, make_optimizer, prepare_model, train_step
+    from sdclr.train.step import make_optimizer, prepare_model, train_step
+    from sdclr.utils.precision import StepSettings
 
     dev = torch.device("cuda")
     cfg = compose_config(["device=cuda"]).pretrain

@@ -25,10 +25,10 @@ from sdclr.config.drift import config_differences
 from sdclr.config.validate import check_world_size, validate
 from sdclr.data.banks import TensorImages
 from sdclr.errors import ConfigError
+from sdclr.eval.features import EvalSettings
 from sdclr.eval.knn import knn_evaluate
 from sdclr.eval.monitor import (
     Diagnostics,
-    EvalSettings,
     KnnMonitor,
     TrainingMonitor,
     default_per_class,
@@ -40,7 +40,9 @@ from sdclr.methods.registry import build_method
 from sdclr.methods.simclr import ContrastiveMethod
 from sdclr.models.checkpoint import build_from_spec, model_spec
 from sdclr.train.bcl import strengths
-from sdclr.train.loop import StepSettings, make_optimizer, make_views, pretrain, train_step
+from sdclr.train.loop import pretrain
+from sdclr.train.step import make_optimizer, make_views, train_step
+from sdclr.utils.precision import StepSettings
 from sdclr.utils.schedule import cosine_temperature
 from sdclr.utils.signals import Interrupted
 
@@ -300,7 +302,7 @@ def test_cosine_temperature_is_set_at_every_epoch_start_and_logged():
 def test_boost_goes_after_the_augmentation_and_before_normalisation():
     from sdclr.augment.ops import normalize
     from sdclr.augment.views import contrastive_view
-    from sdclr.train.loop import augment_config
+    from sdclr.train.step import augment_config
 
     cfg = compose_config([])
     aug = augment_config(cfg.data)

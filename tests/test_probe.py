@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
+from sdclr.eval.features import EvalSettings
 from sdclr.eval.probe import train_probe
 from sdclr.utils.schedule import warmup_cosine
 
@@ -67,10 +68,7 @@ def test_probe_learns_a_separable_problem_and_reports_by_group():
         test_x,
         test_y,
         probe_cfg(),
-        3,
-        groups,
-        [0.5, 0.5, 0.5],
-        [0.25, 0.25, 0.25],
+        EvalSettings(3, groups, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], batch_size=64),
         torch.Generator().manual_seed(0),
         progress=False,
     )
@@ -97,10 +95,9 @@ def test_probe_picks_the_best_validation_epoch_not_the_last():
         test_x,
         test_y,
         probe_cfg(lr=3000.0, milestones=[], epochs=8),
-        3,
-        {"many": [0], "medium": [1], "few": [2]},
-        [0.5] * 3,
-        [0.25] * 3,
+        EvalSettings(
+            3, {"many": [0], "medium": [1], "few": [2]}, [0.5] * 3, [0.25] * 3, batch_size=64
+        ),
         torch.Generator().manual_seed(0),
         progress=False,
     )

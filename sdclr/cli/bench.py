@@ -113,7 +113,7 @@ def _training_setup(ctx: dict[str, Any], ratio: float | None, fuse: bool = False
     with the CIFAR stem, prepared with the run's numerics, in training mode with its mask."""
     from sdclr.methods.simclr import ContrastiveMethod
     from sdclr.models.contrastive import build_model
-    from sdclr.train.loop import make_optimizer, prepare_model
+    from sdclr.train.step import make_optimizer, prepare_model
 
     dual = ratio is not None
     model = build_model("resnet18", True, None, 3 if dual else 2, 128, dual).to(ctx["device"])
@@ -130,7 +130,7 @@ def _training_setup(ctx: dict[str, Any], ratio: float | None, fuse: bool = False
 
 def _time_method(ctx: dict[str, Any], ratio: float | None, fuse: bool = False) -> dict[str, Any]:
     """Augmentation + training step, as pretrain() runs them, after warm-up."""
-    from sdclr.train.loop import make_views, train_step
+    from sdclr.train.step import make_views, train_step
 
     device, settings, gen = ctx["device"], ctx["settings"], ctx["gen"]
     d_i, batches = ctx["d_i"], ctx["batches"]
@@ -169,7 +169,7 @@ def _time_method(ctx: dict[str, Any], ratio: float | None, fuse: bool = False) -
 def _time_ceiling(ctx: dict[str, Any]) -> dict[str, Any]:
     """Forward+backward+SGD of backbone + 2-layer head on random resident views, one pass."""
     from sdclr.models.contrastive import build_model
-    from sdclr.train.loop import make_optimizer, prepare_model
+    from sdclr.train.step import make_optimizer, prepare_model
 
     device, settings, batch = ctx["device"], ctx["settings"], ctx["batch"]
     model = prepare_model(build_model("resnet18", True, None, 2, 128, False).to(device), settings)
@@ -195,7 +195,7 @@ def _time_step_ratio(ctx: dict[str, Any]) -> dict[str, float]:
     """SDCLR step on ready-made views over two plain fwd+bwd passes of the same backbone, with
     the branches as two passes and fused."""
     from sdclr.models.backbone import create_backbone
-    from sdclr.train.loop import make_views, train_step
+    from sdclr.train.step import make_views, train_step
 
     device, settings, gen, batch = ctx["device"], ctx["settings"], ctx["gen"], ctx["batch"]
     steps = {fuse: _training_setup(ctx, 0.9, fuse) for fuse in (False, True)}
@@ -248,7 +248,7 @@ def _gradient_error(ctx: dict[str, Any]) -> dict[str, Any]:
 
     from sdclr.methods.simclr import ContrastiveMethod
     from sdclr.models.contrastive import build_model
-    from sdclr.train.loop import make_views
+    from sdclr.train.step import make_views
 
     batch = min(ctx["batch"], 32)  # float64 is slow; the kernels are the same at any batch
     torch.manual_seed(0)
@@ -293,7 +293,7 @@ def _time_views(ctx: dict[str, Any]) -> dict[str, Any]:
     shows up as the gap between the methods and the model-only ceiling."""
     from dataclasses import replace
 
-    from sdclr.train.loop import make_views
+    from sdclr.train.step import make_views
 
     settings, batch = ctx["settings"], ctx["batch"]
     x = ctx["d_i"][:batch]
@@ -314,6 +314,7 @@ def _time_views(ctx: dict[str, Any]) -> dict[str, Any]:
 
 def _time_probe(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
     """The linear probe (30 epochs over the pool); quick: a slice, one epoch, extrapolated."""
+    from sdclr.eval.features import EvalSettings
     from sdclr.eval.probe import train_probe
     from sdclr.models.contrastive import build_model
 
@@ -337,13 +338,16 @@ def _time_probe(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
         images.new_tensor(data.test_x[test_idx]),
         labels.new_tensor(data.test_y[test_idx]),
         cfg,
-        10,
-        {"many": [0], "medium": [1], "few": [2]},
-        ctx["mean"],
-        ctx["std"],
+        EvalSettings(
+            num_classes=10,
+            groups={"many": [0], "medium": [1], "few": [2]},
+            mean=ctx["mean"],
+            std=ctx["std"],
+            batch_size=int(cfg.eval_batch_size),
+            amp_dtype=settings.amp_dtype,
+        ),
         torch.Generator(device=device).manual_seed(1),
         progress=False,
-        amp_dtype=settings.amp_dtype,
     )
     full_epochs = int(ctx["cfg"].linear.epochs)
     # training epochs scale with pool size x epochs, the one-off val/test features with
@@ -411,7 +415,7 @@ def _time_loading_224(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
 
     from sdclr.augment.ops import ContrastiveAugmentConfig
     from sdclr.data.banks import FileImages
-    from sdclr.train.loop import make_views
+    from sdclr.train.step import make_views
 
     device, data = ctx["device"], ctx["data"]
     n, batch = (32, 16) if quick else (2048, 256)
@@ -477,8 +481,9 @@ def run_benchmark(
     from sdclr.config.validate import validate
     from sdclr.data.arrays import load_arrays
     from sdclr.data.splits import resolve_split
-    from sdclr.train.loop import augment_config, batches_per_epoch, step_settings
+    from sdclr.train.step import augment_config, batches_per_epoch
     from sdclr.utils.distributed import resolve_device
+    from sdclr.utils.precision import step_settings
 
     device = resolve_device("cpu" if quick and device_name == "auto" else device_name)
     batch = batch_size or (16 if quick else 512)

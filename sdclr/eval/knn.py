@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sdclr.data.banks import FileImages, TensorImages, as_images
+from sdclr.eval.features import EvalSettings, extract_bank_features
 from sdclr.eval.metrics import summarize
-from sdclr.eval.probe import extract_bank_features
 from sdclr.models.contrastive import evaluating
 
 
@@ -147,38 +147,37 @@ def knn_monitor(
     bank_labels: Tensor,
     test_images: Tensor | TensorImages | FileImages,
     test_labels: Tensor,
-    num_classes: int,
-    groups: dict[str, list[int]],
-    mean: list[float],
-    std: list[float],
-    batch_size: int = 512,
-    amp_dtype: torch.dtype | None = None,
+    settings: EvalSettings,
     k: int = 200,
     temperature: float = 0.1,
     *,
     bank_idx: Tensor | None = None,
-    size: int | None = None,
-    resize: int | None = None,
 ) -> dict:
     """kNN accuracy of ``backbone``'s features on uint8 images [N, 3, H, W] or image banks
-    (:mod:`sdclr.data.banks`); ``bank_idx`` picks the bank's images (default: all), ``size``
-    and ``resize`` give the evaluation view (default: the images as they are).
+    (:mod:`sdclr.data.banks`), seen as ``settings`` says (:mod:`sdclr.eval.features`);
+    ``bank_idx`` picks the bank's images (default: all).
 
     Features are taken in eval mode (BN running statistics, as the probes use), and every
     submodule's train/eval flag is put back afterwards, so the monitor can be called in the
     middle of pretraining without disturbing it.
     """
     bank, test = as_images(bank_images), as_images(test_images)
-    if size is None:
-        size = int(bank.images.shape[-1]) if isinstance(bank, TensorImages) else 224
+    settings = settings.sized_for(bank)
     if bank_idx is None:
         bank_idx = torch.arange(len(bank), device=bank.device)
     test_idx = torch.arange(len(test), device=bank.device)
     with evaluating(backbone):
         feats = [
-            extract_bank_features(backbone, b, idx, mean, std, batch_size, size, resize, amp_dtype)
+            extract_bank_features(backbone, b, idx, settings)
             for b, idx in ((bank, bank_idx), (test, test_idx))
         ]
     return knn_evaluate(
-        feats[0], bank_labels, feats[1], test_labels, num_classes, groups, k, temperature
+        feats[0],
+        bank_labels,
+        feats[1],
+        test_labels,
+        settings.num_classes,
+        settings.groups,
+        k,
+        temperature,
     )

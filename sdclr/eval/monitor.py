@@ -18,7 +18,6 @@ with them computes the same weights as one without.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -26,9 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdclr.augment.ops import normalize
-from sdclr.augment.views import eval_view
 from sdclr.data.banks import FileImages, TensorImages
+from sdclr.eval.features import EvalSettings
 from sdclr.eval.knn import knn_monitor
 from sdclr.models.contrastive import evaluating
 from sdclr.utils.precision import autocast, input_dtype, upcast_half
@@ -48,24 +46,6 @@ def stratified_sample(labels: np.ndarray, num_classes: int, per_class: int) -> n
 def default_per_class(num_classes: int) -> int:
     """About 640 images in all, at least 8 per class: 64 for 10 classes, 8 for 100."""
     return max(8, 640 // max(num_classes, 1))
-
-
-@dataclass(frozen=True)
-class EvalSettings:
-    """What both monitors share: the classes and their groups, and how images are seen (the
-    evaluation view, normalised; forwards of ``batch_size`` images in ``amp_dtype``)."""
-
-    num_classes: int
-    groups: dict[str, list[int]]
-    mean: list[float]
-    std: list[float]
-    size: int
-    resize: int | None = None
-    batch_size: int = 512
-    amp_dtype: torch.dtype | None = None
-
-    def view(self, x: torch.Tensor) -> torch.Tensor:
-        return normalize(eval_view(x, self.size, self.resize), self.mean, self.std)
 
 
 class KnnMonitor:
@@ -92,24 +72,16 @@ class KnnMonitor:
 
     def __call__(self, backbone: nn.Module) -> dict[str, Any]:
         """kNN accuracy of ``backbone``'s features: acc, many, medium, few, std, k."""
-        e = self.settings
         r = knn_monitor(
             backbone,
             self.bank,
             self.bank_labels,
             self.test,
             self.test_labels,
-            e.num_classes,
-            e.groups,
-            e.mean,
-            e.std,
-            e.batch_size,
-            e.amp_dtype,
+            self.settings,
             self.k,
             self.temperature,
             bank_idx=self.bank_idx,
-            size=e.size,
-            resize=e.resize,
         )
         return {key: r[key] for key in ("acc", "many", "medium", "few", "std", "k")}
 
@@ -163,7 +135,7 @@ class Diagnostics:
         branch = 1 if method.dual_bn else 0
         pruned = bool(method.pruned) and method.masks is not None
         dense, sparse = [], []
-        e = self.settings
+        e = self.settings.sized_for(self.bank)
         chunks = [
             self.sample[s : s + e.batch_size] for s in range(0, len(self.sample), e.batch_size)
         ]

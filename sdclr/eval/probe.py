@@ -19,40 +19,12 @@ import torch
 from torch import nn
 
 from sdclr.augment.ops import normalize
-from sdclr.augment.views import eval_view, probe_train_view
+from sdclr.augment.views import probe_train_view
 from sdclr.data.banks import FileImages, TensorImages, as_images
+from sdclr.eval.features import EvalSettings, encode, extract_bank_features
 from sdclr.eval.metrics import summarize
-from sdclr.utils.precision import autocast, input_dtype
 from sdclr.utils.progress import progress_bar
 from sdclr.utils.signals import Interrupted
-
-
-def _encode(backbone: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
-    """Float32 features (the probe's linear layer trains in float32)."""
-    with autocast(x.device.type, amp_dtype):
-        return backbone(x.to(input_dtype(backbone))).float()
-
-
-@torch.no_grad()
-def extract_bank_features(
-    backbone: nn.Module,
-    bank: TensorImages | FileImages,
-    idx: torch.Tensor,
-    mean: list[float],
-    std: list[float],
-    batch_size: int,
-    size: int,
-    resize: int | None = None,
-    amp_dtype: torch.dtype | None = None,
-) -> torch.Tensor:
-    """Features of ``bank[idx]`` under the evaluation view, batch by batch."""
-    feats = []
-    chunks = [idx[s : s + batch_size] for s in range(0, len(idx), batch_size)]
-    for x in bank.batches(chunks):
-        feats.append(_encode(backbone, normalize(eval_view(x, size, resize), mean, std), amp_dtype))
-    if not feats:
-        raise ValueError("no images to extract features from")
-    return torch.cat(feats)
 
 
 @torch.no_grad()
@@ -69,31 +41,30 @@ def train_probe(
     test_images: torch.Tensor | TensorImages | FileImages,
     test_labels: torch.Tensor,
     cfg,
-    num_classes: int,
-    groups: dict,
-    mean: list[float],
-    std: list[float],
+    settings: EvalSettings,
     generator: torch.Generator,
+    *,
+    crop: str = "pad",
     desc: str = "probe",
     progress: bool = True,
     log=None,
-    amp_dtype: torch.dtype | None = None,
     stop=None,
-    crop: str = "pad",
-    size: int | None = None,
-    eval_resize: int | None = None,
 ) -> dict:
     """Train a linear probe; returns the metrics of :func:`sdclr.eval.metrics.summarize` plus
-    ``best_epoch``, ``val_acc`` (per epoch) and ``seconds``. ``amp_dtype`` (bf16 on CUDA)
-    applies to the frozen backbone only; the linear layer trains in float32. ``crop`` is the
-    training augmentation (``pad`` or ``resized``, see :mod:`sdclr.augment.views`), ``size``
-    the input size (default: the images' own) and ``eval_resize`` the Resize before the
-    centre crop."""
+    ``best_epoch``, ``val_acc`` (per epoch) and ``seconds``.
+
+    ``cfg`` is the probe's section (epochs, batch_size, lr, momentum, weight_decay, milestones,
+    gamma, augment); ``settings`` (:class:`sdclr.eval.features.EvalSettings`) gives the
+    classes and groups, the evaluation view and how the frozen backbone runs: its
+    ``amp_dtype`` (bf16 on CUDA) applies to the backbone only, the linear layer trains in
+    float32. ``crop`` is the training augmentation (``pad`` or ``resized``, see
+    :mod:`sdclr.augment.views`) at the settings' size. ``stop`` (a
+    :class:`sdclr.utils.signals.StopSignal`) raises :class:`sdclr.utils.signals.Interrupted`
+    at the end of the epoch it arrives in."""
     t0 = time.time()
     bank, test_bank = as_images(images), as_images(test_images)
+    settings = settings.sized_for(bank)
     device = bank.device
-    if size is None:
-        size = int(bank.images.shape[-1]) if isinstance(bank, TensorImages) else 224
     backbone.eval()
     for p in backbone.parameters():
         p.requires_grad_(False)
@@ -101,9 +72,7 @@ def train_probe(
     val_idx_t = torch.as_tensor(val_idx, device=device)
 
     def features(b, idx: torch.Tensor) -> torch.Tensor:
-        return extract_bank_features(
-            backbone, b, idx, mean, std, cfg.eval_batch_size, size, eval_resize, amp_dtype
-        )
+        return extract_bank_features(backbone, b, idx, settings)
 
     val_feats = features(bank, val_idx_t)
     val_labels = labels[val_idx_t]
@@ -112,7 +81,7 @@ def train_probe(
     if not cfg.augment:  # no augmentation: the frozen features never change
         fixed_train = features(bank, train_idx_t)
 
-    linear = nn.Linear(val_feats.shape[1], num_classes).to(device)
+    linear = nn.Linear(val_feats.shape[1], settings.num_classes).to(device)
     nn.init.normal_(linear.weight, 0.0, 0.01)
     nn.init.zeros_(linear.bias)
     opt = torch.optim.SGD(
@@ -133,8 +102,9 @@ def train_probe(
                 feats = fixed_train[sel]
             else:
                 with torch.no_grad():
-                    x = probe_train_view(x, crop, size, generator)
-                    feats = _encode(backbone, normalize(x, mean, std), amp_dtype)
+                    x = probe_train_view(x, crop, settings.size, generator)
+                    x = normalize(x, settings.mean, settings.std)
+                    feats = encode(backbone, x, settings.amp_dtype)
             loss = nn.functional.cross_entropy(linear(feats), labels[train_idx_t[sel]])
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -169,7 +139,7 @@ def train_probe(
     linear.load_state_dict(best_state)
     with torch.no_grad():
         pred = linear(test_feats).argmax(1).cpu().numpy()
-    result = summarize(pred, test_labels.cpu().numpy(), num_classes, groups)
+    result = summarize(pred, test_labels.cpu().numpy(), settings.num_classes, settings.groups)
     result.update(
         best_epoch=best_epoch,
         best_val_acc=best_acc,

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-from sdclr.errors import SdclrError
 from sdclr.models.backbone import dense_state_dict
 from sdclr.models.checkpoint import load_encoder
 
@@ -44,24 +41,3 @@ def export_backbone(checkpoint: str | Path, out: str | Path) -> dict:
     }
     out.with_suffix(out.suffix + ".json").write_text(json.dumps(info, indent=2))
     return info
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description="Export the dense encoder of an sdclr pretrain checkpoint as a plain "
-        "timm state_dict."
-    )
-    parser.add_argument("checkpoint", help="a job's checkpoints/pretrain.pt")
-    parser.add_argument("out", help="output file, e.g. backbone.pth")
-    args = parser.parse_args(argv)
-    try:
-        info = export_backbone(args.checkpoint, args.out)
-    except SdclrError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out} ({info['timm_name']}); load it with:\n  {info['load']}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,8 +1,13 @@
-"""Mixed precision in one place: the autocast context every forward pass uses."""
+"""Numerics in one place: the training step's settings (autocast dtype, memory format,
+torch.compile) and the autocast context every forward pass uses."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
+
+from sdclr.utils.distributed import world_size
 
 
 def autocast(device_type: str, amp_dtype: torch.dtype | None) -> torch.autocast:
@@ -29,3 +34,32 @@ def input_dtype(module: torch.nn.Module) -> torch.dtype:
     in training and evaluation; float64 in the suite's double-precision checks)."""
     p = next(module.parameters(), None)
     return p.dtype if p is not None and p.is_floating_point() else torch.float32
+
+
+@dataclass
+class StepSettings:
+    """Numerics of the training step: bf16 autocast and channels_last on CUDA by default,
+    plain float32 on CPU."""
+
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+    compile: bool = False
+    compile_mode: str = "default"  # torch.compile's mode for the model
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+
+def step_settings(cfg, device: torch.device) -> StepSettings:
+    cuda = device.type == "cuda"
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if cuda else "fp32")
+    channels_last = cfg.channels_last if cfg.channels_last is not None else cuda
+    # auto: off under torchrun, where SyncBatchNorm breaks the compiled graph (pytorch#161302)
+    compile_ = cfg.compile if cfg.compile is not None else cuda and world_size() == 1
+    return StepSettings(
+        torch.bfloat16 if precision == "bf16" else None,
+        bool(channels_last),
+        bool(compile_),
+        str(cfg.compile_mode),
+    )

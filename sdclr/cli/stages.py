@@ -1,0 +1,238 @@
+"""The stages of a job: what each needs from the data, and how each runs.
+
+:func:`check_inputs` refuses a run whose data cannot serve its stages (before any file of the
+job is touched); :data:`STAGES` maps each stage name to the function that runs it on a
+started :class:`sdclr.cli.job.Job` and stores its result in ``job.metrics``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from sdclr.cli.job import Job
+from sdclr.config.derived import diagnostics_on
+from sdclr.config.drift import config_hash
+from sdclr.data.banks import FileImages, TensorImages
+from sdclr.data.run_data import RunData
+from sdclr.errors import ConfigError
+from sdclr.eval.features import EvalSettings
+from sdclr.eval.metrics import class_groups
+from sdclr.eval.monitor import (
+    Diagnostics,
+    KnnMonitor,
+    TrainingMonitor,
+    default_per_class,
+    stratified_sample,
+)
+from sdclr.eval.probe import train_probe
+from sdclr.methods.registry import build_method
+from sdclr.models.checkpoint import build_from_spec, load_encoder, model_spec
+from sdclr.train.loop import pretrain
+from sdclr.utils.distributed import convert_sync_batchnorm, world_size
+from sdclr.utils.precision import step_settings
+from sdclr.utils.signals import StopSignal
+
+
+@dataclass
+class StageInputs:
+    counts: dict[str, list[int]]  # images per class of D_i, D_b and S_b
+    groups: dict[str, list[int]]  # Many / Medium / Few classes, from the D_i counts
+    pretrain_idx: np.ndarray  # positions of the pretraining set in data.train
+
+
+def check_inputs(cfg: DictConfig, data: RunData, stages: list[str]) -> StageInputs:
+    """The split's counts and groups and the pretraining set, after checking that the data
+    has what ``stages`` need (labels and test images for probes, S_b for few-shot, enough
+    pretraining images for a batch)."""
+    split = data.split
+    counts = {s: split.counts(s, data.train_y).tolist() for s in ("D_i", "D_b", "S_b")}
+    groups = class_groups(counts["D_i"], cfg.data.group_scheme)
+    probes = [s for s in stages if s != "pretrain"]
+    if probes and not data.labelled:
+        raise ConfigError(
+            f"config key 'stage.name': {data.source} has no class folders, so there are no "
+            f"labels for the {probes[0]} probe; run stage=pretrain, or sort the images into "
+            f"<root>/<class>/ folders"
+        )
+    if probes and len(data.test_labels) == 0:
+        raise ConfigError(
+            f"config key 'stage.name': the {probes[0]} probe needs test images and the data "
+            f"has none; add a test folder or set data.test_per_class"
+        )
+    pretrain_idx = split.subset(cfg.split.pretrain_set)
+    if "fewshot" in stages and len(split.S_b) == 0:
+        raise ConfigError(
+            "config key 'stage.name': the few-shot probe needs the split's S_b images and it has "
+            "none (with list files, give data.lists.S_b, or run stage=pretrain / linear)"
+        )
+    if "pretrain" in stages and len(pretrain_idx) == 0:
+        raise ConfigError(
+            f"config key 'split.pretrain_set': the split has no {cfg.split.pretrain_set} images "
+            f"(with list files, give data.lists.{cfg.split.pretrain_set})"
+        )
+    if "pretrain" in stages and cfg.pretrain.batch_size > len(pretrain_idx):
+        raise ConfigError(
+            f"config key 'pretrain.batch_size': {cfg.pretrain.batch_size} is larger than the "
+            f"pretraining set ({len(pretrain_idx)} images of {cfg.split.pretrain_set}); lower "
+            f"the batch size or raise data.fraction"
+        )
+    return StageInputs(counts, groups, pretrain_idx)
+
+
+# --- pretrain ---------------------------------------------------------------------------
+
+
+def run_pretrain(job: Job, stage: str, stop: StopSignal) -> None:
+    """Pretrain (resuming the job's checkpoint where it has one) into ``job.checkpoint``."""
+    cfg, device = job.cfg, job.device
+    spec = model_spec(cfg)
+    model = build_from_spec(spec).to(device)
+    if world_size() > 1:
+        convert_sync_batchnorm(model, device)
+    gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
+    method = build_method(cfg, gen)
+    pretrain_bank = subset(job.data.train, job.pretrain_idx)
+    result = pretrain(
+        cfg,
+        model,
+        method,
+        pretrain_bank,
+        gen,
+        job.checkpoint,
+        {
+            "spec": spec,
+            "config": job.plan.config,
+            "config_hash": config_hash(job.plan.config),
+            "wandb_id": job.wandb_id,
+        },
+        log=lambda r, step, kind="pretrain": job.tracker.log(r, kind, step),
+        resume_from=job.plan.previous,
+        stop=stop,
+        monitor=training_monitor(job, pretrain_bank),
+    )
+    job.plan.previous = None  # consumed: nothing else resumes from it
+    result["split_counts"] = job.counts
+    result["pretrain_set"] = cfg.split.pretrain_set
+    result["checkpoint"] = str(job.checkpoint)
+    job.metrics["pretrain"] = result
+
+
+def subset(images: TensorImages | FileImages, idx: np.ndarray) -> TensorImages | FileImages:
+    """The pretraining set: a gathered copy of resident images, or a view of the files."""
+    if isinstance(images, TensorImages):
+        return TensorImages(images.take(torch.as_tensor(idx, device=images.device)))
+    return FileImages(images.root, [images.paths[i] for i in idx], images.device, images.workers)
+
+
+def eval_settings(job: Job, batch_size: int) -> EvalSettings:
+    """How the probes and monitors of ``job`` see images (:mod:`sdclr.eval.features`)."""
+    cfg = job.cfg
+    return EvalSettings(
+        num_classes=job.data.num_classes,
+        groups=job.groups,
+        mean=list(cfg.data.mean),
+        std=list(cfg.data.std),
+        size=int(cfg.data.image_size),
+        resize=cfg.data.eval_resize,
+        batch_size=int(batch_size),
+        amp_dtype=step_settings(cfg, job.device).amp_dtype,
+    )
+
+
+def training_monitor(job: Job, pretrain_bank: TensorImages | FileImages) -> TrainingMonitor | None:
+    """The kNN monitor and the diagnostics of this run (:mod:`sdclr.eval.monitor`), or None.
+    Both need labels (and the kNN monitor test images); without them they are left off."""
+    cfg, data, device = job.cfg, job.data, job.device
+    mon = cfg.monitor
+    settings = eval_settings(job, mon.batch_size)
+    knn = diag = None
+    labelled = data.labelled
+    if mon.knn_every > 0:
+        if labelled and len(data.test_labels) and len(data.split.pool):
+            pool = torch.as_tensor(data.split.pool, device=device)
+            knn = KnnMonitor(
+                int(mon.knn_every),
+                data.train,
+                pool,
+                data.train_labels[pool],
+                data.test,
+                data.test_labels,
+                settings,
+                k=int(mon.knn_k),
+                temperature=float(mon.knn_t),
+            )
+        elif job.main_process:
+            print("kNN monitor off: the data has no labels or no test images", flush=True)
+    if diagnostics_on(cfg):
+        if labelled:
+            labels = data.train_labels[torch.as_tensor(job.pretrain_idx, device=device)]
+            per_class = mon.diagnostics_per_class or default_per_class(data.num_classes)
+            sample = stratified_sample(labels.cpu().numpy(), data.num_classes, int(per_class))
+            diag = Diagnostics(
+                int(mon.diagnostics_every),
+                pretrain_bank,
+                torch.as_tensor(sample, device=device),
+                labels,
+                settings,
+            )
+        elif job.main_process:
+            print("diagnostics off: the data has no labels", flush=True)
+    if knn is None and diag is None:
+        return None
+    return TrainingMonitor(knn, diag)
+
+
+# --- probes -----------------------------------------------------------------------------
+
+
+def run_probe(job: Job, stage: str, stop: StopSignal) -> None:
+    """The linear (over the pool) or few-shot (over S_b) probe of the job's encoder, or of
+    ``stage.checkpoint``; rank 0 alone runs it."""
+    if not job.main_process:
+        return
+    cfg, device, data, split = job.cfg, job.device, job.data, job.data.split
+    source = cfg.stage.checkpoint or job.checkpoint
+    model, _ = load_encoder(source, cfg.backbone.name)
+    backbone = model.to(device).backbone
+    if step_settings(cfg, device).channels_last:  # as in pretraining (and the bench's probe)
+        backbone.to(memory_format=torch.channels_last)
+    probe_cfg = cfg[stage]
+    train_idx = split.pool if stage == "linear" else split.S_b
+    gen = torch.Generator(device=device).manual_seed(
+        int(cfg.seed) + (1 if stage == "linear" else 2)
+    )
+    result = train_probe(
+        backbone,
+        data.train,
+        data.train_labels,
+        train_idx,
+        split.val,
+        data.test,
+        data.test_labels,
+        probe_cfg,
+        eval_settings(job, probe_cfg.eval_batch_size),
+        gen,
+        crop=cfg.data.probe_crop,
+        desc=stage,
+        log=lambda r, s=stage: job.tracker.log(r, s),
+        stop=stop,
+    )
+    result["class_counts"] = job.counts["D_i"]
+    result["checkpoint"] = str(source)
+    job.metrics[stage] = result
+    job.tracker.summary(
+        {f"{stage}/{k}": result[k] for k in ("acc", "many", "medium", "few", "std")}
+    )
+
+
+#: Each stage's runner: ``STAGES[name](job, name, stop)``.
+STAGES: dict[str, Callable[[Job, str, StopSignal], None]] = {
+    "pretrain": run_pretrain,
+    "linear": run_probe,
+    "fewshot": run_probe,
+}

@@ -1,0 +1,99 @@
+"""What a job says about itself: its run record in ``metrics.json``, its own report (table
+and plots in ``job_dir/report``, and W&B), and the summary printed at the end."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from sdclr.config.derived import bn_mode, head_depth, method_label, method_title
+from sdclr.data.run_data import RunData
+from sdclr.report.build import (
+    DIAGNOSTICS_PLOT,
+    KNN_PLOT,
+    build_report,
+    format_job_metrics,
+    write_pretrain_plots,
+)
+from sdclr.utils.tracking import Tracker
+
+
+def run_record(cfg: DictConfig, device: torch.device, data: RunData) -> dict[str, Any]:
+    """``metrics["run"]``: what ran (method, options, split, data), as the report groups it."""
+    split = data.split
+    return {
+        "method": method_title(cfg),
+        "method_name": str(cfg.method.name),
+        "label": method_label(cfg),
+        "dataset": cfg.data.name,
+        "split": int(cfg.split.index),
+        "pretrain_set": cfg.split.pretrain_set,
+        "backbone": cfg.backbone.name,
+        "prune_ratio": cfg.prune.ratio,
+        "random_ratio": cfg.prune.random_ratio,
+        "bn": bn_mode(cfg),
+        "head_depth": head_depth(cfg),
+        "loss": str(cfg.loss.name) if cfg.method.name == "simclr" else None,
+        "temperature_schedule": str(cfg.temperature.schedule),
+        "boost": bool(cfg.boost),
+        "seed": int(cfg.seed),
+        "fraction": float(cfg.data.fraction),
+        "smoke": bool(cfg.smoke),
+        "device": str(device),
+        "split_source": split.source,
+        "data_source": data.source,
+        "data_fingerprint": data.fingerprint,
+    }
+
+
+def job_report(job_dir: Path, metrics: dict[str, Any], tracker: Tracker) -> None:
+    """This job's table and plots in ``job_dir/report`` (and W&B)."""
+    out = job_dir / "report"
+    if "linear" not in metrics and "fewshot" not in metrics:
+        # a pretrain-only job: its learning curve and diagnostics, if it has them
+        plots = write_pretrain_plots(metrics, out)
+        tracker.log_files(images=plots)
+        return
+    build_report(job_dir, out)
+    tracker.log_files(
+        tables={"results": format_job_metrics(metrics)},
+        images={
+            "group_accuracy": out / "group_accuracy.png",
+            "per_class_accuracy": out / "per_class_accuracy.png",
+            "knn_curves": out / KNN_PLOT,
+            "diagnostics": out / DIAGNOSTICS_PLOT,
+        },
+    )
+
+
+def print_summary(cfg: DictConfig, metrics: dict[str, Any], job_dir: Path) -> None:
+    lines = [
+        f"\n{metrics['run']['label']} on {cfg.data.name} split {cfg.split.index} "
+        f"({cfg.split.pretrain_set})"
+    ]
+    if cfg.smoke or cfg.data.fraction < 1:
+        lines.append(
+            f"NOTE: smoke-scale run (data.fraction={cfg.data.fraction:g}, "
+            f"pretrain.epochs={cfg.pretrain.epochs}); the numbers show the pipeline "
+            f"works, not the method's accuracy."
+        )
+    if "pretrain" in metrics:
+        pre = metrics["pretrain"]
+        dens = pre.get("mask_density")
+        lines.append(
+            f"pretrain: {pre['epochs']} epochs, final loss {pre['final_loss']:.4f}, "
+            f"{pre['seconds']:.1f} s" + (f", mask density {dens[-1]:.3f}" if dens else "")
+        )
+        if pre.get("knn"):
+            k = pre["knn"][-1]
+            lines.append(
+                f"kNN monitor (epoch {k['epoch']}): acc {k['acc']:.2f}, many {k['many']:.2f}, "
+                f"medium {k['medium']:.2f}, few {k['few']:.2f}"
+            )
+    if "linear" in metrics or "fewshot" in metrics:
+        lines.append(format_job_metrics(metrics))
+    lines.append(f"job directory: {job_dir}")
+    print("\n".join(lines), flush=True)
