@@ -677,7 +677,7 @@ def test_report_groups_any_mix_of_methods_with_curves_and_diagnostics(tmp_path):
 
 
 def test_pretrain_only_job_gets_its_plots(tmp_path):
-    from sdclr.report.build import write_pretrain_plots
+    from sdclr.report.plots import write_pretrain_plots
 
     _fake_job(tmp_path, "job", "SDCLR p=0.9 dual-BN head3", "SDCLR", 1, 50.0)
     metrics = json.loads((tmp_path / "job" / "metrics.json").read_text())

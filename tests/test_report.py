@@ -1,4 +1,4 @@
-"""Tests for sdclr.report.build: aggregation over a fake Hydra multirun sweep."""
+"""Tests for sdclr.report: aggregation over a fake Hydra multirun sweep."""
 
 from __future__ import annotations
 
@@ -8,14 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from sdclr.report.build import (
-    build_report,
-    find_job_dirs,
-    format_job_metrics,
-    format_table,
-    main,
-    read_sweep_spec,
-)
+from sdclr.report.__main__ import main
+from sdclr.report.build import build_report
+from sdclr.report.jobs import find_job_dirs, read_sweep_spec
+from sdclr.report.render import format_job_metrics, format_table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SIMCLR = "SimCLR"

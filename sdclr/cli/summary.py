@@ -11,13 +11,9 @@ from omegaconf import DictConfig
 
 from sdclr.config.derived import bn_mode, head_depth, method_label, method_title
 from sdclr.data.run_data import RunData
-from sdclr.report.build import (
-    DIAGNOSTICS_PLOT,
-    KNN_PLOT,
-    build_report,
-    format_job_metrics,
-    write_pretrain_plots,
-)
+from sdclr.report.build import build_report
+from sdclr.report.plots import DIAGNOSTICS_PLOT, KNN_PLOT, write_pretrain_plots
+from sdclr.report.render import format_job_metrics
 from sdclr.utils.tracking import Tracker
 
 

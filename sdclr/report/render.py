@@ -1,0 +1,224 @@
+"""Render the report as markdown: aligned tables, mean ± std cells and the report's sections.
+
+Failed, running and incomplete jobs are listed with their error line and Hydra overrides;
+override combinations of ``multirun.yaml`` without any job dir are listed as missing.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sdclr.report.aggregate import METRICS
+from sdclr.report.jobs import STAGES, as_float
+from sdclr.report.plots import DIAGNOSTICS_PLOT, GROUP_PLOT, KNN_PLOT, PER_CLASS_PLOT
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _fmt_cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.2f}"
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _is_numeric_text(text: str) -> bool:
+    return bool(re.fullmatch(r"[-+]?\d[\d.,eE+-]*( ± [\d.eE+-]+)?", text.strip()))
+
+
+def format_table(
+    rows: Sequence[Mapping[str, Any]] | Sequence[Sequence[Any]],
+    headers: Sequence[str] | None = None,
+) -> str:
+    """Render ``rows`` as an aligned markdown table.
+
+    ``rows`` is either a list of dicts (the header is the union of their keys, in first-seen
+    order, unless ``headers`` is given) or a list of sequences (the first row is the header
+    unless ``headers`` is given). Floats are printed with two decimals, ``None``/NaN as ``-``;
+    columns whose cells are all numeric are right-aligned.
+    """
+    rows = list(rows)
+    if rows and isinstance(rows[0], Mapping):
+        if headers is None:
+            headers = list(dict.fromkeys(k for row in rows for k in row))
+        body = [[row.get(h) for h in headers] for row in rows]  # type: ignore[union-attr]
+    else:
+        if headers is None:
+            if not rows:
+                return ""
+            headers, rows = list(rows[0]), rows[1:]
+        body = [list(row) for row in rows]
+    head = [_fmt_cell(h) for h in headers]
+    cells = [[_fmt_cell(v) for v in row] + [""] * (len(head) - len(row)) for row in body]
+    widths = [max([len(head[i]), 3] + [len(r[i]) for r in cells]) for i in range(len(head))]
+    right = [
+        bool(cells) and all(_is_numeric_text(r[i]) or r[i] == "-" for r in cells)
+        for i in range(len(head))
+    ]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)]
+        return "| " + " | ".join(parts) + " |"
+
+    sep = "| " + " | ".join("-" * (w - 1) + ":" if r else "-" * w for w, r in zip(widths, right))
+    return "\n".join([line(head), sep + " |"] + [line(r) for r in cells])
+
+
+def format_job_metrics(metrics: Mapping[str, Any]) -> str:
+    """A small markdown table of one job's ``linear``/``fewshot`` results.
+
+    Columns: Stage, Acc, Many, Medium, Few, Std, Seconds. Returns a one-line note when the
+    job has neither probe.
+    """
+    rows = []
+    for stage, title in STAGES:
+        res = metrics.get(stage)
+        if not isinstance(res, Mapping):
+            continue
+        row: dict[str, Any] = {"Stage": title}
+        for key, col in METRICS:
+            row[col] = as_float(res.get(key))
+        seconds = as_float(res.get("seconds"))
+        row["Seconds"] = None if seconds is None else f"{seconds:.1f}"
+        rows.append(row)
+    if not rows:
+        return "(no linear or few-shot results)"
+    return format_table(rows)
+
+
+def format_mean_std(mean: float | None, std: float | None) -> str:
+    """``86.44 ± 0.51``; ``-`` when there is no value."""
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "-"
+    if std is None or math.isnan(std):
+        return f"{mean:.2f}"
+    return f"{mean:.2f} ± {std:.2f}"
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _job_row(job: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "Job": job["name"],
+        "Overrides": " ".join(job["overrides"]) or "(none recorded)",
+        "Status": job["state"],
+        "Stage": job["stage"] or "-",
+        "Error": job["error"] or "-",
+    }
+
+
+def _header(counts: Mapping[str, Any]) -> str:
+    total = counts["job_dirs"] + counts["missing"]
+    parts = [f"averaged over {counts['completed']} of {total} jobs"]
+    if counts["failed"]:
+        parts.append(f"{counts['failed']} failed")
+    if counts["incomplete"]:
+        parts.append(f"{counts['incomplete']} incomplete")
+    if counts["missing"]:
+        parts.append(f"{counts['missing']} missing (no job dir)")
+    text = "; ".join(parts)
+    text = text[0].upper() + text[1:] + "."
+    if counts["expected"] is not None:
+        text += f" The sweep expected {counts['expected']} jobs (from multirun.yaml)."
+    return text
+
+
+def render_markdown(summary: Mapping[str, Any]) -> str:
+    counts = summary["counts"]
+    out = [f"# Sweep report: `{summary['sweep_dir']}`", "", _header(counts), ""]
+    out.append(
+        "Each cell is mean ± std over the splits of the completed jobs of that method; the ± "
+        "is the **population** standard deviation (numpy `ddof=0`). `n` is the number of "
+        "splits (jobs) averaged. The Std column is each job's balancedness: the population "
+        "std of its (Many, Medium, Few) accuracies, then averaged like the others. "
+        "Failed and incomplete jobs are never averaged in."
+    )
+    methods = summary["methods"]
+    for stage, title in STAGES:
+        out += ["", f"## {title}", ""]
+        rows = []
+        for m in methods:
+            res = m[stage]
+            if not res["n"]:
+                continue
+            row: dict[str, Any] = {"Method": m["label"], "n": res["n"]}
+            for key, col in METRICS:
+                row[col] = format_mean_std(res[key]["mean"], res[key]["std"])
+            row["Splits"] = ", ".join(str(s) for s in res["splits"] if s is not None) or "-"
+            rows.append(row)
+        out.append(format_table(rows) if rows else "_No completed jobs with this probe._")
+    pre_rows = [
+        {
+            "Method": m["label"],
+            "n": m["pretrain"]["n"],
+            "Epochs": ", ".join(map(str, m["pretrain"]["epochs"])) or "-",
+            "Final loss": format_mean_std(
+                m["pretrain"]["final_loss"]["mean"], m["pretrain"]["final_loss"]["std"]
+            ),
+            "Seconds": format_mean_std(
+                m["pretrain"]["seconds"]["mean"], m["pretrain"]["seconds"]["std"]
+            ),
+        }
+        for m in methods
+        if m["pretrain"]["n"]
+    ]
+    if pre_rows:
+        out += ["", "## Pretraining", "", format_table(pre_rows)]
+    knn_rows = []
+    for m in methods:
+        k = m.get("knn")
+        if not k:
+            continue
+        row = {"Method": m["label"], "n": k["n"], "Epoch": ", ".join(map(str, k["epoch"]))}
+        for key, col in METRICS[:4]:
+            row[col] = format_mean_std(k[key]["mean"], k[key]["std"])
+        knn_rows.append(row)
+    if knn_rows:
+        out += [
+            "",
+            "## kNN monitor (last monitored epoch)",
+            "",
+            "Weighted kNN (probe pool as the bank, the test set as queries) during pretraining; "
+            "a learning curve, not a replacement for the probes.",
+            "",
+            format_table(knn_rows),
+        ]
+    out += [
+        "",
+        "## Plots",
+        "",
+        f"![Many/Medium/Few accuracy per method]({GROUP_PLOT})",
+        "",
+        f"![Per-class accuracy against class count in D_i]({PER_CLASS_PLOT})",
+    ]
+    plots = summary.get("plots", {})
+    if "knn_curves" in plots:
+        out += ["", f"![kNN monitor accuracy against the epoch]({KNN_PLOT})"]
+    if "diagnostics" in plots:
+        out += [
+            "",
+            f"![Dense/pruned disagreement and loss share against class count]({DIAGNOSTICS_PLOT})",
+        ]
+    problems = summary["failed"] + summary["incomplete"]
+    out += ["", "## Failed and incomplete jobs", ""]
+    out.append(format_table([_job_row(j) for j in problems]) if problems else "None.")
+    if counts["expected"] is not None:
+        out += ["", "## Missing jobs", ""]
+        out.append(
+            f"The sweep expected {counts['expected']} jobs; {counts['job_dirs']} job dirs found."
+        )
+        if summary["missing"]:
+            out += ["Override combinations with no job dir:", ""]
+            out += [f"- `{' '.join(combo)}`" for combo in summary["missing"]]
+        else:
+            out.append("Every override combination has a job dir.")
+    if summary["warnings"]:
+        out += ["", "## Warnings", ""] + [f"- {w}" for w in summary["warnings"]]
+    return "\n".join(out) + "\n"
