@@ -48,7 +48,7 @@ from sdclr.train.step import (
 )
 from sdclr.utils.distributed import any_rank, barrier, global_mean, world_size
 from sdclr.utils.distributed import rank as get_rank
-from sdclr.utils.precision import step_settings
+from sdclr.utils.precision import StepSettings, step_settings
 from sdclr.utils.progress import progress_bar
 from sdclr.utils.schedule import warmup_cosine
 from sdclr.utils.signals import Interrupted, StopSignal
@@ -264,26 +264,53 @@ def pretrain(
             raise Interrupted(
                 _interrupt_message(stop.signum, epoch + 1, state.step, checkpoint_path), stop.signum
             )
+    return pretrain_result(
+        cfg,
+        state,
+        method,
+        settings,
+        images=n,
+        seconds=state.seconds + time.time() - t0,
+        resumed=resume_from is not None,
+        monitored=(knn is not None, diag is not None),
+    )
+
+
+def pretrain_result(
+    cfg,
+    state: TrainState,
+    method: Method,
+    settings: StepSettings,
+    *,
+    images: int,
+    seconds: float,
+    resumed: bool,
+    monitored: tuple[bool, bool],
+) -> dict[str, Any]:
+    """``metrics["pretrain"]``: the schedule, the curves and what ran (numerics, fused
+    branches, BCL preset); ``monitored``: whether the kNN monitor and the diagnostics ran."""
+    p = cfg.pretrain
     result: dict[str, Any] = {
         "epochs": p.epochs,
         "steps": state.step,
         "final_loss": state.epoch_losses[-1],
         "epoch_loss": state.epoch_losses,
-        "images": n,
+        "images": images,
         "batch_size": p.batch_size,
-        "seconds": state.seconds + time.time() - t0,
+        "seconds": seconds,
         "precision": "bf16" if settings.amp_dtype else "fp32",
         "channels_last": settings.channels_last,
         "compile": settings.compile,
         "compile_mode": settings.compile_mode if settings.compile else None,
         "fuse_branches": bool(method.fuses),  # what ran
-        "resumed": resume_from is not None,
+        "resumed": resumed,
     }
     if method.pruned:
         result["mask_density"] = state.mask_density
     if state.temperatures:
         result["temperature"] = state.temperatures
-    if boost_cfg is not None:
+    if cfg.boost:
+        boost_cfg = boost_preset(cfg)
         result["boost"] = {
             "k": boost_cfg.k,
             "base": boost_cfg.base,
@@ -291,9 +318,9 @@ def pretrain(
             "random_scale": boost_cfg.random_scale,
             "momentum": float(cfg.bcl.momentum),
         }
-    if knn is not None:
+    if monitored[0]:
         result["knn"] = state.knn
-    if diag is not None:
+    if monitored[1]:
         result["diagnostics"] = state.diagnostics
     return result
 
