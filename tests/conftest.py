@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from imagetree import TREE_COUNTS, write_tree
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -68,6 +69,16 @@ def cifar10(data_root, cache_dir):
 @pytest.fixture(scope="session")
 def cifar10_labels(data_root) -> np.ndarray:
     return np.load(data_root / "cifar10-train-labels.npy").astype(np.int64)
+
+
+@pytest.fixture(scope="session")
+def tree(tmp_path_factory, data_root) -> Path:
+    """A small ImageNet-style tree cut from the real Tiny ImageNet copy (imagetree.py), for
+    the image-file tests (data/test_files, data/test_banks, cli/test_splits and
+    e2e/test_folder_data)."""
+    root = tmp_path_factory.mktemp("imagenet-style")
+    write_tree(root, data_root / "tiny-imagenet-32.tar.gz", TREE_COUNTS, test_per_class=6)
+    return root
 
 
 @pytest.fixture()

@@ -1,7 +1,9 @@
 """Small ImageNet-style image trees for tests, cut from the real Tiny ImageNet copy.
 
 Real JPEG files, re-encoded at varied sizes and aspect ratios, with a long-tailed count
-profile: ``<root>/train/<wnid>/*.JPEG`` and ``<root>/val/<wnid>/*.JPEG``.
+profile: ``<root>/train/<wnid>/*.JPEG`` and ``<root>/val/<wnid>/*.JPEG``. The image-file tests
+share one such tree (conftest's ``tree`` fixture, TREE_COUNTS) and write list files with
+``write_list``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+TREE_COUNTS = [60, 45, 34, 26, 20, 15, 11, 9, 8, 7, 6, 6]  # 12 classes, long-tailed
 
 
 def tiny_imagenet_images(
@@ -65,3 +69,9 @@ def write_tree(
                     ext = ".png" if i % 7 == 3 else ".JPEG"  # a few PNGs as well
                     im.save(folder / f"{wnid}_{i}{ext}", quality=90)
     return wnids
+
+
+def write_list(path: Path, lines: list[str]) -> Path:
+    """Write ``lines`` to ``path``, one a line (a list file: ``relative/path label``)."""
+    path.write_text("".join(f"{ln}\n" for ln in lines))
+    return path

@@ -3,7 +3,7 @@
 SimCLR (no pruned branch, shared BN): both views in one forward pass, as the reference does.
 SDCLR: view 1 through the dense branch, view 2 through the pruned branch (weight * mask,
 BN copy 1 when dual); one contrastive loss over both and a single backward, which is the same
-gradient as the reference's separate dense and pruned passes (tests/test_method.py). With
+gradient as the reference's separate dense and pruned passes (tests/methods/test_simclr.py). With
 ``fuse_branches`` the two branches run as one pass of grouped convolutions
 (:meth:`sdclr.models.contrastive.ContrastiveModel.forward_pair`; same outputs and
 gradients). The loss is NT-Xent, or its debiased / hard-negative variants

@@ -1,0 +1,126 @@
+"""Image-file datasets (sdclr.data.files): scanning a folder, generated list files and their
+fingerprint, a profile drawn from a folder with a carved test set, unlabelled folders, and
+list files and their errors, on a small ImageNet-style tree cut from the real Tiny ImageNet
+copy (conftest's ``tree``)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from imagetree import TREE_COUNTS, write_list
+
+from sdclr.data.files import load_file_dataset, read_list, scan_folder, split_from_lists
+from sdclr.data.splits import long_tail_profile
+from sdclr.errors import DataError
+
+
+def _cfg(**data):
+    from omegaconf import OmegaConf
+
+    from sdclr.config.compose import compose_config
+
+    cfg = compose_config(["data=folder"])
+    for k, v in data.items():
+        OmegaConf.update(cfg, f"data.{k}", v, merge=False)
+    return cfg
+
+
+# --- scanning, generated lists ----------------------------------------------------------------
+
+
+def test_scan_finds_classes_and_the_test_folder(tree):
+    scan = scan_folder(tree, "train", "val")
+    assert scan.labelled and len(scan.classes) == len(TREE_COUNTS)
+    assert np.bincount([y for _, y in scan.train]).tolist() == TREE_COUNTS
+    assert scan.test is not None and len(scan.test) == 6 * len(TREE_COUNTS)
+    assert all(p.startswith("val/") for p, _ in scan.test)
+
+
+def test_generated_lists_are_saved_with_their_fingerprint(tree, tmp_path):
+    cfg = _cfg(root=str(tree), test_dir="val", val_per_class=2, fewshot_per_class=2)
+    data, split = load_file_dataset(cfg.data, cfg.split, tmp_path)
+    out = tmp_path / "folder" / "split1"
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["classes"] == data.classes and meta["test"] == "val/ folder"
+    d_i = np.bincount(data.train_y[split.D_i], minlength=12)
+    assert d_i.tolist() == [c - 2 for c in TREE_COUNTS]  # profile none: the folder as it is
+    assert len(data.test_paths) == 6 * 12
+    again, split2 = load_file_dataset(cfg.data, cfg.split, tmp_path)  # read back, no rescan
+    assert again.train_paths == data.train_paths and np.array_equal(split2.D_i, split.D_i)
+    (out / "D_i.txt").write_text((out / "D_i.txt").read_text().replace(" 0\n", " 1\n", 1))
+    with pytest.raises(DataError, match="fingerprint"):
+        load_file_dataset(cfg.data, cfg.split, tmp_path)
+
+
+def test_exp_profile_drawn_from_a_folder_and_a_carved_test_set(tree, tmp_path):
+    root = tmp_path / "classes"
+    shutil.copytree(tree / "train", root)  # <root>/<class>/*, no test folder
+    cfg = _cfg(
+        root=str(root),
+        profile="exp",
+        head_count=20,
+        tail_count=2,
+        val_per_class=1,
+        test_per_class=2,
+        fewshot_per_class=1,
+    )
+    data, split = load_file_dataset(cfg.data, cfg.split, tmp_path / "splits")
+    counts = sorted(np.bincount(data.train_y[split.D_i], minlength=12).tolist(), reverse=True)
+    assert counts == long_tail_profile("exp", 12, 20, tail=2)
+    assert np.bincount(data.test_y, minlength=12).tolist() == [2] * 12
+    assert not set(data.test_paths) & {data.train_paths[i] for i in split.pool}
+    # too few images for validation + test + training
+    cfg = _cfg(root=str(root), val_per_class=2, test_per_class=4, fewshot_per_class=1)
+    with pytest.raises(DataError, match="not enough for 2 validation \\+ 4 test"):
+        load_file_dataset(cfg.data, cfg.split, tmp_path / "splits2")
+
+
+def test_flat_folder_is_unlabelled(tree, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for f in list((tree / "train").rglob("*.JPEG"))[:20]:
+        shutil.copy(f, flat / f.name)
+    cfg = _cfg(root=str(flat))
+    data, split = load_file_dataset(cfg.data, cfg.split, tmp_path / "splits")
+    assert not data.labelled and len(split.D_i) == 20 and data.classes == ["unlabelled"]
+
+
+# --- list files and their errors --------------------------------------------------------------
+
+
+def test_list_errors_name_the_problem(tree, tmp_path):
+    scan = scan_folder(tree, "train", "val")
+    train = [f"{p} {y}" for p, y in scan.train]
+    test = [f"{p} {y}" for p, y in scan.test]
+    pool = write_list(tmp_path / "pool.txt", train)
+    good_test = write_list(tmp_path / "test.txt", test)
+    lists = {"pool": pool, "D_i": pool, "val": pool, "test": good_test}
+    data, split = split_from_lists(tree, lists, 12, 1, "x", 2)
+    assert data.classes == scan.classes and len(split.D_i) == len(train)
+    # no pool list: every image of the D_i classes' folders except the validation images
+    d_i = write_list(tmp_path / "d_i.txt", train[::3])
+    val = write_list(tmp_path / "val.txt", train[1::7])
+    data, split = split_from_lists(tree, {"D_i": d_i, "val": val, "test": good_test}, 12, 1, "x", 2)
+    pool = {data.train_paths[i] for i in split.pool}
+    assert pool == {p for p, _ in scan.train} - {t.rsplit(" ", 1)[0] for t in train[1::7]}
+
+    missing = write_list(tmp_path / "missing.txt", train[:5] + ["train/n0/none.JPEG 0"])
+    with pytest.raises(DataError, match="do not exist under .*first: train/n0/none.JPEG"):
+        split_from_lists(tree, {**lists, "D_i": missing}, 12, 1, "x", 2)
+    out_of_range = write_list(tmp_path / "range.txt", [train[0].rsplit(" ", 1)[0] + " 12"])
+    with pytest.raises(DataError, match="line 1: label 12 is out of range for 12 classes"):
+        read_list(out_of_range, 12)
+    bad = write_list(tmp_path / "bad.txt", ["just-a-path"])
+    with pytest.raises(DataError, match="expected 'relative/path label'"):
+        read_list(bad, 12)
+    no_class_0 = write_list(tmp_path / "test0.txt", [t for t in test if not t.endswith(" 0")])
+    with pytest.raises(DataError, match="label 0\\) has training images but no test images"):
+        split_from_lists(tree, {**lists, "test": no_class_0}, 12, 1, "x", 2)
+    relabelled = write_list(tmp_path / "relabel.txt", [train[0].rsplit(" ", 1)[0] + " 3"])
+    with pytest.raises(DataError, match="the lists disagree"):
+        split_from_lists(tree, {**lists, "S_b": relabelled}, 12, 1, "x", 2)
+    with pytest.raises(DataError, match="not found"):
+        split_from_lists(tree, {**lists, "D_b": tmp_path / "nope.txt"}, 12, 1, "x", 2)

@@ -1,0 +1,205 @@
+"""End to end through the real runner on the real CIFAR-10 JPEG copy (tiny settings)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from runs import TINY, ok, sdclr
+
+
+@pytest.fixture(scope="module")
+def sdclr_job(tmp_path_factory, data_root, cache_dir):
+    import os
+
+    env = dict(os.environ, SDCLR_DATA=str(data_root), SDCLR_CACHE=str(cache_dir))
+    job = tmp_path_factory.mktemp("job") / "sdclr"
+    out = ok(sdclr(["stage=all", "prune=p90", "split=split1", *TINY, f"hydra.run.dir={job}"], env))
+    return job, out
+
+
+def test_stage_all_writes_the_documented_results(sdclr_job):
+    job, out = sdclr_job
+    m = json.loads((job / "metrics.json").read_text())
+    pre = m["pretrain"]
+    assert pre["epochs"] == 2 and isinstance(pre["final_loss"], float)
+    assert len(pre["mask_density"]) == 2
+    assert all(abs(d - 0.1) < 1e-3 for d in pre["mask_density"])
+    profile = [4500, 2697, 1617, 969, 581, 348, 208, 125, 75, 45]
+    assert sorted(pre["split_counts"]["D_i"], reverse=True) == [
+        max(1, round(0.02 * c)) for c in profile
+    ]
+    assert sum(pre["split_counts"]["S_b"]) == 10 and pre["seconds"] > 0
+    for stage in ("linear", "fewshot"):
+        r = m[stage]
+        for key in ("acc", "many", "medium", "few", "std", "per_class", "groups", "seconds"):
+            assert key in r, (stage, key)
+        assert len(r["per_class"]) == 10 and 0 <= r["acc"] <= 100
+        assert sorted(sum(r["groups"].values(), [])) == list(range(10))
+        assert [len(r["groups"][g]) for g in ("many", "medium", "few")] == [4, 3, 3]
+    assert m["run"]["label"] == "SDCLR p=0.9 dual-BN head3"
+    assert json.loads((job / "status.json").read_text())["status"] == "completed"
+    assert (job / ".hydra" / "config.yaml").is_file() and (job / "config_resolved.yaml").is_file()
+    assert (job / "checkpoints" / "pretrain.pt").is_file()
+    kinds = {json.loads(line)["kind"] for line in (job / "metrics.jsonl").read_text().splitlines()}
+    assert kinds >= {"pretrain", "linear", "fewshot"}
+    assert "smoke-scale run" in out.stdout and "Few-shot" in out.stdout
+
+
+def test_export_loads_into_plain_timm(sdclr_job, tmp_path):
+    import timm
+
+    job, _ = sdclr_job
+    out = subprocess.run(
+        [
+            sys.executable,
+            "scripts/export_backbone.py",
+            str(job / "checkpoints" / "pretrain.pt"),
+            str(tmp_path / "bb.pth"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert out.returncode == 0, out.stderr
+    state = torch.load(tmp_path / "bb.pth")
+    model = timm.create_model("resnet18", num_classes=0, channels=(8, 16, 32, 64))
+    model.conv1 = torch.nn.Conv2d(3, 64, 3, 1, 1, bias=False)  # the CIFAR stem (see .json)
+    model.maxpool = torch.nn.Identity()
+    model.load_state_dict(state, strict=True)
+    ckpt = torch.load(job / "checkpoints" / "pretrain.pt", weights_only=False)
+    assert torch.equal(
+        state["layer1.0.bn1.running_mean"], ckpt["model"]["backbone.layer1.0.bn1.bn.0.running_mean"]
+    )
+    assert "channels=(8, 16, 32, 64)" in json.loads((tmp_path / "bb.pth.json").read_text())["load"]
+
+
+def test_linear_stage_on_a_given_checkpoint(sdclr_job, tmp_path, env):
+    job, _ = sdclr_job
+    out = ok(
+        sdclr(
+            [
+                "stage=linear",
+                f"stage.checkpoint={job}/checkpoints/pretrain.pt",
+                *TINY,
+                f"hydra.run.dir={tmp_path / 'probe'}",
+            ],
+            env,
+        )
+    )
+    m = json.loads((tmp_path / "probe" / "metrics.json").read_text())
+    assert "linear" in m and "pretrain" not in m and "fewshot" not in m
+    assert "Full-shot" in out.stdout
+
+
+def test_probe_without_checkpoint_or_with_another_backbone_is_refused(sdclr_job, tmp_path, env):
+    job, _ = sdclr_job
+    out = sdclr(["stage=fewshot", *TINY, f"hydra.run.dir={tmp_path / 'x'}"], env)
+    assert out.returncode == 2 and "stage.checkpoint" in out.stderr
+    assert "Traceback" not in out.stderr
+    out = sdclr(
+        [
+            "stage=linear",
+            "backbone=resnet50",
+            f"stage.checkpoint={job}/checkpoints/pretrain.pt",
+            *TINY,
+            f"hydra.run.dir={tmp_path / 'y'}",
+        ],
+        env,
+    )
+    assert out.returncode == 2 and "resnet18" in out.stderr and "resnet50" in out.stderr
+    assert not (tmp_path / "y" / "metrics.json").exists()
+
+
+def test_missing_data_root_is_one_clear_error(tmp_path, env):
+    env = dict(env, SDCLR_DATA=str(tmp_path / "nowhere"))
+    out = sdclr([*TINY, f"hydra.run.dir={tmp_path / 'run'}"], env)
+    assert out.returncode == 2
+    assert "does not exist" in out.stderr and "SDCLR_DATA" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_two_split_two_method_sweep_and_report(tmp_path, env):
+    sweep = tmp_path / "sweep"
+    ok(
+        sdclr(
+            ["-m", "split=split1,split2", "prune=none,p90", *TINY, f"hydra.sweep.dir={sweep}"],
+            env,
+            timeout=900,
+        )
+    )
+    jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())
+    assert len(jobs) == 4
+    out = subprocess.run(
+        [sys.executable, "-m", "sdclr.report", str(sweep)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads((sweep / "report.json").read_text())
+    text = (sweep / "report.md").read_text()
+    assert "SimCLR shared-BN head2" in text and "SDCLR p=0.9 dual-BN head3" in text
+    assert (sweep / "group_accuracy.png").stat().st_size > 1000
+    assert (sweep / "per_class_accuracy.png").stat().st_size > 1000
+    assert report["counts"]["failed"] == 0
+    assert "SimCLR" in out.stdout
+
+
+def test_pretraining_on_the_balanced_control(tmp_path, env):
+    job = tmp_path / "db"
+    ok(
+        sdclr(
+            [
+                "stage=pretrain",
+                "split=split2",
+                "split.pretrain_set=D_b",
+                "prune=none",
+                *TINY,
+                "pretrain.epochs=1",
+                f"hydra.run.dir={job}",
+            ],
+            env,
+        )
+    )
+    m = json.loads((job / "metrics.json").read_text())
+    assert m["pretrain"]["pretrain_set"] == "D_b"
+    assert m["pretrain"]["images"] == sum(m["pretrain"]["split_counts"]["D_b"])
+    assert len(set(m["pretrain"]["split_counts"]["D_b"])) == 1  # balanced
+    assert m["run"]["label"] == "SimCLR shared-BN head2 on D_b" and m["run"]["split"] == 2
+    assert "linear" not in m and "mask_density" not in m["pretrain"]
+
+
+def test_fused_branches_through_the_cli(tmp_path, env):
+    """fuse_branches=true trains SDCLR end to end and says so in metrics.json; on the CPU it
+    warns once that the fused pass is meant for CUDA."""
+    job = tmp_path / "fused"
+    out = ok(
+        sdclr(
+            [
+                "stage=pretrain",
+                "prune=p90",
+                "fuse_branches=true",
+                *TINY,
+                "pretrain.epochs=1",
+                f"hydra.run.dir={job}",
+            ],
+            env,
+        )
+    )
+    assert out.stderr.count("fuse_branches=true on a CPU") == 1, out.stderr[-2000:]
+    pre = json.loads((job / "metrics.json").read_text())["pretrain"]
+    assert pre["fuse_branches"] is True and pre["compile_mode"] is None  # no compile on CPU
+    assert torch.isfinite(torch.tensor(pre["final_loss"]))
+    assert abs(pre["mask_density"][0] - 0.1) < 1e-3
+
+
+def test_debug_shows_the_traceback(tmp_path, env):
+    env = dict(env, SDCLR_DATA=str(tmp_path / "nowhere"))
+    out = sdclr([*TINY, "debug=true", f"hydra.run.dir={tmp_path / 'run'}"], env)
+    assert out.returncode != 0
+    assert "DataError" in out.stderr and "does not exist" in out.stderr

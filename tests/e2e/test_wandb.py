@@ -1,0 +1,108 @@
+"""logger=wandb: an offline run directory with the config, metrics and summary."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from runs import TINY, ok
+from wandb_log import logged_keys, run_config
+
+
+def test_offline_wandb_run_has_the_expected_keys(tmp_path, env):
+    job = tmp_path / "job"
+    env = dict(env, WANDB_MODE="", WANDB_DISABLE_GIT="true")
+    env.pop("WANDB_MODE")
+    ok(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sdclr",
+                "logger=wandb",
+                *TINY,
+                "pretrain.log_every=1",
+                f"hydra.run.dir={job}",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+    )
+    runs = list((job / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1, list((job / "wandb").iterdir())  # no API key: offline by default
+    (log,) = runs[0].glob("run-*.wandb")
+    keys = logged_keys(log)
+    for key in (
+        "pretrain/loss",
+        "pretrain/lr",
+        "pretrain/mask_density",
+        "pretrain/epoch_loss",
+        "linear/val_acc",
+        "fewshot/loss",
+    ):
+        assert key in keys["history"], (key, sorted(keys["history"]))
+    # the results table and the plots are media: W&B stores them as nested keys
+    assert {"results/_type", "group_accuracy/_type", "per_class_accuracy/_type"} <= keys["history"]
+    for key in (
+        "linear/acc",
+        "linear/many",
+        "linear/medium",
+        "linear/few",
+        "linear/std",
+        "fewshot/acc",
+        "fewshot/few",
+    ):
+        assert key in keys["summary"], (key, sorted(keys["summary"]))
+    config = run_config(log)
+    assert config["prune"]["ratio"] == 0.9 and config["data"]["fraction"] == 0.02
+    # the job's own table and plots exist whatever the logger
+    assert (job / "report" / "per_class_accuracy.png").is_file()
+
+
+def test_wandb_failure_never_stops_a_run(tmp_path, env):
+    job = tmp_path / "job"
+    env = dict(
+        env,
+        WANDB_MODE="online",
+        WANDB_API_KEY="x" * 40,
+        WANDB_BASE_URL="http://127.0.0.1:9",
+        WANDB_INIT_TIMEOUT="5",
+    )
+    out = ok(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sdclr",
+                "logger=wandb",
+                "logger.mode=online",
+                *TINY,
+                "stage=pretrain",
+                f"hydra.run.dir={job}",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+    )
+    assert json.loads((job / "status.json").read_text())["status"] == "completed"
+    assert "W&B" in out.stderr or "wandb" in out.stderr.lower()
+
+
+def test_resumed_run_reattaches_to_the_same_wandb_run(tmp_path, env):
+    job = tmp_path / "job"
+    args = [sys.executable, "-m", "sdclr", "logger=wandb", *TINY, f"hydra.run.dir={job}"]
+    ok(
+        subprocess.run(
+            [*args, "stage=pretrain"], capture_output=True, text=True, env=env, timeout=600
+        )
+    )
+    run_id = json.loads((job / "status.json").read_text())["wandb_id"]
+    assert run_id
+    ok(subprocess.run([*args, "stage=all"], capture_output=True, text=True, env=env, timeout=600))
+    ids = {p.name.rsplit("-", 1)[-1] for p in (job / "wandb").glob("offline-run-*")}
+    assert ids == {run_id}  # the second invocation logged into the same run

@@ -1,0 +1,144 @@
+"""The report over a sweep (sdclr.report.build): any mix of methods, in order, with kNN curves
+and diagnostics."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+from fake_jobs import fake_job
+from fake_sweep import (
+    COUNTS,
+    PNG_MAGIC,
+    SDCLR,
+    SIMCLR,
+    cells,
+    pop_std,
+    write_sweep,
+)
+
+from sdclr.report.__main__ import main
+from sdclr.report.build import build_report
+
+
+def test_report_groups_any_mix_of_methods_with_curves_and_diagnostics(tmp_path):
+    from sdclr.report.build import build_report
+
+    jobs = [
+        ("BYOL shared-BN head2", "BYOL"),
+        ("MoCo v2 + SDCLR p=0.3 dual-BN head3", "MoCo v2 + SDCLR"),
+        ("SDCLR p=0.9 dual-BN head3", "SDCLR"),
+        ("SimCLR shared-BN head2", "SimCLR"),
+        ("shared-BN head2 custom", "MoCo v2"),  # a label without the method: prefixed
+    ]
+    i = 0
+    for label, method in jobs:
+        for split in (1, 2):
+            fake_job(tmp_path, str(i), label, method, split, 50.0 + i, knn=method != "SimCLR")
+            i += 1
+    md = build_report(tmp_path)
+    summary = json.loads((tmp_path / "report.json").read_text())
+    labels = [m["label"] for m in summary["methods"]]
+    assert labels == [
+        "SimCLR shared-BN head2",
+        "SDCLR p=0.9 dual-BN head3",
+        "MoCo v2 + SDCLR p=0.3 dual-BN head3",
+        "MoCo v2 shared-BN head2 custom",
+        "BYOL shared-BN head2",
+    ]
+    assert all(m["linear"]["n"] == 2 for m in summary["methods"])
+    byol = summary["methods"][-1]
+    assert byol["knn"]["epoch"] == [4] and byol["knn"]["acc"]["mean"] == pytest.approx(46.5)
+    assert byol["knn"]["curve"]["epoch"] == [2, 4]
+    assert summary["methods"][0]["knn"] is None
+    assert summary["plots"]["knn_curves"] == "knn_curves.png"
+    assert summary["plots"]["diagnostics"] == "diagnostics.png"
+    for name in ("knn_curves.png", "diagnostics.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+        assert f"]({name})" in md
+    assert "## kNN monitor (last monitored epoch)" in md
+
+
+# --- a sweep of SimCLR and SDCLR over three splits (tests/fake_sweep.py) ------------------
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    return write_sweep(tmp_path)
+
+
+def test_report_numbers(sweep: Path, capsys):
+    assert main([str(sweep)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((sweep / "report.json").read_text())
+    assert report["std_ddof"] == 0
+    assert report["counts"] == {
+        "job_dirs": 9,
+        "completed": 6,
+        "failed": 1,
+        "incomplete": 2,
+        "expected": 10,
+        "missing": 1,
+    }
+    labels = [m["label"] for m in report["methods"]]
+    assert labels == [SIMCLR, SDCLR]  # SimCLR-like first although "SD" < "Si"
+    simclr, sdclr = report["methods"]
+    lin = simclr["linear"]
+    assert lin["n"] == 3 and sorted(lin["splits"]) == [1, 2, 3]
+    assert lin["acc"]["mean"] == pytest.approx(82.0)
+    assert lin["acc"]["std"] == pytest.approx(math.sqrt(8 / 3))  # ddof=0, failed job excluded
+    assert lin["many"]["mean"] == pytest.approx(91.0)
+    assert lin["medium"]["mean"] == pytest.approx(82.0)
+    assert lin["medium"]["std"] == pytest.approx(pop_std([80.0, 81.0, 85.0]))
+    assert lin["few"]["mean"] == pytest.approx(72.0)
+    assert lin["std"]["mean"] == pytest.approx(7.0)
+    assert sdclr["linear"]["acc"]["mean"] == pytest.approx(86.0)
+    assert sdclr["linear"]["acc"]["std"] == pytest.approx(math.sqrt(2.0))
+    assert sdclr["fewshot"]["acc"]["mean"] == pytest.approx(76.0)
+    assert sdclr["fewshot"]["few"]["mean"] == pytest.approx(72.0)
+    assert sdclr["fewshot"]["n"] == 3
+    # Trend pairs each job's per_class with its own class_counts (by frequency rank).
+    trend = simclr["linear"]["per_class_trend"]
+    assert trend["count"] == pytest.approx(COUNTS)
+    assert trend["acc"] == pytest.approx([82.0 + (c - 100) / 50 for c in COUNTS])
+
+    md = (sweep / "report.md").read_text()
+    assert printed == md
+    assert "Averaged over 6 of 10 jobs; 1 failed; 2 incomplete; 1 missing" in md
+    assert "population" in md and "ddof=0" in md
+    assert f"{82.0:.2f} ± {math.sqrt(8 / 3):.2f}" in md  # 82.00 ± 1.63
+    assert "86.00 ± 1.41" in md
+    assert md.index(SIMCLR + " ") < md.index(SDCLR)
+
+
+def test_report_lists_failed_and_missing(sweep: Path, tmp_path: Path):
+    out = tmp_path / "elsewhere"
+    md = build_report(sweep, out)
+    assert (out / "report.md").read_text() == md
+    assert not (sweep / "report.md").exists()
+    rows = {c[0]: c for c in map(cells, md.splitlines()) if c and c[0] in "678"}
+    assert rows["6"][1:] == [
+        "method=simclr split=split4 data=cifar10_lt",
+        "failed",
+        "few",
+        "RuntimeError: CUDA out of memory",
+    ]
+    assert rows["7"][1:3] == ["method=sdclr split=split4 data=cifar10_lt", "incomplete"]
+    assert rows["7"][4] == "no metrics.json"
+    assert rows["8"][2] == "incomplete" and "running" in rows["8"][4]
+    assert "- `method=simclr split=split5 data=cifar10_lt`" in md
+    assert "expected 10 jobs" in md
+    report = json.loads((out / "report.json").read_text())
+    assert report["missing"] == [["method=simclr", "split=split5", "data=cifar10_lt"]]
+    assert [j["name"] for j in report["failed"]] == ["6"]
+    assert [j["name"] for j in report["incomplete"]] == ["7", "8"]
+
+
+def test_plots_are_png(sweep: Path):
+    md = build_report(sweep)
+    for name in ("group_accuracy.png", "per_class_accuracy.png"):
+        data = (sweep / name).read_bytes()
+        assert data[:8] == PNG_MAGIC and len(data) > 1000
+        assert f"]({name})" in md

@@ -1,0 +1,39 @@
+"""The markdown (sdclr.report.render): a job's table, any table's shape."""
+
+from __future__ import annotations
+
+from fake_sweep import (
+    SIMCLR,
+    cells,
+    job_metrics,
+)
+
+from sdclr.report.render import format_job_metrics, format_table
+
+
+def test_format_job_metrics():
+    metrics = job_metrics(SIMCLR, "SimCLR", 1)
+    table = format_job_metrics(metrics)
+    lines = table.splitlines()
+    assert len(lines) == 4
+    assert [c.strip() for c in lines[0].strip("|").split("|")] == [
+        "Stage",
+        "Acc",
+        "Many",
+        "Medium",
+        "Few",
+        "Std",
+        "Seconds",
+    ]
+    assert "Full-shot" in lines[2] and "80.00" in lines[2] and "30.0" in lines[2]
+    assert "Few-shot" in lines[3] and "70.00" in lines[3]
+    only_pretrain = format_job_metrics({"run": {}, "pretrain": {"epochs": 1}})
+    assert "no linear or few-shot results" in only_pretrain
+
+
+def test_format_table_shapes():
+    from_dicts = format_table([{"a": 1.234, "b": "x|y"}, {"a": None, "b": "z"}])
+    assert from_dicts.splitlines()[0].split() == ["|", "a", "|", "b", "|"]
+    assert [cells(line) for line in from_dicts.splitlines()[2:]] == [["1.23", "x\\|y"], ["-", "z"]]
+    from_lists = format_table([["k", "v"], ["acc", 3.0]])
+    assert from_lists.splitlines()[2] == "| acc | 3.00 |"

@@ -1,0 +1,37 @@
+"""Running the sdclr command in a subprocess, for the end-to-end tests (tests/e2e): the tiny
+settings of `make demo`, the call, and the exit-status check."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+# Same code path as `make demo`, shrunk: 2% of the data, narrow ResNet-18, few epochs.
+TINY = [
+    "data.fraction=0.02",
+    "backbone.channels=[8,16,32,64]",
+    "pretrain.epochs=2",
+    "pretrain.batch_size=64",
+    "pretrain.warmup_epochs=1",
+    "linear.epochs=2",
+    "linear.milestones=[1]",
+    "fewshot.epochs=2",
+    "fewshot.milestones=[1]",
+    "smoke=true",
+    "device=cpu",
+]
+
+
+def sdclr(args, env, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "sdclr", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
+
+
+def ok(out):
+    assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    return out
