@@ -17,7 +17,7 @@ LOCK_VENV ?= .venv-lock
 TEST_WORKERS ?= 2
 PYTEST = OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
-.PHONY: install lock demo test test-fast lint format sweep report bench bench-quick gpu-check clean help
+.PHONY: install lock demo test test-fast lint format sweep report bench bench-quick gpu-check gpu-check-dry gpu-check-device clean help
 
 help:
 	@echo "make install      create $(VENV) and install sdclr with its dev extras, at the versions of $(LOCK)"
@@ -31,7 +31,9 @@ help:
 	@echo "make report DIR=outputs/multirun/...   aggregate a sweep into report.md and plots"
 	@echo "make bench        speed benchmark on the best device found (see BENCHMARKS.md)"
 	@echo "make bench-quick  a few steps of the benchmark on the CPU"
-	@echo "make gpu-check    run every CUDA-only path once (tests, bench, short runs)"
+	@echo "make gpu-check    on a GPU: environment, CUDA tests, speed, accuracy, 224 px, in 480 s"
+	@echo "make gpu-check-dry   the same plan on the CPU at toy sizes (about a minute)"
+	@echo "make gpu-check-device   fill .gpu/ and print the device call's one command"
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -95,9 +97,20 @@ bench:
 bench-quick:
 	$(BIN)/python -m sdclr.bench --quick
 
-# every CUDA-only path once (tests, benchmark, short CIFAR and 224-px folder runs): needs a GPU
+# Everything a GPU can tell us in one 8-minute budget (README, Benchmark): needs a GPU.
+# gpu-check-dry: the same plan on the CPU at toy sizes (about a minute; tests/e2e runs it).
+# gpu-check-device: fill .gpu/ (wheels, data, COMMIT) and print the one device command.
+GPU_CHECK_BUDGET ?= 480
 gpu-check:
-	$(BIN)/python scripts/gpu_check.py
+	$(BIN)/python scripts/gpu_check.py --budget $(GPU_CHECK_BUDGET) --out outputs/gpu-check
+
+gpu-check-dry:
+	$(BIN)/python scripts/gpu_check.py --dry-run --out outputs/gpu-check-dry
+
+gpu-check-device:
+	$(BIN)/python scripts/gpu_check.py --prepare .gpu
+	@echo 'device run: carry [".gpu"], timeout_s 540, command:'
+	@grep -v '^#' scripts/gpu_check_device.sh
 
 clean:
 	rm -rf outputs multirun .pytest_cache .ruff_cache $(LOCK_VENV)

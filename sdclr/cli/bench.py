@@ -26,6 +26,13 @@ precision / channels_last / compile):
 
 ``--quick`` runs a few steps of each at a small batch on the CPU so it can run anywhere (CI);
 epoch and probe times are then extrapolated from the measured steps and marked so.
+
+The warm-up (compilation, cuDNN autotuning, the short last batch's recompile) is timed apart
+from the steady state: each method row and the ceiling record ``warmup_seconds`` (wall time
+of the warm-up steps), ``first_step_seconds`` and ``compile_seconds`` (the warm-up less as
+many steady steps). ``--rows`` picks rows, ``--warmup`` / ``--steps`` / ``--probe-epochs`` set
+repetitions, ``--channels`` narrows the backbone (toy runs), ``--table`` writes the table as
+Markdown; ``scripts/gpu_check.py`` runs it that way.
 """
 
 from __future__ import annotations
@@ -49,6 +56,10 @@ from torch import nn
 from sdclr.config.schema import COMPILE_MODES
 from sdclr.utils.io import REPO
 from sdclr.utils.precision import autocast
+
+# Row groups of ``--rows``: the methods with the model-only ceiling, the step ratio, the
+# augmentation alone, the CPU gradient-error check, the linear probe, the 224-px file path.
+ROWS = ("methods", "step_ratio", "augmentation", "gradient_error", "probe", "loading_224")
 
 METHOD_ROWS = {
     "simclr": "SimCLR",
@@ -78,6 +89,17 @@ class Timer:
         for _ in range(repeats):
             fn()
         return (time.perf_counter() - t0) / repeats
+
+    def wall(self, fn: Callable[[], Any], repeats: int) -> float:
+        """Total wall seconds of ``repeats`` calls, host work included (compilation, which
+        happens on the host before any kernel is queued); synchronised on a GPU."""
+        sync = torch.cuda.synchronize if self.cuda else (lambda: None)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        sync()
+        return time.perf_counter() - t0
 
 
 def _git(*args: str) -> str | None:
@@ -116,7 +138,8 @@ def _training_setup(ctx: dict[str, Any], ratio: float | None, fuse: bool = False
     from sdclr.train.step import make_optimizer, prepare_model
 
     dual = ratio is not None
-    model = build_model("resnet18", True, None, 3 if dual else 2, 128, dual).to(ctx["device"])
+    model = build_model("resnet18", True, ctx["channels"], 3 if dual else 2, 128, dual)
+    model = model.to(ctx["device"])
     model = prepare_model(model, ctx["settings"])
     method = ContrastiveMethod(0.2, ratio, 0.0, dual, ctx["gen"], fuse_branches=fuse)
     with warnings.catch_warnings():  # the fused pass's CPU warning: the table's note says it
@@ -149,14 +172,16 @@ def _time_method(ctx: dict[str, Any], ratio: float | None, fuse: bool = False) -
     timer = ctx["timer"]
     # warm-up (compilation, cuDNN autotuning) on full batches, then on the epoch's last batch,
     # which may be shorter: its recompile must not land in the timed steps
-    timer.measure(step, ctx["warmup"])
+    first = timer.wall(step, 1)
+    rest = timer.wall(step, ctx["warmup"] - 1)
     cursor[0] = len(batches) - 1
-    timer.measure(step, 1)
+    last = timer.wall(step, 1)
     cursor[0] = 0
     per_step = timer.measure(step, ctx["timed_steps"])
     mask_seconds = timer.measure(lambda: method.on_epoch_start(model), 1) if method.pruned else 0.0
     epoch = per_step * len(batches) + mask_seconds
     return {
+        **_warmup_record(first, first + rest + last, ctx["warmup"] + 1, per_step),
         "step_seconds": per_step,
         "epoch_seconds": epoch,
         "views_per_second": 2 * len(d_i) / epoch,
@@ -166,13 +191,25 @@ def _time_method(ctx: dict[str, Any], ratio: float | None, fuse: bool = False) -
     }
 
 
+def _warmup_record(first: float, total: float, steps: int, per_step: float) -> dict[str, Any]:
+    """The warm-up apart from the steady state: its wall time, its first step (where
+    torch.compile compiles), and what it took beyond as many steady steps."""
+    return {
+        "warmup_steps": steps,
+        "warmup_seconds": total,
+        "first_step_seconds": first,
+        "compile_seconds": max(0.0, total - steps * per_step),
+    }
+
+
 def _time_ceiling(ctx: dict[str, Any]) -> dict[str, Any]:
     """Forward+backward+SGD of backbone + 2-layer head on random resident views, one pass."""
     from sdclr.models.contrastive import build_model
     from sdclr.train.step import make_optimizer, prepare_model
 
     device, settings, batch = ctx["device"], ctx["settings"], ctx["batch"]
-    model = prepare_model(build_model("resnet18", True, None, 2, 128, False).to(device), settings)
+    model = build_model("resnet18", True, ctx["channels"], 2, 128, False).to(device)
+    model = prepare_model(model, settings)
     opt = make_optimizer(model, ctx["cfg"].pretrain)
     x = torch.randn(2 * batch, 3, 32, 32, device=device).contiguous(
         memory_format=settings.memory_format
@@ -186,9 +223,14 @@ def _time_ceiling(ctx: dict[str, Any]) -> dict[str, Any]:
         loss.backward()
         opt.step()
 
-    ctx["timer"].measure(step, ctx["warmup"])
+    first = ctx["timer"].wall(step, 1)
+    rest = ctx["timer"].wall(step, ctx["warmup"] - 1)
     per_step = ctx["timer"].measure(step, ctx["timed_steps"])
-    return {"step_seconds": per_step, "views_per_second": 2 * batch / per_step}
+    return {
+        **_warmup_record(first, first + rest, ctx["warmup"], per_step),
+        "step_seconds": per_step,
+        "views_per_second": 2 * batch / per_step,
+    }
 
 
 def _time_step_ratio(ctx: dict[str, Any]) -> dict[str, float]:
@@ -200,7 +242,7 @@ def _time_step_ratio(ctx: dict[str, Any]) -> dict[str, float]:
     device, settings, gen, batch = ctx["device"], ctx["settings"], ctx["gen"], ctx["batch"]
     steps = {fuse: _training_setup(ctx, 0.9, fuse) for fuse in (False, True)}
     v1, v2 = make_views(ctx["d_i"][:batch], ctx["aug"], gen, ctx["mean"], ctx["std"], settings)
-    plain = create_backbone("resnet18", True).to(device)  # no dual BN, no mask, no head
+    plain = create_backbone("resnet18", True, ctx["channels"]).to(device)  # no BN pair/mask/head
     if settings.channels_last:
         plain.to(memory_format=torch.channels_last)
     if settings.compile:
@@ -252,7 +294,7 @@ def _gradient_error(ctx: dict[str, Any]) -> dict[str, Any]:
 
     batch = min(ctx["batch"], 32)  # float64 is slow; the kernels are the same at any batch
     torch.manual_seed(0)
-    base = build_model("resnet18", True, None, 3, 128, True)
+    base = build_model("resnet18", True, ctx["channels"], 3, 128, True)
     v1, v2 = make_views(
         ctx["d_i"][:batch].cpu(),
         ctx["aug"],
@@ -312,14 +354,15 @@ def _time_views(ctx: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _time_probe(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
-    """The linear probe (30 epochs over the pool); quick: a slice, one epoch, extrapolated."""
+def _time_probe(ctx: dict[str, Any], quick: bool, epochs: int | None = None) -> dict[str, Any]:
+    """The linear probe (30 epochs over the pool); quick: a slice, one epoch, extrapolated;
+    ``epochs`` fewer than 30: that many, extrapolated."""
     from sdclr.eval.features import EvalSettings
     from sdclr.eval.probe import train_probe
     from sdclr.models.contrastive import build_model
 
     device, settings, split, data = ctx["device"], ctx["settings"], ctx["split"], ctx["data"]
-    model = build_model("resnet18", True, None, 3, 128, True).to(device)
+    model = build_model("resnet18", True, ctx["channels"], 3, 128, True).to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     cfg = ctx["cfg"].linear.copy()
@@ -327,6 +370,8 @@ def _time_probe(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
     if quick:
         pool, val_idx, test_idx = pool[: 4 * ctx["batch"]], val_idx[:64], test_idx[:64]
         cfg.epochs = 1
+    if epochs is not None:
+        cfg.epochs = max(1, min(int(epochs), int(cfg.epochs)))
     cfg.milestones = [m for m in cfg.milestones if m < cfg.epochs]
     images, labels = ctx["images"], torch.from_numpy(data.train_y).to(device)
     r = train_probe(
@@ -476,7 +521,12 @@ def run_benchmark(
     steps: int | None = None,
     compile_: bool | None = None,
     compile_mode: str | None = None,
+    rows: tuple[str, ...] = ROWS,
+    warmup: int | None = None,
+    probe_epochs: int | None = None,
+    channels: list[int] | None = None,
 ) -> dict[str, Any]:
+    """The benchmark's results (the JSON); ``rows``: which row groups of :data:`ROWS`."""
     from sdclr.config.compose import compose_config
     from sdclr.config.validate import validate
     from sdclr.data.arrays import load_arrays
@@ -512,7 +562,8 @@ def run_benchmark(
         "d_i": d_i,
         "batches": batches,
         "timed_steps": steps or (2 if quick else len(batches)),
-        "warmup": 1 if quick else 15,
+        "warmup": max(1, warmup or (1 if quick else 15)),
+        "channels": list(channels) if channels else None,
         "aug": augment_config(cfg.data),
         "mean": list(cfg.data.mean),
         "std": list(cfg.data.std),
@@ -543,22 +594,31 @@ def run_benchmark(
             limit_hit.append(row)
         return out
 
-    results: dict[str, Any] = {
-        "simclr": fresh("simclr", lambda: _time_method(ctx, None)),
-        "sdclr_p90": fresh("sdclr_p90", lambda: _time_method(ctx, 0.9)),
-        "sdclr_p90_fused": fresh("sdclr_p90_fused", lambda: _time_method(ctx, 0.9, fuse=True)),
-        "ceiling": fresh("ceiling", lambda: _time_ceiling(ctx)),
-    }
-    for name in METHOD_ROWS:
-        results[name]["fraction_of_ceiling"] = (
-            results[name]["views_per_second"] / results["ceiling"]["views_per_second"]
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        raise ValueError(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
+    results: dict[str, Any] = {}
+    if "methods" in rows:
+        results["simclr"] = fresh("simclr", lambda: _time_method(ctx, None))
+        results["sdclr_p90"] = fresh("sdclr_p90", lambda: _time_method(ctx, 0.9))
+        results["sdclr_p90_fused"] = fresh(
+            "sdclr_p90_fused", lambda: _time_method(ctx, 0.9, fuse=True)
         )
-    results.update(fresh("step_ratio", lambda: _time_step_ratio(ctx)))
-    results["augmentation"] = fresh("augmentation", lambda: _time_views(ctx))
-    if device.type == "cpu":
+        results["ceiling"] = fresh("ceiling", lambda: _time_ceiling(ctx))
+        for name in METHOD_ROWS:
+            results[name]["fraction_of_ceiling"] = (
+                results[name]["views_per_second"] / results["ceiling"]["views_per_second"]
+            )
+    if "step_ratio" in rows:
+        results.update(fresh("step_ratio", lambda: _time_step_ratio(ctx)))
+    if "augmentation" in rows:
+        results["augmentation"] = fresh("augmentation", lambda: _time_views(ctx))
+    if "gradient_error" in rows and device.type == "cpu":
         results["gradient_error"] = _gradient_error(ctx)
-    results["linear_probe"] = _time_probe(ctx, quick)
-    results["loading_224"] = fresh("loading_224", lambda: _time_loading_224(ctx, quick))
+    if "probe" in rows:
+        results["linear_probe"] = _time_probe(ctx, quick, probe_epochs)
+    if "loading_224" in rows:
+        results["loading_224"] = fresh("loading_224", lambda: _time_loading_224(ctx, quick))
     results["recompile_limit_hit"] = limit_hit
     results["peak_memory_mb"] = _peak_memory_mb(device)
     settings = ctx["settings"]
@@ -575,6 +635,10 @@ def run_benchmark(
         "compile": settings.compile,
         "compile_mode": settings.compile_mode,
         "quick": quick,
+        "rows": [r for r in ROWS if r in rows],
+        "warmup_steps": ctx["warmup"],
+        "timed_steps": ctx["timed_steps"],
+        "channels": ctx["channels"],
         "command": "python -m sdclr.bench " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -582,54 +646,67 @@ def run_benchmark(
 
 
 def format_table(r: dict[str, Any], json_path: Path) -> str:
+    """The printed table (Markdown), with the rows that were run."""
     s = r["setup"]
     ex = " (extrapolated)"
+    widths = f" (stage widths {s['channels']})" if s.get("channels") else ""
     lines = [
         f"sdclr benchmark: {s['device']}, torch {s['torch']}, commit {s['commit']}, "
         f"{s['precision']}, channels_last={s['channels_last']}, compile={s['compile']}"
         + (f" ({s['compile_mode']})" if s["compile"] else ""),
-        f"CIFAR-10-LT split 1 D_i ({s['images']} images), ResNet-18 CIFAR stem, batch "
+        f"CIFAR-10-LT split 1 D_i ({s['images']} images), ResNet-18 CIFAR stem{widths}, batch "
         f"{s['batch_size']} ({s['steps_per_epoch']} steps/epoch)"
         + (", QUICK: a few steps, epoch times extrapolated" if s["quick"] else ""),
         "",
         "| measurement | value |",
         "|---|---:|",
     ]
-    for name, label in METHOD_ROWS.items():
-        m = r[name]
+    if "ceiling" in r:
+        for name, label in METHOD_ROWS.items():
+            m = r[name]
+            lines += [
+                f"| {label}: epoch seconds{ex if m['extrapolated'] else ''} | "
+                f"{m['epoch_seconds']:.3f} |",
+                f"| {label}: views/s | {m['views_per_second']:,.0f} |",
+                f"| {label}: fraction of model-only ceiling | {m['fraction_of_ceiling']:.2f} |",
+            ]
+        lines.append(f"| model-only ceiling: views/s | {r['ceiling']['views_per_second']:,.0f} |")
+        for name, label in (*METHOD_ROWS.items(), ("ceiling", "model-only ceiling")):
+            m = r[name]
+            if "warmup_seconds" in m:
+                lines.append(
+                    f"| {label}: warm-up, {m['warmup_steps']} steps (first step; beyond "
+                    f"steady state): seconds | {m['warmup_seconds']:.1f} "
+                    f"({m['first_step_seconds']:.1f}; {m['compile_seconds']:.1f}) |"
+                )
+    if "sdclr_step_over_two_plain" in r:
         lines += [
-            f"| {label}: epoch seconds{ex if m['extrapolated'] else ''} | "
-            f"{m['epoch_seconds']:.3f} |",
-            f"| {label}: views/s | {m['views_per_second']:,.0f} |",
-            f"| {label}: fraction of model-only ceiling | {m['fraction_of_ceiling']:.2f} |",
+            f"| SDCLR step over two plain fwd+bwd passes | {r['sdclr_step_over_two_plain']:.3f} |",
+            f"| SDCLR fused step over two plain fwd+bwd passes | "
+            f"{r['sdclr_fused_step_over_two_plain']:.3f} |",
+        ]
+    if ge := r.get("gradient_error"):
+        lines += [
+            f"| SDCLR conv-weight gradients vs float64 ({ge['images']} images, CPU): "
+            f"median relative error, two passes / fused | "
+            f"{ge['separate_median']:.1e} / {ge['fused_median']:.1e} |",
+            f"| the same: largest ratio of the fused to the two-pass error in one conv | "
+            f"{ge['fused_over_separate_max']:.1f} |",
         ]
     lines += [
-        f"| model-only ceiling: views/s | {r['ceiling']['views_per_second']:,.0f} |",
-        f"| SDCLR step over two plain fwd+bwd passes | {r['sdclr_step_over_two_plain']:.3f} |",
-        f"| SDCLR fused step over two plain fwd+bwd passes | "
-        f"{r['sdclr_fused_step_over_two_plain']:.3f} |",
-        *(
-            [
-                f"| SDCLR conv-weight gradients vs float64 ({ge['images']} images, CPU): "
-                f"median relative error, two passes / fused | "
-                f"{ge['separate_median']:.1e} / {ge['fused_median']:.1e} |",
-                f"| the same: largest ratio of the fused to the two-pass error in one conv | "
-                f"{ge['fused_over_separate_max']:.1f} |",
-            ]
-            if (ge := r.get("gradient_error"))
-            else []
-        ),
-        *[
-            f"| augmentation alone, two views ({mode}): views/s | {v:,.0f} |"
-            for mode in ("eager", "compiled")
-            if (v := r.get("augmentation", {}).get(f"{mode}_views_per_second")) is not None
-        ],
-        f"| linear probe, {r['linear_probe']['epochs']} epochs x "
-        f"{r['linear_probe']['images']} images: seconds"
-        f"{ex if r['linear_probe']['extrapolated'] else ''} | {r['linear_probe']['seconds']:.1f} |",
-        f"| peak {'device' if s['device_type'] == 'cuda' else 'host RSS'} memory (MiB) | "
-        f"{r['peak_memory_mb']:,.0f} |",
+        f"| augmentation alone, two views ({mode}): views/s | {v:,.0f} |"
+        for mode in ("eager", "compiled")
+        if (v := r.get("augmentation", {}).get(f"{mode}_views_per_second")) is not None
     ]
+    if lp := r.get("linear_probe"):
+        lines.append(
+            f"| linear probe, {lp['epochs']} epochs x {lp['images']} images: seconds"
+            f"{ex if lp['extrapolated'] else ''} | {lp['seconds']:.1f} |"
+        )
+    lines.append(
+        f"| peak {'device' if s['device_type'] == 'cuda' else 'host RSS'} memory (MiB) | "
+        f"{r['peak_memory_mb']:,.0f} |"
+    )
     ld = r.get("loading_224")
     if ld:
         lines += [
@@ -639,7 +716,7 @@ def format_table(r: dict[str, Any], json_path: Path) -> str:
             f"{ld['dataloader_pil_images_per_second']:,.0f} |",
             f"| 224 px loading: suite over baseline | {ld['speedup']:.2f} |",
         ]
-    if s["device_type"] == "cpu":
+    if s["device_type"] == "cpu" and "sdclr_p90_fused" in r:
         lines += [
             "",
             "note: the fused branches are a CUDA speed option. On a CPU their grouped "
@@ -689,13 +766,47 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile mode of the model: default | reduce-overhead (CUDA graphs) | "
         "max-autotune | max-autotune-no-cudagraphs",
     )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="warm-up steps per row before timing (default 15; quick: 1)",
+    )
+    parser.add_argument(
+        "--rows",
+        default="all",
+        help=f"comma-separated row groups to run: all, or some of {', '.join(ROWS)}",
+    )
+    parser.add_argument(
+        "--probe-epochs",
+        type=int,
+        default=None,
+        help="linear-probe epochs actually run (fewer than 30: the 30-epoch time is extrapolated)",
+    )
+    parser.add_argument(
+        "--channels",
+        default=None,
+        help="comma-separated ResNet-18 stage widths for every row (toy runs, e.g. 8,16,32,64)",
+    )
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
+    parser.add_argument(
+        "--table", type=Path, default=None, help="also write the printed table to this file"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     from sdclr.errors import SdclrError
+
+    rows = ROWS if args.rows == "all" else tuple(r.strip() for r in args.rows.split(",") if r)
+    if set(rows) - set(ROWS):
+        parser.error(f"--rows: unknown {sorted(set(rows) - set(ROWS))}; choose from {ROWS}")
+    try:
+        channels = [int(c) for c in args.channels.split(",")] if args.channels else None
+    except ValueError:
+        parser.error(f"--channels: comma-separated integers, not {args.channels!r}")
 
     try:
         r = run_benchmark(
@@ -705,6 +816,10 @@ def main(argv: list[str] | None = None) -> int:
             args.steps,
             False if args.no_compile else (True if args.compile else None),
             args.compile_mode,
+            rows,
+            args.warmup,
+            args.probe_epochs,
+            channels,
         )
     except SdclrError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -715,7 +830,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(r, indent=2))
-    print(format_table(r, out))
+    table = format_table(r, out)
+    if args.table:
+        args.table.parent.mkdir(parents=True, exist_ok=True)
+        args.table.write_text(table + "\n")
+    print(table)
     return 0
 
 
