@@ -65,7 +65,10 @@ def build_from_spec(spec: dict[str, Any]) -> ContrastiveModel:
 
 
 #: the globals a checkpoint may name besides torch's own: NumPy arrays (the legacy RNG state)
-SAFE_GLOBALS = [np.dtype, np.ndarray, np._core.multiarray._reconstruct, np.dtypes.UInt32DType]
+_NUMPY_CORE = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+SAFE_GLOBALS = [np.dtype, np.ndarray, _NUMPY_CORE.multiarray._reconstruct]
+if hasattr(np, "dtypes"):  # the dtype classes numpy >= 1.25 pickles an array's dtype as
+    SAFE_GLOBALS.append(np.dtypes.UInt32DType)
 #: a write that fails with one of these found no room (ENOSPC, quota, file size limit)
 NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 

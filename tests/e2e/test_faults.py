@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_runner import TINY, ok, sdclr
+from runs import TINY, ok, sdclr
 
 # two epochs with a checkpoint after each: the previous checkpoint is epoch 1's
 PRETRAIN = [*TINY, "stage=pretrain", "pretrain.batch_size=32", "checkpoint.every=1"]
