@@ -19,3 +19,7 @@ class CheckpointError(SdclrError):
 
 class TrainingError(SdclrError):
     """Training cannot go on (for example a non-finite loss)."""
+
+
+class JobBusyError(SdclrError):
+    """The job directory is held by another run (its files belong to that run)."""

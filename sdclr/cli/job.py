@@ -24,7 +24,7 @@ from sdclr.config.derived import to_container
 from sdclr.config.drift import config_differences
 from sdclr.data.run_data import RunData
 from sdclr.errors import CheckpointError, ConfigError
-from sdclr.models.checkpoint import load_checkpoint
+from sdclr.models.checkpoint import load_latest
 from sdclr.utils.distributed import is_main_process
 from sdclr.utils.tracking import Tracker
 
@@ -79,10 +79,13 @@ def read_metrics(job_dir: Path) -> dict[str, Any]:
 
 
 def previous_checkpoint(path: Path, config: dict[str, Any], force: bool) -> dict | None:
-    """The job's own pretrain checkpoint, if any, after checking it belongs to this config."""
-    if not path.is_file():
+    """The job's own pretrain checkpoint, if any (the previous one when the latest cannot be
+    read, :func:`sdclr.models.checkpoint.load_latest`), after checking it belongs to this
+    config."""
+    found = load_latest(path)
+    if found is None:
         return None
-    payload = load_checkpoint(path)
+    payload, path = found
     diffs = config_differences(payload.get("config", {}), config)
     if diffs and not force:
         raise ConfigError(

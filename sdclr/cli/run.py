@@ -15,6 +15,7 @@ import os
 import sys
 import time
 import traceback
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,9 +28,10 @@ from sdclr.cli.summary import job_report, print_summary, run_record
 from sdclr.config.schema import register_configs
 from sdclr.config.validate import check_world_size, validate
 from sdclr.data.run_data import RunData, load_run_data
-from sdclr.errors import SdclrError
+from sdclr.errors import JobBusyError, SdclrError
 from sdclr.utils.distributed import init_from_env, is_main_process, resolve_device, world_size
 from sdclr.utils.io import CONF_DIR
+from sdclr.utils.joblock import JobLock, busy_message, holder
 from sdclr.utils.rng import seed_everything
 from sdclr.utils.signals import Interrupted, StopSignal
 from sdclr.utils.tracking import Tracker
@@ -50,25 +52,27 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
     check_writable(job_dir)
     device = init_from_env(str(cfg.device)) or resolve_device(str(cfg.device))
     check_world_size(cfg, world_size())
-    seed_everything(cfg.seed)
-    plan = plan_job(cfg, job_dir)
-    data = load_run_data(cfg, device)
-    inputs = check_inputs(cfg, data, plan.stages)
-    # inputs are checked: from here on this job's files are (re)written
-    _STATE["stage_started"] = True
-    job = start_job(cfg, job_dir, device, plan, data, inputs, sweep_group)
-    exit_code = 1
-    try:
-        with StopSignal() as stop:
-            for stage in plan.todo:
-                job.write_status("running", stage, wandb_id=job.wandb_id)
-                STAGES[stage](job, stage, stop)
-                job.write_metrics()
-            exit_code = 0
-    finally:
-        if exit_code:
-            job.tracker.finish(exit_code)
-    finish_job(job)
+    # one writer per job directory: rank 0 holds it until the run ends, however it ends
+    with JobLock(job_dir) if is_main_process() else nullcontext():
+        seed_everything(cfg.seed)
+        plan = plan_job(cfg, job_dir)
+        data = load_run_data(cfg, device)
+        inputs = check_inputs(cfg, data, plan.stages)
+        # inputs are checked: from here on this job's files are (re)written
+        _STATE["stage_started"] = True
+        job = start_job(cfg, job_dir, device, plan, data, inputs, sweep_group)
+        exit_code = 1
+        try:
+            with StopSignal() as stop:
+                for stage in plan.todo:
+                    job.write_status("running", stage, wandb_id=job.wandb_id)
+                    STAGES[stage](job, stage, stop)
+                    job.write_metrics()
+                exit_code = 0
+        finally:
+            if exit_code:
+                job.tracker.finish(exit_code)
+        finish_job(job)
     return job.metrics
 
 
@@ -149,8 +153,10 @@ def _hydra_job(cfg: DictConfig) -> None:
     except (SdclrError, Exception) as e:
         handled = isinstance(e, SdclrError)
         message = str(e) if handled else f"{type(e).__name__}: {e}"
-        # an error before any stage ran (config, data) leaves an earlier job's files alone
-        if _STATE["stage_started"] or not (job_dir / "status.json").exists():
+        # an error before any stage ran (config, data) leaves an earlier job's files alone,
+        # and a busy job directory is another run's
+        busy = isinstance(e, JobBusyError)
+        if not busy and (_STATE["stage_started"] or not (job_dir / "status.json").exists()):
             try:
                 write_status(
                     job_dir,
@@ -184,6 +190,11 @@ def _precheck_output_dir(argv: list[str]) -> None:
             f"another with hydra.run.dir=PATH (hydra.sweep.dir=PATH for -m)",
             file=sys.stderr,
         )
+        sys.exit(2)
+    # before Hydra writes its files into another run's job (rank 0: the one that holds it)
+    held = holder(target.expanduser()) if os.environ.get("RANK", "0") == "0" else None
+    if held is not None:
+        print(f"error: {busy_message(target, held)}", file=sys.stderr)
         sys.exit(2)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -263,7 +264,7 @@ def load_split_file(path: Path, labels: np.ndarray, fix_hint: str = "") -> Split
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             arrays = {k: z[k].astype(np.int64) for k in ("pool", "val", *SUBSETS)}
-    except (OSError, ValueError, KeyError) as e:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
         raise DataError(
             f"split file {path} is not a valid sdclr split file ({e}); regenerate "
             f"it with `python -m sdclr.splits`"

@@ -82,7 +82,9 @@ def train_probe(
         fixed_train = features(bank, train_idx_t)
 
     linear = nn.Linear(val_feats.shape[1], settings.num_classes).to(device)
-    nn.init.normal_(linear.weight, 0.0, 0.01)
+    # drawn from the probe's own generator, not the global RNG: a probe rerun after an
+    # interruption starts exactly as the uninterrupted one did
+    nn.init.normal_(linear.weight, 0.0, 0.01, generator=generator)
     nn.init.zeros_(linear.bias)
     opt = torch.optim.SGD(
         linear.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay

@@ -4,14 +4,33 @@ The pretrain checkpoint (written by :func:`sdclr.train.loop.pretrain`) holds the
 (``model``, what the probes and the export use), the optimiser, ``method_state`` (MoCo's key
 encoder, queue and pointer, BYOL's target and predictor, the current momentum; empty for
 SimCLR / SDCLR), the mask, the BCL loss memory (``boost``), the temperatures, the monitor's
-records, the position in the epoch, every RNG state, and ``spec`` / ``config``."""
+records, the position in the epoch, every RNG state, and ``spec`` / ``config``.
+
+Durable: a checkpoint is serialised in memory, written to a temporary file and ``fsync``-ed,
+checked to be a complete archive, and only then renamed over the latest one, whose
+predecessor stays beside it as ``<name>.prev.pt`` (the directory is ``fsync``-ed after the
+renames). A machine crash at any point leaves at least one complete checkpoint;
+:func:`load_latest` falls back to the previous one when the latest cannot be read. A full
+disk stops the run with one message and leaves both files as they were.
+
+Safe: checkpoints are loaded with ``weights_only=True`` (tensors, containers and plain values
+only; unpickling cannot call anything), allowing just NumPy's array reconstruction, which
+the RNG state of checkpoints written before 2026-12 needs.
+"""
 
 from __future__ import annotations
 
+import errno
+import io
 import os
+import pickle
+import re
+import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from sdclr.config.derived import bn_mode, cifar_stem, head_depth
@@ -45,13 +64,64 @@ def build_from_spec(spec: dict[str, Any]) -> ContrastiveModel:
     )
 
 
+#: the globals a checkpoint may name besides torch's own: NumPy arrays (the legacy RNG state)
+_NUMPY_CORE = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+SAFE_GLOBALS = [np.dtype, np.ndarray, _NUMPY_CORE.multiarray._reconstruct]
+if hasattr(np, "dtypes"):  # the dtype classes numpy >= 1.25 pickles an array's dtype as
+    SAFE_GLOBALS.append(np.dtypes.UInt32DType)
+#: a write that fails with one of these found no room (ENOSPC, quota, file size limit)
+NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+def previous_path(path: Path) -> Path:
+    """Where the checkpoint before ``path`` is kept: ``pretrain.pt`` -> ``pretrain.prev.pt``."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not every platform opens directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Write to a temporary file and rename, so a crash never leaves a half checkpoint."""
+    """Write ``payload`` to ``path`` durably; the checkpoint it replaces becomes
+    :func:`previous_path`. Raises :class:`CheckpointError` (both files untouched) when the
+    disk has no room for it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    data = buffer.getbuffer()
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        with zipfile.ZipFile(tmp) as archive:  # complete: its central directory is there
+            archive.namelist()
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in NO_SPACE:
+            raise CheckpointError(
+                f"no room to write the checkpoint into {path.parent}: it needs {len(data):,} "
+                f"bytes ({os.strerror(e.errno)}); the checkpoints there are as they were. "
+                f"Free space (or raise the quota) and run the same command again to resume"
+            ) from e
+        raise
+    if zipfile.is_zipfile(path):  # an unreadable latest must not displace a good previous
+        os.replace(path, previous_path(path))
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -62,10 +132,24 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"a finished job (its checkpoints/pretrain.pt)"
         )
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        refused = _refused_global(e)
+        if refused is None:
+            raise CheckpointError(
+                f"checkpoint {path} cannot be read ({_one_line(e)[:120]}); it is corrupt or not "
+                f"an sdclr checkpoint"
+            ) from e
+        raise CheckpointError(
+            f"checkpoint {path} was refused: it holds objects other than tensors and plain "
+            f"values ({refused}), and loading those could run code. Pass a checkpoint "
+            f"written by sdclr"
+        ) from e
     except Exception as e:
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({e}); it is corrupt or not an sdclr checkpoint"
+            f"checkpoint {path} cannot be read ({_one_line(e)}); it is corrupt or not an sdclr "
+            f"checkpoint"
         ) from e
     if not isinstance(payload, dict) or "model" not in payload or "spec" not in payload:
         raise CheckpointError(
@@ -73,6 +157,41 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"pass a job's checkpoints/pretrain.pt"
         )
     return payload
+
+
+def load_latest(path: Path) -> tuple[dict[str, Any], Path] | None:
+    """The job's checkpoint at ``path`` and where it came from: the latest, or, when that is
+    missing or cannot be read, the previous one (:func:`previous_path`) with a warning on
+    stderr naming both and the epoch it resumes from. None when there is neither."""
+    path = Path(path)
+    prev = previous_path(path)
+    try:
+        return load_checkpoint(path), path
+    except CheckpointError:
+        if not prev.is_file():
+            if not path.exists():
+                return None
+            raise
+        payload = load_checkpoint(prev)
+        why = "is missing" if not path.exists() else "cannot be read (corrupt or truncated)"
+        print(
+            f"warning: {path} {why}; resuming from the previous checkpoint {prev} "
+            f"(epoch {payload.get('epoch')})",
+            file=sys.stderr,
+            flush=True,
+        )
+        return payload, prev
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())[:300]
+
+
+def _refused_global(e: pickle.UnpicklingError) -> str | None:
+    """The name torch's weights-only unpickler refused (e.g. ``posix.system``), or None when
+    the file is simply not a pickle it can read."""
+    found = re.search(r"GLOBAL (\S+)", str(e))
+    return found.group(1) if found else None
 
 
 def load_encoder(

@@ -19,10 +19,31 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _numpy_state() -> dict[str, Any]:
+    """NumPy's global RNG state as a tensor and plain values (loadable with weights_only)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached),
+    }
+
+
+def _set_numpy_state(state: Any) -> None:
+    """Restore :func:`_numpy_state`, or the tuple of ``np.random.get_state()`` that
+    checkpoints written before 2026-12 hold."""
+    if isinstance(state, dict):
+        keys = state["keys"].numpy().astype(np.uint32)
+        state = (state["name"], keys, state["pos"], state["has_gauss"], state["cached_gaussian"])
+    np.random.set_state(state)
+
+
 def rng_state(generator: torch.Generator | None = None) -> dict[str, Any]:
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": _numpy_state(),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
     }
@@ -41,7 +62,7 @@ def restore_rng(state: dict[str, Any], generator: torch.Generator | None = None)
             f"started on (config key 'device'), or start a new run"
         )
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    _set_numpy_state(state["numpy"])
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         for i, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
