@@ -1,4 +1,5 @@
-"""Nothing lost: resume after SIGKILL / SIGTERM gives the uninterrupted result; config drift,
+"""Nothing lost: resume after SIGKILL / SIGTERM (at fixed and random points of pretraining,
+and during a probe) gives the uninterrupted result; config drift,
 non-finite losses and failing sweep jobs are handled without touching earlier results."""
 
 from __future__ import annotations
@@ -100,6 +101,63 @@ def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(reference, tmp_path, 
     assert ckpt["finished"] is False
     ok(sdclr([*RUN, f"hydra.run.dir={job}"], env))
     assert_same_result(reference, job)
+
+
+def wait_until(proc: subprocess.Popen, ready, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not ready():
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "the run did not get there in time"
+        time.sleep(0.02)
+
+
+def epochs_done(job: Path) -> int:
+    try:
+        return int(torch.load(job / "checkpoints" / "pretrain.pt", weights_only=False)["epoch"])
+    except Exception:  # not there yet, or being replaced right now
+        return -1
+
+
+def in_probe(job: Path) -> bool:
+    try:
+        status = json.loads((job / "status.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return status.get("stage") == "linear" and status.get("status") == "running"
+
+
+@pytest.mark.parametrize("seed", [11, 12])
+def test_sigkill_at_a_random_point_of_pretraining_then_resume(seed, reference, tmp_path, env):
+    import random
+
+    draw = random.Random(seed)
+    epoch, delay = draw.randint(0, 2), draw.uniform(0.0, 0.6)
+    job = tmp_path / "job"
+    proc = start(job, env)
+    wait_until(proc, lambda: epochs_done(job) >= epoch if epoch else (job / ".lock").is_file())
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    ok(sdclr([*RUN, f"hydra.run.dir={job}"], env))
+    assert_same_result(job, reference)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_signal_during_a_probe_then_resume(sig, reference, tmp_path, env):
+    job = tmp_path / "job"
+    proc = start(job, env)
+    wait_until(proc, lambda: in_probe(job))
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+        assert "interrupted:" in err and "probe" in err
+        assert json.loads((job / "status.json").read_text())["status"] == "interrupted"
+    else:
+        assert proc.returncode == -signal.SIGKILL
+    again = ok(sdclr([*RUN, f"hydra.run.dir={job}"], env))
+    assert "pretrain: already finished" in again.stdout  # the probe alone is redone
+    assert_same_result(job, reference)
 
 
 def test_rerun_skips_finished_stages_and_refuses_config_drift(reference, tmp_path, env):
