@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from imagetree import TREE_COUNTS, write_tree
+from runs import subprocess_env
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,13 +85,4 @@ def tree(tmp_path_factory, data_root) -> Path:
 @pytest.fixture()
 def env(data_root, cache_dir) -> dict[str, str]:
     """Environment for running the suite in a subprocess on the real data."""
-    e = dict(os.environ)
-    e.update(
-        SDCLR_DATA=str(data_root),
-        SDCLR_CACHE=str(cache_dir),
-        PYTHONUNBUFFERED="1",
-        WANDB_SILENT="true",
-        HYDRA_FULL_ERROR="0",
-    )
-    e.pop("WANDB_API_KEY", None)
-    return e
+    return subprocess_env(data_root, cache_dir)

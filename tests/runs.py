@@ -3,8 +3,10 @@ settings of `make demo`, the call, and the exit-status check."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 # Same code path as `make demo`, shrunk: 2% of the data, narrow ResNet-18, few epochs.
 TINY = [
@@ -35,3 +37,18 @@ def sdclr(args, env, timeout=600):
 def ok(out):
     assert out.returncode == 0, f"exit {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
+
+
+def subprocess_env(data_root: Path, cache_dir: Path) -> dict[str, str]:
+    """The environment of a subprocess run on the real data (the ``env`` fixture's, and
+    that of the module-scoped reference runs, which cannot use a per-test fixture)."""
+    e = dict(os.environ)
+    e.update(
+        SDCLR_DATA=str(data_root),
+        SDCLR_CACHE=str(cache_dir),
+        PYTHONUNBUFFERED="1",
+        WANDB_SILENT="true",
+        HYDRA_FULL_ERROR="0",
+    )
+    e.pop("WANDB_API_KEY", None)
+    return e

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from runs import TINY, ok, sdclr
+from runs import TINY, ok, sdclr, subprocess_env
 
 # two epochs with a checkpoint after each: the previous checkpoint is epoch 1's
 PRETRAIN = [*TINY, "stage=pretrain", "pretrain.batch_size=32", "checkpoint.every=1"]
@@ -35,9 +35,7 @@ def error_lines(out: subprocess.CompletedProcess) -> list[str]:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory, data_root, cache_dir):
     """A finished two-epoch pretraining: pretrain.pt (epoch 2) and pretrain.prev.pt (epoch 1)."""
-    import os
-
-    env = dict(os.environ, SDCLR_DATA=str(data_root), SDCLR_CACHE=str(cache_dir))
+    env = subprocess_env(data_root, cache_dir)
     job = tmp_path_factory.mktemp("faults") / "job"
     ok(sdclr([*PRETRAIN, f"hydra.run.dir={job}"], env))
     return job

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from runs import TINY, ok, sdclr
+from runs import TINY, ok, sdclr, subprocess_env
 
 # four epochs with a checkpoint after each, so an interruption lands between checkpoints
 RUN = [*TINY, "pretrain.epochs=4", "pretrain.batch_size=32", "checkpoint.every=1", "stage=all"]
@@ -39,9 +39,7 @@ def assert_same_result(a: Path, b: Path):
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data_root, cache_dir):
-    import os
-
-    env = dict(os.environ, SDCLR_DATA=str(data_root), SDCLR_CACHE=str(cache_dir))
+    env = subprocess_env(data_root, cache_dir)
     job = tmp_path_factory.mktemp("ref") / "job"
     ok(sdclr([*RUN, f"hydra.run.dir={job}"], env))
     return job

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from runs import TINY, ok, sdclr
+from runs import TINY, ok, sdclr, subprocess_env
 
 
 @pytest.fixture(scope="module")
 def sdclr_job(tmp_path_factory, data_root, cache_dir):
-    import os
-
-    env = dict(os.environ, SDCLR_DATA=str(data_root), SDCLR_CACHE=str(cache_dir))
+    env = subprocess_env(data_root, cache_dir)
     job = tmp_path_factory.mktemp("job") / "sdclr"
     out = ok(sdclr(["stage=all", "prune=p90", "split=split1", *TINY, f"hydra.run.dir={job}"], env))
     return job, out
