@@ -30,6 +30,7 @@ def run_record(cfg: DictConfig, device: torch.device, data: RunData) -> dict[str
         "backbone": cfg.backbone.name,
         "prune_ratio": cfg.prune.ratio,
         "random_ratio": cfg.prune.random_ratio,
+        "random_rule": str(cfg.prune.random_rule),
         "bn": bn_mode(cfg),
         "head_depth": head_depth(cfg),
         "loss": str(cfg.loss.name) if cfg.method.name == "simclr" else None,

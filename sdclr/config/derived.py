@@ -86,6 +86,8 @@ def method_label(cfg: DictConfig | Config) -> str:
             title += f" + SDCLR p={cfg.prune.ratio:g}"
     if is_sdclr(cfg) and cfg.prune.random_ratio:
         title += f" rand={cfg.prune.random_ratio:g}"
+        if cfg.prune.random_rule != "on_top":
+            title += f"({cfg.prune.random_rule})"
     parts = [title, f"{bn_mode(cfg)}-BN", f"head{head_depth(cfg)}"]
     if name != "byol" and cfg.loss.name == "debiased":
         parts.append(f"debiased(tau+={cfg.loss.tau_plus:g})")

@@ -111,6 +111,9 @@ class HeadConfig:
 class PruneConfig:
     ratio: float | None = None  # None: no pruned branch (SimCLR)
     random_ratio: float = 0.0  # part of the pruned fraction removed at random, not by magnitude
+    # on_top (the reference's): q*N random drops on top of a (p - q) magnitude cut | within
+    # (the milder older rule: the random picks count towards the p cut); see models/pruning.py
+    random_rule: str = "on_top"
 
 
 @dataclass

@@ -23,6 +23,7 @@ CHOICES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "split.pretrain_set": (("D_i", "D_b"), "D_i (long-tailed) or D_b (balanced control)"),
     "split.source": (("generated", "official", "file"), None),
     "bn.mode": (("auto", "dual", "shared"), None),
+    "prune.random_rule": (("on_top", "within"), None),
     "method.name": (METHODS, None),
     "loss.name": (("ntxent", "debiased", "hard"), None),
     "temperature.schedule": (("constant", "cosine"), None),
@@ -180,6 +181,7 @@ def _check_model(cfg: DictConfig) -> None:
         )
     else:
         _check(q == 0.0, "prune.random_ratio", "needs a pruned branch (prune.ratio set)")
+    _check_choices(cfg, "prune")
     _check_choices(cfg, "bn")
     if cfg.head.depth is not None:
         _check(cfg.head.depth >= 1, "head.depth", f"must be >= 1, got {cfg.head.depth}")

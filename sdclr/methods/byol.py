@@ -56,8 +56,11 @@ class BYOL(MomentumMethod):
         random_ratio: float = 0.0,
         dual_bn: bool = False,
         generator: torch.Generator | None = None,
+        random_rule: str = "on_top",
     ):
-        super().__init__(tau, cosine_tau, prune_ratio, random_ratio, dual_bn, generator)
+        super().__init__(
+            tau, cosine_tau, prune_ratio, random_ratio, dual_bn, generator, random_rule
+        )
         self.hidden_dim = int(hidden_dim)
         self.predictor: nn.Module | None = None
 
@@ -131,4 +134,5 @@ class BYOL(MomentumMethod):
             random_ratio=float(cfg.prune.random_ratio),
             dual_bn=bn_mode(cfg) == "dual",
             generator=generator,
+            random_rule=str(cfg.prune.random_rule),
         )

@@ -90,8 +90,11 @@ class MoCo(MomentumMethod):
         loss: str = "ntxent",
         tau_plus: float = 0.1,
         beta: float = 1.0,
+        random_rule: str = "on_top",
     ):
-        super().__init__(momentum, cosine_momentum, prune_ratio, random_ratio, dual_bn, generator)
+        super().__init__(
+            momentum, cosine_momentum, prune_ratio, random_ratio, dual_bn, generator, random_rule
+        )
         if loss not in KINDS:
             raise ConfigError(f"unknown MoCo loss {loss!r}; use {', '.join(KINDS)}")
         self.loss_kind = loss
@@ -201,6 +204,7 @@ class MoCo(MomentumMethod):
             random_ratio=float(cfg.prune.random_ratio),
             dual_bn=bn_mode(cfg) == "dual",
             generator=generator,
+            random_rule=str(cfg.prune.random_rule),
             loss=str(cfg.loss.name),
             tau_plus=float(cfg.loss.tau_plus),
             beta=float(cfg.loss.beta),

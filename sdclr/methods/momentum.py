@@ -93,6 +93,7 @@ class MomentumMethod(PrunedBranch):
         random_ratio: float = 0.0,
         dual_bn: bool = False,
         generator: torch.Generator | None = None,
+        random_rule: str = "on_top",
     ):
         if not 0.0 <= momentum <= 1.0:
             raise ConfigError(f"the momentum must lie in [0, 1], got {momentum}")
@@ -103,7 +104,7 @@ class MomentumMethod(PrunedBranch):
         self.generator = generator  # random pruning (and MoCo's queue init / MoCHi draws)
         # the mask is exactly SDCLR's: the same self-competitor, over the online backbone
         self.competitor = (
-            SelfCompetitor(prune_ratio, random_ratio, generator)
+            SelfCompetitor(prune_ratio, random_ratio, generator, random_rule)
             if prune_ratio is not None
             else None
         )

@@ -41,10 +41,11 @@ class ContrastiveMethod(PrunedBranch):
         tau_plus: float = 0.1,
         beta: float = 1.0,
         fuse_branches: bool = False,
+        random_rule: str = "on_top",
     ):
         self.temperature = temperature
         self.competitor = (
-            SelfCompetitor(prune_ratio, random_ratio, generator)
+            SelfCompetitor(prune_ratio, random_ratio, generator, random_rule)
             if prune_ratio is not None
             else None
         )
@@ -129,4 +130,5 @@ class ContrastiveMethod(PrunedBranch):
             tau_plus=float(cfg.loss.tau_plus),
             beta=float(cfg.loss.beta),
             fuse_branches=bool(cfg.fuse_branches),
+            random_rule=str(cfg.prune.random_rule),
         )

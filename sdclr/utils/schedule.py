@@ -9,11 +9,16 @@ import math
 def warmup_cosine(
     step: int, total_steps: int, warmup_steps: int, base_lr: float, min_lr: float
 ) -> float:
-    """Learning rate for 0-based iteration ``step`` of ``total_steps``."""
-    if step < warmup_steps:
-        return base_lr * (step + 1) / warmup_steps
+    """Learning rate for 0-based iteration ``step`` of ``total_steps``, in the reference's
+    phase: its per-iteration ``LambdaLR`` is stepped *before* the optimiser, so iteration s
+    trains with the schedule's value at t = s + 1. The ramp t / W (W warm-up iterations)
+    reaches the peak at s = W - 1, the cosine then decays from there and the last iteration
+    (t = total) lands exactly on ``min_lr``."""
+    t = step + 1
+    if t < warmup_steps:
+        return base_lr * t / warmup_steps
     decay_steps = max(total_steps - warmup_steps, 1)
-    progress = min((step - warmup_steps) / decay_steps, 1.0)
+    progress = min((t - warmup_steps) / decay_steps, 1.0)
     return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
