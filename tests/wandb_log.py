@@ -68,3 +68,18 @@ def run_config(path: Path) -> dict:
         if rec.WhichOneof("record_type") == "run":
             return {item.key: json.loads(item.value_json) for item in rec.run.config.update}
     raise AssertionError("no run record in the log")
+
+
+def media_types(path: Path) -> dict[str, str]:
+    """``{key: _type}`` of the media (tables, images, HTML) logged to history."""
+    import json
+
+    out = {}
+    for rec in records(path):
+        if rec.WhichOneof("record_type") != "history":
+            continue
+        for item in rec.history.item:
+            key = item.key or "/".join(item.nested_key)
+            if key.endswith("/_type"):
+                out[key[: -len("/_type")]] = json.loads(item.value_json)
+    return out

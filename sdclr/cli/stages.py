@@ -7,6 +7,7 @@ started :class:`sdclr.cli.job.Job` and stores its result in ``job.metrics``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from sdclr.config.drift import config_hash
 from sdclr.data.banks import FileImages, TensorImages
 from sdclr.data.run_data import RunData
 from sdclr.errors import ConfigError
+from sdclr.eval.collapse import collapse_reason
 from sdclr.eval.features import EvalSettings
 from sdclr.eval.metrics import class_groups
 from sdclr.eval.monitor import (
@@ -224,9 +226,13 @@ def run_probe(job: Job, stage: str, stop: StopSignal) -> None:
     )
     result["class_counts"] = job.counts["D_i"]
     result["checkpoint"] = str(source)
+    reason = collapse_reason(result, data.train_y[split.val], stage)
+    result["collapsed"], result["collapse_reason"] = reason is not None, reason
+    if reason is not None:
+        print(f"warning: {stage} probe collapsed: {reason}", file=sys.stderr, flush=True)
     job.metrics[stage] = result
     job.tracker.summary(
-        {f"{stage}/{k}": result[k] for k in ("acc", "many", "medium", "few", "std")}
+        {f"{stage}/{k}": result[k] for k in ("acc", "many", "medium", "few", "std", "collapsed")}
     )
 
 

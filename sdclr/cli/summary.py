@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 
 from sdclr.config.derived import bn_mode, head_depth, method_label, method_title
 from sdclr.data.run_data import RunData
-from sdclr.report.build import build_report
+from sdclr.report.build import build_report, read_tables
 from sdclr.report.plots import DIAGNOSTICS_PLOT, KNN_PLOT, write_pretrain_plots
 from sdclr.report.render import format_job_metrics
 from sdclr.utils.tracking import Tracker
@@ -56,7 +56,7 @@ def job_report(job_dir: Path, metrics: dict[str, Any], tracker: Tracker) -> None
         return
     build_report(job_dir, out)
     tracker.log_files(
-        tables={"results": format_job_metrics(metrics)},
+        tables=read_tables(out),
         images={
             "group_accuracy": out / "group_accuracy.png",
             "per_class_accuracy": out / "per_class_accuracy.png",

@@ -210,6 +210,9 @@ class ProbeConfig:
     epochs: int = 30
     batch_size: int = 128
     lr: float = 30.0
+    # a learning-rate grid, one head per rate trained in the same pass, the best validation
+    # top-1 over rates and epochs chosen (empty: the single rate ``lr``, the protocol's)
+    lrs: list[float] = field(default_factory=list)
     momentum: float = 0.9
     weight_decay: float = 0.0
     milestones: list[int] = field(default_factory=lambda: [10, 20])

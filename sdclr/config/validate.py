@@ -308,6 +308,12 @@ def _check_probes(cfg: DictConfig) -> None:
         _check(pc.epochs >= 1, f"{name}.epochs", f"must be >= 1, got {pc.epochs}")
         _check(pc.batch_size >= 1, f"{name}.batch_size", f"must be >= 1, got {pc.batch_size}")
         _check(pc.lr > 0, f"{name}.lr", f"must be > 0, got {pc.lr}")
+        rates = list(pc.lrs)
+        _check(
+            all(r > 0 for r in rates) and len(set(rates)) == len(rates),
+            f"{name}.lrs",
+            f"must be distinct rates > 0 (or [] for {name}.lr alone), got {rates}",
+        )
         _check(
             pc.eval_batch_size >= 1,
             f"{name}.eval_batch_size",

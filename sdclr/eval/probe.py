@@ -12,6 +12,7 @@ files decoded per batch (:mod:`sdclr.data.banks`).
 from __future__ import annotations
 
 import copy
+import math
 import time
 
 import numpy as np
@@ -27,9 +28,47 @@ from sdclr.utils.progress import progress_bar
 from sdclr.utils.signals import Interrupted
 
 
+def probe_rates(cfg) -> list[float]:
+    """The learning rates a probe section trains: ``lrs`` (the grid) when given, else ``lr``."""
+    grid = cfg.get("lrs") if hasattr(cfg, "get") else getattr(cfg, "lrs", None)
+    return [float(r) for r in grid] if grid else [float(cfg.lr)]
+
+
 @torch.no_grad()
 def _accuracy(linear: nn.Linear, feats: torch.Tensor, labels: torch.Tensor) -> float:
     return float((linear(feats).argmax(1) == labels).float().mean()) * 100.0
+
+
+class _Head:
+    """One rate's linear layer and what the probe learned about it: its validation curve
+    (None for the epochs after its loss went non-finite), its best epoch and state."""
+
+    def __init__(self, lr: float, linear: nn.Linear):
+        self.lr, self.linear = lr, linear
+        self.val_curve: list[float | None] = []
+        self.best_acc, self.best_epoch, self.best_state = -1.0, 0, None
+        self.diverged_epoch: int | None = None
+
+    def record(self, epoch: int, loss: float, val_feats: torch.Tensor, val_labels) -> None:
+        if self.diverged_epoch is None and not math.isfinite(loss):
+            self.diverged_epoch = epoch
+        if self.diverged_epoch is not None:
+            self.val_curve.append(None)
+            return
+        val_acc = _accuracy(self.linear, val_feats, val_labels)
+        self.val_curve.append(val_acc)
+        if val_acc > self.best_acc:
+            self.best_acc, self.best_epoch = val_acc, epoch
+            self.best_state = copy.deepcopy(self.linear.state_dict())
+
+    def summary(self) -> dict:
+        return {
+            "lr": self.lr,
+            "val_acc": self.val_curve,
+            "best_val_acc": self.best_acc if self.best_state is not None else None,
+            "best_epoch": self.best_epoch if self.best_state is not None else None,
+            "diverged_epoch": self.diverged_epoch,
+        }
 
 
 def train_probe(
@@ -50,17 +89,24 @@ def train_probe(
     log=None,
     stop=None,
 ) -> dict:
-    """Train a linear probe; returns the metrics of :func:`sdclr.eval.metrics.summarize` plus
-    ``best_epoch``, ``val_acc`` (per epoch) and ``seconds``.
+    """Train a linear probe, or one per learning rate of the grid ``cfg.lrs`` on the same
+    features in the same pass; returns the metrics of :func:`sdclr.eval.metrics.summarize` for
+    the head and epoch with the best validation top-1 over rates and epochs, plus ``lr`` (its
+    rate), ``best_epoch``, ``best_val_acc``, ``val_acc`` (its curve), ``grid`` (every rate's
+    :meth:`_Head.summary`), ``diverged_epoch`` (of the chosen head: the first epoch whose
+    training loss was non-finite, or None) and timings.
 
-    ``cfg`` is the probe's section (epochs, batch_size, lr, momentum, weight_decay, milestones,
-    gamma, augment); ``settings`` (:class:`sdclr.eval.features.EvalSettings`) gives the
-    classes and groups, the evaluation view and how the frozen backbone runs: its
-    ``amp_dtype`` (bf16 on CUDA) applies to the backbone only, the linear layer trains in
+    ``cfg`` is the probe's section (epochs, batch_size, lr or lrs, momentum, weight_decay,
+    milestones, gamma, augment); ``settings`` (:class:`sdclr.eval.features.EvalSettings`)
+    gives the classes and groups, the evaluation view and how the frozen backbone runs: its
+    ``amp_dtype`` (bf16 on CUDA) applies to the backbone only, the linear layers train in
     float32. ``crop`` is the training augmentation (``pad`` or ``resized``, see
     :mod:`sdclr.augment.views`) at the settings' size. ``stop`` (a
     :class:`sdclr.utils.signals.StopSignal`) raises :class:`sdclr.utils.signals.Interrupted`
-    at the end of the epoch it arrives in."""
+    at the end of the epoch it arrives in.
+
+    The heads are disjoint, so summing their losses gives each exactly the gradient it would
+    get alone; with one rate (the default) every draw and every step is the single probe's."""
     t0 = time.time()
     bank, test_bank = as_images(images), as_images(test_images)
     settings = settings.sized_for(bank)
@@ -81,22 +127,27 @@ def train_probe(
     if not cfg.augment:  # no augmentation: the frozen features never change
         fixed_train = features(bank, train_idx_t)
 
-    linear = nn.Linear(val_feats.shape[1], settings.num_classes).to(device)
-    # drawn from the probe's own generator, not the global RNG: a probe rerun after an
-    # interruption starts exactly as the uninterrupted one did
-    nn.init.normal_(linear.weight, 0.0, 0.01, generator=generator)
-    nn.init.zeros_(linear.bias)
+    heads = []
+    for lr in probe_rates(cfg):
+        linear = nn.Linear(val_feats.shape[1], settings.num_classes).to(device)
+        # drawn from the probe's own generator, not the global RNG: a probe rerun after an
+        # interruption starts exactly as the uninterrupted one did
+        nn.init.normal_(linear.weight, 0.0, 0.01, generator=generator)
+        nn.init.zeros_(linear.bias)
+        heads.append(_Head(lr, linear))
     opt = torch.optim.SGD(
-        linear.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        [{"params": list(h.linear.parameters()), "lr": h.lr} for h in heads],
+        lr=heads[0].lr,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
     )
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.gamma)
     n = len(train_idx_t)
-    best_acc, best_epoch, best_state, val_curve = -1.0, 0, None, []
     t_train = time.time()
     bar = progress_bar(range(cfg.epochs), desc=desc, enabled=progress)
     for epoch in bar:
         perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
-        loss_sum = torch.zeros((), device=device)
+        loss_sums = torch.zeros(len(heads), device=device)
         sels = [perm[s : s + cfg.batch_size] for s in range(0, n, cfg.batch_size)]
         raw = bank.batches([train_idx_t[sel] for sel in sels]) if fixed_train is None else sels
         for sel, x in zip(sels, raw):
@@ -107,48 +158,71 @@ def train_probe(
                     x = probe_train_view(x, crop, settings.size, generator)
                     x = normalize(x, settings.mean, settings.std)
                     feats = encode(backbone, x, settings.amp_dtype)
-            loss = nn.functional.cross_entropy(linear(feats), labels[train_idx_t[sel]])
+            target = labels[train_idx_t[sel]]
+            losses = [nn.functional.cross_entropy(h.linear(feats), target) for h in heads]
+            loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            loss_sum += loss.detach() * len(sel)
+            loss_sums += torch.stack([v.detach() for v in losses]) * len(sel)
         sched.step()
-        val_acc = _accuracy(linear, val_feats, val_labels)
-        val_curve.append(val_acc)
-        if val_acc > best_acc:
-            best_acc, best_epoch, best_state = (
-                val_acc,
-                epoch + 1,
-                copy.deepcopy(linear.state_dict()),
-            )
+        train_losses = [v / n for v in loss_sums.tolist()]  # one host sync per epoch
+        for head, train_loss in zip(heads, train_losses):
+            head.record(epoch + 1, train_loss, val_feats, val_labels)
         if stop is not None and stop.requested:
             raise Interrupted(
                 f"signal received during the {desc} probe (epoch {epoch + 1}); probes restart "
                 f"from scratch on resume: run the same command again",
                 stop.signum,
             )
-        train_loss = float(loss_sum) / n
-        bar.set_postfix(loss=f"{train_loss:.3f}", val=f"{val_acc:.2f}")
+        # what the bar and the log show: the rate doing best on validation this epoch
+        lead = max(range(len(heads)), key=lambda i: _or_below(heads[i].val_curve[-1]))
+        val_acc = heads[lead].val_curve[-1]
+        bar.set_postfix(
+            loss=f"{train_losses[lead]:.3f}",
+            val=f"{val_acc:.2f}" if val_acc is not None else "nan",
+            **({"lr": f"{heads[lead].lr:g}"} if len(heads) > 1 else {}),
+        )
         if log is not None:
-            log(
-                {
-                    "epoch": epoch + 1,
-                    "loss": train_loss,
-                    "val_acc": val_acc,
-                    "lr": opt.param_groups[0]["lr"],
-                }
-            )
-    linear.load_state_dict(best_state)
+            record = {
+                "epoch": epoch + 1,
+                "loss": train_losses[lead],
+                "val_acc": val_acc,
+                "lr": opt.param_groups[lead]["lr"],
+            }
+            if len(heads) > 1:
+                for head, train_loss in zip(heads, train_losses):
+                    record[f"grid/{head.lr:g}/loss"] = train_loss
+                    record[f"grid/{head.lr:g}/val_acc"] = head.val_curve[-1]
+            log(record)
+    chosen = _choose(heads)
+    if chosen.best_state is not None:
+        chosen.linear.load_state_dict(chosen.best_state)
     with torch.no_grad():
-        pred = linear(test_feats).argmax(1).cpu().numpy()
+        pred = chosen.linear(test_feats).argmax(1).cpu().numpy()
     result = summarize(pred, test_labels.cpu().numpy(), settings.num_classes, settings.groups)
     result.update(
-        best_epoch=best_epoch,
-        best_val_acc=best_acc,
-        val_acc=val_curve,
+        lr=chosen.lr,
+        best_epoch=chosen.best_epoch,
+        best_val_acc=chosen.best_acc if chosen.best_state is not None else None,
+        val_acc=chosen.val_curve,
+        diverged_epoch=chosen.diverged_epoch,
+        grid=[h.summary() for h in heads],
         train_images=int(n),
         seconds=time.time() - t0,
         setup_seconds=t_train - t0,  # frozen val/test (and fixed train) features
         train_seconds=time.time() - t_train,
     )
     return result
+
+
+def _or_below(acc: float | None) -> float:
+    return -1.0 if acc is None else acc
+
+
+def _choose(heads: list[_Head]) -> _Head:
+    """The head with the best validation top-1 over rates and epochs (the first rate on a
+    tie, as the grid is given); when every head went non-finite before any epoch ended, the
+    first, whose test metrics are then those of its non-finite weights."""
+    finite = [h for h in heads if h.best_state is not None]
+    return max(finite, key=lambda h: h.best_acc) if finite else heads[0]

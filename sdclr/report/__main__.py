@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--wandb",
         action="store_true",
-        help="also log the table and plots to W&B, in the group of the sweep's runs",
+        help="also log the tables (as wandb.Table) and plots to W&B, in the sweep's group",
     )
     parser.add_argument("--wandb-project", default="sdclr", help="W&B project (default sdclr)")
     args = parser.parse_args(argv)
@@ -42,7 +42,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.wandb:
-        log_to_wandb(args.sweep_dir, args.out or args.sweep_dir, markdown, args.wandb_project)
+        log_to_wandb(args.sweep_dir, args.out or args.sweep_dir, args.wandb_project)
     try:
         sys.stdout.write(markdown)
     except UnicodeEncodeError:  # e.g. an ASCII-only locale: keep the report, lose the ±

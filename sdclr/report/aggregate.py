@@ -4,7 +4,9 @@ Completed jobs are grouped by ``metrics["run"]["label"]`` (one entry per method)
 full-shot linear probe (``metrics["linear"]``) and the few-shot probe (``metrics["fewshot"]``)
 the report gives mean ± std over the jobs (one per split) of ``acc``, ``many``, ``medium``,
 ``few`` and ``std``. The ± is the population standard deviation (numpy ``ddof=0``). Failed,
-running and incomplete jobs are never averaged in.
+running and incomplete jobs are never averaged in, nor is a probe that collapsed
+(``collapsed: true`` in its stage, :mod:`sdclr.eval.collapse`): it is listed apart, with its
+reason, under the stage's ``collapsed``.
 
 Any mix of methods (SimCLR, SDCLR, MoCo v2, BYOL, with or without a pruned branch, losses
 and options) is grouped correctly: the label names the method and every non-default option
@@ -121,11 +123,21 @@ def aggregate(jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "warnings": [],
         }
         for stage, _title in STAGES:
-            with_stage = [j for j in members if isinstance(j["metrics"].get(stage), dict)]
+            present = [j for j in members if isinstance(j["metrics"].get(stage), dict)]
+            collapsed = [j for j in present if j["metrics"][stage].get("collapsed") is True]
+            with_stage = [j for j in present if j not in collapsed]
             res: dict[str, Any] = {
                 "n": len(with_stage),
                 "jobs": [j["name"] for j in with_stage],
                 "splits": [_split_of(j) for j in with_stage],
+                "collapsed": [
+                    {
+                        "job": j["name"],
+                        "split": _split_of(j),
+                        "reason": j["metrics"][stage].get("collapse_reason"),
+                    }
+                    for j in collapsed
+                ],
             }
             for key, _col in METRICS + (("seconds", "Seconds"),):
                 vals = [as_float(j["metrics"][stage].get(key)) for j in with_stage]

@@ -15,12 +15,14 @@ from typing import Any
 
 from sdclr.report.aggregate import STD_DDOF, aggregate
 from sdclr.report.jobs import (
+    STAGES,
     ReportError,
     find_job_dirs,
     load_job,
     missing_combinations,
     read_sweep_spec,
 )
+from sdclr.report.paired import PUBLISHED, PUBLISHED_SOURCE, paired_differences, published_for
 from sdclr.report.plots import (
     DIAGNOSTICS_PLOT,
     GROUP_PLOT,
@@ -32,6 +34,7 @@ from sdclr.report.plots import (
     plot_per_class,
 )
 from sdclr.report.render import render_markdown
+from sdclr.report.tables import per_class_rows, report_tables
 from sdclr.utils.tracking import Tracker, sweep_group
 
 
@@ -62,6 +65,22 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
     methods = aggregate(jobs)
     for m in methods:
         warnings.extend(m.pop("warnings"))
+    by_name = {j["name"]: j for j in jobs}
+    for m in methods:
+        m["published"] = published_for(m, by_name)
+    collapsed = [
+        {
+            "job": c["job"],
+            "method": m["label"],
+            "stage": stage,
+            "split": c["split"],
+            "reason": c["reason"],
+            "overrides": by_name[c["job"]]["overrides"],
+        }
+        for m in methods
+        for stage, _title in STAGES
+        for c in m[stage]["collapsed"]
+    ]
     expected = math.prod(len(v) for v in spec.values()) if spec is not None else None
 
     def public(job: Mapping[str, Any]) -> dict[str, Any]:
@@ -78,8 +97,13 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
             "incomplete": sum(j["state"] == "incomplete" for j in jobs),
             "expected": expected,
             "missing": len(missing),
+            "collapsed": len(collapsed),
         },
         "methods": methods,
+        "paired": paired_differences(methods, by_name),
+        "published": {"source": PUBLISHED_SOURCE, "values": PUBLISHED},
+        "collapsed": collapsed,
+        "per_class": per_class_rows(jobs),
         "failed": [public(j) for j in jobs if j["state"] == "failed"],
         "incomplete": [public(j) for j in jobs if j["state"] == "incomplete"],
         "missing": missing,
@@ -88,8 +112,7 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
         "plots": {"group_accuracy": GROUP_PLOT, "per_class_accuracy": PER_CLASS_PLOT},
     }
     plot_group_accuracy(methods, out_dir / GROUP_PLOT)
-    plot_per_class(methods, {j["name"]: j for j in jobs}, out_dir / PER_CLASS_PLOT)
-    by_name = {j["name"]: j for j in jobs}
+    plot_per_class(methods, by_name, out_dir / PER_CLASS_PLOT)
     groups = [(m["label"], [by_name[n]["metrics"] for n in m["jobs"]]) for m in methods]
     if plot_knn_curves(groups, out_dir / KNN_PLOT):
         summary["plots"]["knn_curves"] = KNN_PLOT
@@ -101,7 +124,14 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
     return markdown
 
 
-def log_to_wandb(sweep_dir: Path, out_dir: Path, markdown: str, project: str) -> None:
+def read_tables(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """The tables of the report written in ``out_dir`` (:func:`sdclr.report.tables.report_tables`
+    of its ``report.json``)."""
+    return report_tables(json.loads((Path(out_dir) / "report.json").read_text(encoding="utf-8")))
+
+
+def log_to_wandb(sweep_dir: Path, out_dir: Path, project: str) -> None:
+    """The report's tables (as ``wandb.Table``) and plots, in a run of the sweep's group."""
     from types import SimpleNamespace
 
     group = sweep_group(sweep_dir)
@@ -113,7 +143,7 @@ def log_to_wandb(sweep_dir: Path, out_dir: Path, markdown: str, project: str) ->
         logger_cfg, {"sweep_dir": str(sweep_dir)}, name=f"report-{group}", group=group
     )
     tracker.log_files(
-        tables={"report": markdown},
+        tables=read_tables(out_dir),
         images={
             "group_accuracy": Path(out_dir) / GROUP_PLOT,
             "per_class_accuracy": Path(out_dir) / PER_CLASS_PLOT,

@@ -123,11 +123,89 @@ def _header(counts: Mapping[str, Any]) -> str:
         parts.append(f"{counts['incomplete']} incomplete")
     if counts["missing"]:
         parts.append(f"{counts['missing']} missing (no job dir)")
+    if counts.get("collapsed"):
+        parts.append(f"{counts['collapsed']} collapsed probe results (listed apart, not averaged)")
     text = "; ".join(parts)
     text = text[0].upper() + text[1:] + "."
     if counts["expected"] is not None:
         text += f" The sweep expected {counts['expected']} jobs (from multirun.yaml)."
     return text
+
+
+#: How the report marks a row of published numbers.
+PUBLISHED_MARK = "(published)"
+
+
+def _stage_rows(
+    methods: Sequence[Mapping[str, Any]], stage: str, published: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """One row per method with results (or collapsed probes) in ``stage``; the published
+    row after each method that matches the paper's setting (full-shot only)."""
+    with_collapse = any(m[stage].get("collapsed") for m in methods)
+    rows = []
+    for m in methods:
+        res = m[stage]
+        if not res["n"] and not res.get("collapsed"):
+            continue
+        row: dict[str, Any] = {"Method": m["label"], "n": res["n"]}
+        for key, col in METRICS:
+            row[col] = format_mean_std(res[key]["mean"], res[key]["std"])
+        row["Splits"] = ", ".join(str(s) for s in res["splits"] if s is not None) or "-"
+        if with_collapse:
+            row["Collapsed"] = len(res.get("collapsed") or [])
+        rows.append(row)
+        paper = (published.get("values") or {}).get(m.get("published") or "")
+        if stage == "linear" and paper:
+            row = {"Method": f"{m['published']} {PUBLISHED_MARK}", "n": 5}
+            for key, col in METRICS:
+                row[col] = f"{paper[key]:.2f}" if key in paper else "-"
+            row["Splits"] = "1, 2, 3, 4, 5"
+            if with_collapse:
+                row["Collapsed"] = "-"
+            rows.append(row)
+    return rows
+
+
+def _fmt_p(p: float | None) -> str:
+    return "-" if p is None else f"{p:.4g}"
+
+
+def _paired_section(paired: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Per stage, for each pair of methods, the per-split differences B - A with their mean
+    ± std and the exact sign-flip p-value."""
+    if not paired:
+        return []
+    out = [
+        "",
+        "## Paired differences (same split, B - A)",
+        "",
+        "For each pair of methods, the difference on each split both ran (collapsed probes "
+        "left out), its mean ± population std over the splits, and the two-sided p-value of "
+        "the exact paired sign-flip test (all 2^n sign patterns; with n splits p cannot go "
+        "below 2/2^n, 0.0625 for 5). Positive: B is higher (for Std, B is less balanced).",
+    ]
+    for stage, title in STAGES:
+        entries = [e for e in paired if e["stage"] == stage]
+        if not entries:
+            continue
+        rows = []
+        for e in entries:
+            for key, col in METRICS:
+                d = e[key]
+                rows.append(
+                    {
+                        "B - A": f"{e['b']} - {e['a']}",
+                        "Metric": col,
+                        "n": len(d["diffs"]),
+                        "Per split": ", ".join(
+                            f"{s}: {v:+.2f}" for s, v in zip(d["splits"], d["diffs"])
+                        ),
+                        "Mean ± std": format_mean_std(d["mean"], d["std"]),
+                        "p": _fmt_p(d["p"]),
+                    }
+                )
+        out += ["", f"### {title}", "", format_table(rows)]
+    return out
 
 
 def render_markdown(summary: Mapping[str, Any]) -> str:
@@ -138,22 +216,17 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "is the **population** standard deviation (numpy `ddof=0`). `n` is the number of "
         "splits (jobs) averaged. The Std column is each job's balancedness: the population "
         "std of its (Many, Medium, Few) accuracies, then averaged like the others. "
-        "Failed and incomplete jobs are never averaged in."
+        "Failed and incomplete jobs, and collapsed probes, are never averaged in."
     )
     methods = summary["methods"]
+    published = summary.get("published") or {}
     for stage, title in STAGES:
         out += ["", f"## {title}", ""]
-        rows = []
-        for m in methods:
-            res = m[stage]
-            if not res["n"]:
-                continue
-            row: dict[str, Any] = {"Method": m["label"], "n": res["n"]}
-            for key, col in METRICS:
-                row[col] = format_mean_std(res[key]["mean"], res[key]["std"])
-            row["Splits"] = ", ".join(str(s) for s in res["splits"] if s is not None) or "-"
-            rows.append(row)
+        rows = _stage_rows(methods, stage, published)
         out.append(format_table(rows) if rows else "_No completed jobs with this probe._")
+        if any(str(r["Method"]).endswith(PUBLISHED_MARK) for r in rows):
+            out += ["", f"Rows marked {PUBLISHED_MARK}: {published['source']}."]
+    out += _paired_section(summary.get("paired") or [])
     pre_rows = [
         {
             "Method": m["label"],
@@ -209,6 +282,29 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
     problems = summary["failed"] + summary["incomplete"]
     out += ["", "## Failed and incomplete jobs", ""]
     out.append(format_table([_job_row(j) for j in problems]) if problems else "None.")
+    collapsed = summary.get("collapsed") or []
+    if collapsed:
+        out += [
+            "",
+            "## Collapsed probes (not averaged)",
+            "",
+            "A probe whose loss went non-finite or whose validation top-1 stayed at chance level "
+            "is no result of the encoder; rerun it with a learning-rate grid "
+            "(`stage=linear stage.checkpoint=... linear.lrs=[...]`).",
+            "",
+            format_table(
+                [
+                    {
+                        "Job": c["job"],
+                        "Method": c["method"],
+                        "Stage": c["stage"],
+                        "Split": c["split"],
+                        "Reason": c["reason"] or "-",
+                    }
+                    for c in collapsed
+                ]
+            ),
+        ]
     if counts["expected"] is not None:
         out += ["", "## Missing jobs", ""]
         out.append(

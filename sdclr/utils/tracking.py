@@ -132,17 +132,20 @@ class Tracker:
             warnings.warn(f"W&B summary failed ({e}); continuing", stacklevel=2)
 
     def log_files(
-        self, tables: dict[str, str] | None = None, images: dict[str, Path] | None = None
+        self,
+        tables: dict[str, dict[str, list]] | None = None,
+        images: dict[str, Path] | None = None,
     ) -> None:
-        """Markdown tables (as W&B HTML) and PNG plots."""
+        """Tables (``{"columns": [...], "data": [[...], ...]}``, as ``wandb.Table``) and PNG
+        plots."""
         if self.wandb_run is None:
             return
         try:
             import wandb
 
             payload: dict[str, Any] = {}
-            for key, text in (tables or {}).items():
-                payload[key] = wandb.Html(f"<pre>{text}</pre>")
+            for key, table in (tables or {}).items():
+                payload[key] = wandb.Table(columns=table["columns"], data=table["data"])
             for key, path in (images or {}).items():
                 if Path(path).is_file():
                     payload[key] = wandb.Image(str(path))

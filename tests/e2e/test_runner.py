@@ -84,6 +84,7 @@ def test_linear_stage_on_a_given_checkpoint(sdclr_job, tmp_path, env):
                 "stage=linear",
                 f"stage.checkpoint={job}/checkpoints/pretrain.pt",
                 *TINY,
+                "linear.lrs=[0.01,1,30]",
                 f"hydra.run.dir={tmp_path / 'probe'}",
             ],
             env,
@@ -92,6 +93,16 @@ def test_linear_stage_on_a_given_checkpoint(sdclr_job, tmp_path, env):
     m = json.loads((tmp_path / "probe" / "metrics.json").read_text())
     assert "linear" in m and "pretrain" not in m and "fewshot" not in m
     assert "Full-shot" in out.stdout
+    # the grid: one head per rate on the same features, the best validation top-1 chosen
+    lin = m["linear"]
+    assert [g["lr"] for g in lin["grid"]] == [0.01, 1.0, 30.0]
+    assert all(len(g["val_acc"]) == 2 for g in lin["grid"])
+    best = max(a for g in lin["grid"] for a in g["val_acc"] if a is not None)
+    assert lin["best_val_acc"] == best and lin["lr"] in (0.01, 1.0, 30.0)
+    # a collapse is named in the output and in metrics.json, or neither
+    assert isinstance(lin["collapsed"], bool)
+    assert lin["collapsed"] == ("warning: linear probe collapsed" in out.stderr)
+    assert lin["collapsed"] == (lin["collapse_reason"] is not None)
 
 
 def test_probe_without_checkpoint_or_with_another_backbone_is_refused(sdclr_job, tmp_path, env):
@@ -146,6 +157,28 @@ def test_two_split_two_method_sweep_and_report(tmp_path, env):
     assert (sweep / "per_class_accuracy.png").stat().st_size > 1000
     assert report["counts"]["failed"] == 0
     assert "SimCLR" in out.stdout
+    # smoke-scale probes often end at chance: each is flagged, counted apart, never averaged
+    metrics = [json.loads((j / "metrics.json").read_text()) for j in jobs]
+    flagged = [
+        (j.name, s)
+        for j, m in zip(jobs, metrics)
+        for s in ("linear", "fewshot")
+        if m[s]["collapsed"]
+    ]
+    assert report["counts"]["collapsed"] == len(flagged)
+    assert sorted((c["job"], c["stage"]) for c in report["collapsed"]) == sorted(flagged)
+    for stage in ("linear", "fewshot"):
+        averaged = sum(m[stage]["n"] for m in report["methods"])
+        assert averaged == 4 - sum(s == stage for _, s in flagged)
+    # the paired differences of the two methods, over the splits both probed without collapse
+    for stage in ("linear", "fewshot"):
+        splits: dict[str, set[int]] = {}
+        for m in metrics:
+            if not m[stage]["collapsed"]:
+                splits.setdefault(m["run"]["label"], set()).add(m["run"]["split"])
+        common = set.intersection(*splits.values()) if len(splits) == 2 else set()
+        paired = [e for e in report["paired"] if e["stage"] == stage]
+        assert [e["n"] for e in paired] == ([len(common)] if common else [])
 
 
 def test_pretraining_on_the_balanced_control(tmp_path, env):

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 from runs import TINY, ok
-from wandb_log import logged_keys, run_config
+from wandb_log import logged_keys, media_types, run_config
 
 
 def test_offline_wandb_run_has_the_expected_keys(tmp_path, env):
@@ -44,8 +44,19 @@ def test_offline_wandb_run_has_the_expected_keys(tmp_path, env):
         "fewshot/loss",
     ):
         assert key in keys["history"], (key, sorted(keys["history"]))
-    # the results table and the plots are media: W&B stores them as nested keys
-    assert {"results/_type", "group_accuracy/_type", "per_class_accuracy/_type"} <= keys["history"]
+    # the report's tables (wandb.Table) and the plots are media: W&B stores them as nested keys
+    for key in (
+        "results/linear",
+        "results/fewshot",
+        "results/per_class_accuracy",
+        "per_class_accuracy",
+        "group_accuracy",
+    ):
+        assert f"{key}/_type" in keys["history"], (key, sorted(keys["history"]))
+    types = media_types(log)
+    assert types["results/linear"] == types["results/per_class_accuracy"] == "table-file"
+    assert types["per_class_accuracy"] == "image-file"
+    assert "linear/collapsed" in keys["summary"]
     for key in (
         "linear/acc",
         "linear/many",

@@ -81,6 +81,7 @@ def test_report_numbers(sweep: Path, capsys):
         "incomplete": 2,
         "expected": 10,
         "missing": 1,
+        "collapsed": 0,
     }
     labels = [m["label"] for m in report["methods"]]
     assert labels == [SIMCLR, SDCLR]  # SimCLR-like first although "SD" < "Si"

@@ -1,0 +1,110 @@
+"""The report's tables as columns and rows, for W&B (``wandb.Table``: sortable, groupable).
+
+:func:`per_class_rows` is the long-format per-class accuracy of every job (one row per job,
+stage and class), stored in ``report.json``; :func:`report_tables` turns a report summary
+(``report.json``) into ``{name: {"columns": [...], "data": [[...], ...]}}``: one results
+table per probe stage (ours and, where the setting is the paper's, the published row), the
+paired differences, the per-class accuracy, and the jobs that failed or collapsed; every
+name starts with ``results/`` (the plots keep their own names).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sdclr.report.aggregate import METRICS, label_of
+from sdclr.report.jobs import STAGES, as_float
+
+
+def per_class_rows(jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Each completed job's per-class test accuracy with the class's D_i count."""
+    rows = []
+    for job in jobs:
+        metrics = job["metrics"]
+        if job["state"] != "completed" or not isinstance(metrics, Mapping):
+            continue
+        run = metrics.get("run") if isinstance(metrics.get("run"), Mapping) else {}
+        for stage, _title in STAGES:
+            res = metrics.get(stage)
+            if not isinstance(res, Mapping) or not isinstance(res.get("per_class"), list):
+                continue
+            counts = res.get("class_counts")
+            counts = counts if isinstance(counts, list) else []
+            for cls, acc in enumerate(res["per_class"]):
+                rows.append(
+                    {
+                        "job": job["name"],
+                        "method": label_of(job)[0],
+                        "stage": stage,
+                        "split": run.get("split"),
+                        "class": cls,
+                        "class_count": counts[cls] if cls < len(counts) else None,
+                        "acc": as_float(acc),
+                        "collapsed": res.get("collapsed") is True,
+                    }
+                )
+    return rows
+
+
+def _table(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return {"columns": columns, "data": [[row.get(c) for c in columns] for row in rows]}
+
+
+def report_tables(summary: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """The summary's tables, each ``{"columns", "data"}``; empty tables are left out."""
+    published = (summary.get("published") or {}).get("values") or {}
+    tables: dict[str, dict[str, Any]] = {}
+    for stage, _title in STAGES:
+        rows = []
+        for m in summary["methods"]:
+            res = m[stage]
+            if not res["n"] and not res.get("collapsed"):
+                continue
+            row: dict[str, Any] = {"method": m["label"], "source": "ours", "n": res["n"]}
+            for key, _col in METRICS:
+                row[f"{key}_mean"], row[f"{key}_std"] = res[key]["mean"], res[key]["std"]
+            row["splits"] = ", ".join(str(s) for s in res["splits"] if s is not None)
+            row["collapsed"] = len(res.get("collapsed") or [])
+            rows.append(row)
+            paper = published.get(m.get("published") or "")
+            if stage == "linear" and paper:
+                row = {"method": m["published"], "source": "published", "n": 5}
+                for key, _col in METRICS:
+                    row[f"{key}_mean"], row[f"{key}_std"] = paper.get(key), None
+                row["splits"], row["collapsed"] = "1, 2, 3, 4, 5", 0
+                rows.append(row)
+        if rows:
+            tables[f"results/{stage}"] = _table(rows)
+    paired = [
+        {
+            "stage": e["stage"],
+            "b": e["b"],
+            "a": e["a"],
+            "metric": key,
+            "n": len(e[key]["diffs"]),
+            "mean_diff": e[key]["mean"],
+            "std_diff": e[key]["std"],
+            "p_sign_flip": e[key]["p"],
+            "per_split": ", ".join(
+                f"{s}: {v:+.2f}" for s, v in zip(e[key]["splits"], e[key]["diffs"])
+            ),
+        }
+        for e in summary.get("paired") or []
+        for key, _col in METRICS
+    ]
+    if paired:
+        tables["results/paired_differences"] = _table(paired)
+    if summary.get("per_class"):
+        tables["results/per_class_accuracy"] = _table(summary["per_class"])
+    problems = [
+        {"job": j["name"], "problem": j["state"], "stage": j["stage"], "detail": j["error"]}
+        for j in list(summary["failed"]) + list(summary["incomplete"])
+    ] + [
+        {"job": c["job"], "problem": "collapsed", "stage": c["stage"], "detail": c["reason"]}
+        for c in summary.get("collapsed") or []
+    ]
+    if problems:
+        tables["results/problems"] = _table(problems)
+    return tables
