@@ -10,6 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ from sdclr.eval.monitor import (
 from sdclr.eval.probe import train_probe
 from sdclr.methods.registry import build_method
 from sdclr.models.checkpoint import build_from_spec, load_encoder, model_spec
+from sdclr.report.jobs import RANDOM_INIT_SUFFIX
 from sdclr.train.loop import pretrain
 from sdclr.utils.distributed import convert_sync_batchnorm, world_size
 from sdclr.utils.precision import step_settings
@@ -194,12 +196,37 @@ def training_monitor(job: Job, pretrain_bank: TensorImages | FileImages) -> Trai
 
 def run_probe(job: Job, stage: str, stop: StopSignal) -> None:
     """The linear (over the pool) or few-shot (over S_b) probe of the job's encoder, or of
-    ``stage.checkpoint``; rank 0 alone runs it."""
+    ``stage.checkpoint``; with ``stage.random_init`` the same probe again on the same
+    architecture at a seeded random initialisation. Rank 0 alone runs it."""
     if not job.main_process:
         return
-    cfg, device, data, split = job.cfg, job.device, job.data, job.data.split
+    cfg = job.cfg
     source = cfg.stage.checkpoint or job.checkpoint
-    model, _ = load_encoder(source, cfg.backbone.name)
+    model, payload = load_encoder(source, cfg.backbone.name)
+    result = probe_encoder(job, stage, model, stop, stage)
+    result["checkpoint"] = str(source)
+    job.metrics[stage] = result
+    job.tracker.summary(
+        {f"{stage}/{k}": result[k] for k in ("acc", "many", "medium", "few", "std", "collapsed")}
+    )
+    if cfg.stage.random_init:
+        with torch.random.fork_rng(devices=[]):  # the run's own draws go on untouched
+            torch.manual_seed(int(cfg.seed))
+            fresh = build_from_spec(payload["spec"])
+        key = f"{stage}{RANDOM_INIT_SUFFIX}"
+        baseline = probe_encoder(job, stage, fresh, stop, key)
+        baseline["checkpoint"] = None
+        job.metrics[key] = baseline
+        job.tracker.summary({f"{key}/{k}": baseline[k] for k in ("acc", "many", "medium", "few")})
+
+
+def probe_encoder(
+    job: Job, stage: str, model: torch.nn.Module, stop: StopSignal, name: str
+) -> dict[str, Any]:
+    """The ``stage`` probe (its config section, training set and generator seed) of
+    ``model``'s backbone, checked for collapse; ``name`` titles its progress, log and
+    warning."""
+    cfg, device, data, split = job.cfg, job.device, job.data, job.data.split
     backbone = model.to(device).backbone
     if step_settings(cfg, device).channels_last:  # as in pretraining (and the bench's probe)
         backbone.to(memory_format=torch.channels_last)
@@ -220,20 +247,16 @@ def run_probe(job: Job, stage: str, stop: StopSignal) -> None:
         eval_settings(job, probe_cfg.eval_batch_size),
         gen,
         crop=cfg.data.probe_crop,
-        desc=stage,
-        log=lambda r, s=stage: job.tracker.log(r, s),
+        desc=name,
+        log=lambda r, s=name: job.tracker.log(r, s),
         stop=stop,
     )
     result["class_counts"] = job.counts["D_i"]
-    result["checkpoint"] = str(source)
     reason = collapse_reason(result, data.train_y[split.val], stage)
     result["collapsed"], result["collapse_reason"] = reason is not None, reason
     if reason is not None:
-        print(f"warning: {stage} probe collapsed: {reason}", file=sys.stderr, flush=True)
-    job.metrics[stage] = result
-    job.tracker.summary(
-        {f"{stage}/{k}": result[k] for k in ("acc", "many", "medium", "few", "std", "collapsed")}
-    )
+        print(f"warning: {name} probe collapsed: {reason}", file=sys.stderr, flush=True)
+    return result
 
 
 #: Each stage's runner: ``STAGES[name](job, name, stop)``.

@@ -12,6 +12,8 @@ from omegaconf import DictConfig
 from sdclr.config.derived import bn_mode, head_depth, method_label, method_title
 from sdclr.data.run_data import RunData
 from sdclr.report.build import build_report, read_tables
+from sdclr.report.jobs import RANDOM_INIT_SUFFIX, STAGES
+from sdclr.report.paired import accuracy_gain
 from sdclr.report.plots import DIAGNOSTICS_PLOT, KNN_PLOT, write_pretrain_plots
 from sdclr.report.render import format_job_metrics
 from sdclr.utils.tracking import Tracker
@@ -90,7 +92,33 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], job_dir: Path) -> No
                 f"kNN monitor (epoch {k['epoch']}): acc {k['acc']:.2f}, many {k['many']:.2f}, "
                 f"medium {k['medium']:.2f}, few {k['few']:.2f}"
             )
+            if len(pre["knn"]) > 1:
+                curve = ", ".join(f"{p['epoch']}: {p['acc']:.2f}" for p in pre["knn"])
+                lines.append(f"kNN accuracy by epoch (0 = random init): {curve}")
     if "linear" in metrics or "fewshot" in metrics:
         lines.append(format_job_metrics(metrics))
+        lines += baseline_lines(metrics)
     lines.append(f"job directory: {job_dir}")
     print("\n".join(lines), flush=True)
+
+
+def baseline_lines(metrics: dict[str, Any]) -> list[str]:
+    """Pretrained minus random init, per probe, when the job ran the baseline: the line that
+    says whether pretraining helped."""
+    out = []
+    for stage, title in STAGES:
+        ours, base = metrics.get(stage), metrics.get(stage + RANDOM_INIT_SUFFIX)
+        if not (isinstance(ours, dict) and isinstance(base, dict)):
+            continue
+        gain, se = accuracy_gain(ours["acc"], base["acc"], int(ours.get("test_images") or 0))
+        if gain > 2 * se:
+            verdict = "pretraining helps"
+        elif gain < -2 * se:
+            verdict = "pretraining is WORSE than random init"
+        else:
+            verdict = "no clear difference from random init (within 2 standard errors)"
+        out.append(
+            f"{title}: pretrained {ours['acc']:.2f} vs random init {base['acc']:.2f} "
+            f"({gain:+.2f} ± {se:.2f} points, 1 s.e.): {verdict}"
+        )
+    return out

@@ -225,6 +225,9 @@ class ProbeConfig:
 class StageConfig:
     name: str = "all"  # pretrain | linear | fewshot | all
     checkpoint: str | None = None  # a pretrain checkpoint to evaluate (linear / fewshot)
+    # also run each probe on the same architecture at its random initialisation (seeded by
+    # ``seed``), the baseline pretraining has to beat: ``<stage>_random_init`` in metrics.json
+    random_init: bool = False
 
 
 @dataclass

@@ -329,6 +329,12 @@ def _check_runtime(cfg: DictConfig) -> None:
     for section in ("stage", "logger", ""):
         _check_choices(cfg, section)
     _check(
+        not (cfg.stage.random_init and cfg.stage.name == "pretrain"),
+        "stage.random_init",
+        "probes the random-init encoder beside the pretrained one, and stage=pretrain runs no "
+        "probe; use stage=all, linear or fewshot, or drop stage.random_init",
+    )
+    _check(
         cfg.checkpoint.every >= 1, "checkpoint.every", f"must be >= 1, got {cfg.checkpoint.every}"
     )
     dev = str(cfg.device)

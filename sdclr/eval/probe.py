@@ -209,6 +209,7 @@ def train_probe(
         diverged_epoch=chosen.diverged_epoch,
         grid=[h.summary() for h in heads],
         train_images=int(n),
+        test_images=int(len(test_labels)),
         seconds=time.time() - t0,
         setup_seconds=t_train - t0,  # frozen val/test (and fixed train) features
         train_seconds=time.time() - t_train,

@@ -30,6 +30,10 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("fewshot", "Few-shot"),
 )
 
+#: ``metrics.json`` key of a probe of the random-init encoder: ``linear_random_init`` etc.
+#: (``stage.random_init=true``), the baseline a pretrained encoder has to beat.
+RANDOM_INIT_SUFFIX = "_random_init"
+
 MARKER_FILES = (Path(".hydra") / "config.yaml", Path("metrics.json"), Path("status.json"))
 
 

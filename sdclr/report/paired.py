@@ -13,6 +13,7 @@ the published Many / Medium / Few means (protocol.md section 4) to print beside 
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -118,3 +119,12 @@ def published_for(method: Mapping[str, Any], jobs_by_name: Mapping[str, Any]) ->
 def _default_label(title: str, run: Mapping[str, Any]) -> str:
     """The label of the paper's recipe: the method, its BN mode and head depth, no option."""
     return f"{title} {run.get('bn')}-BN head{run.get('head_depth')}"
+
+
+def accuracy_gain(ours: float, base: float, n: int) -> tuple[float, float]:
+    """(ours - base, its standard error) in points, for two top-1 accuracies (%) on the same
+    ``n`` test images, each taken as an independent binomial: the errors of two encoders on
+    the same images are positively correlated, so this overstates the error (conservative)."""
+    p, q = ours / 100.0, base / 100.0
+    se = math.sqrt(max(p * (1 - p), 0.0) / n + max(q * (1 - q), 0.0) / n) if n > 0 else math.inf
+    return ours - base, 100.0 * se

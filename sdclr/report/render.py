@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sdclr.report.aggregate import METRICS
-from sdclr.report.jobs import STAGES, as_float
+from sdclr.report.jobs import RANDOM_INIT_SUFFIX, STAGES, as_float
 from sdclr.report.plots import DIAGNOSTICS_PLOT, GROUP_PLOT, KNN_PLOT, PER_CLASS_PLOT
 
 # --------------------------------------------------------------------------- formatting
@@ -71,22 +71,28 @@ def format_table(
 
 
 def format_job_metrics(metrics: Mapping[str, Any]) -> str:
-    """A small markdown table of one job's ``linear``/``fewshot`` results.
+    """A small markdown table of one job's ``linear``/``fewshot`` results, each followed by
+    the same probe of the random-init encoder when the job ran it (``stage.random_init``).
 
-    Columns: Stage, Acc, Many, Medium, Few, Std, Seconds. Returns a one-line note when the
-    job has neither probe.
+    Columns: Stage, Acc, Many, Medium, Few, Std, Seconds (and Collapsed when a probe did).
+    Returns a one-line note when the job has neither probe.
     """
     rows = []
     for stage, title in STAGES:
-        res = metrics.get(stage)
-        if not isinstance(res, Mapping):
-            continue
-        row: dict[str, Any] = {"Stage": title}
-        for key, col in METRICS:
-            row[col] = as_float(res.get(key))
-        seconds = as_float(res.get("seconds"))
-        row["Seconds"] = None if seconds is None else f"{seconds:.1f}"
-        rows.append(row)
+        for key_, what in ((stage, title), (stage + RANDOM_INIT_SUFFIX, f"{title}, random init")):
+            res = metrics.get(key_)
+            if not isinstance(res, Mapping):
+                continue
+            row: dict[str, Any] = {"Stage": what}
+            for key, col in METRICS:
+                row[col] = as_float(res.get(key))
+            seconds = as_float(res.get("seconds"))
+            row["Seconds"] = None if seconds is None else f"{seconds:.1f}"
+            row["Collapsed"] = "yes" if res.get("collapsed") is True else "no"
+            rows.append(row)
+    if not any(r["Collapsed"] == "yes" for r in rows):
+        for row in rows:
+            del row["Collapsed"]
     if not rows:
         return "(no linear or few-shot results)"
     return format_table(rows)

@@ -159,6 +159,13 @@ def pretrain(
             else:
                 log(record, state.step, kind)
 
+    if knn is not None and state.epoch == 0 and not state.knn:
+        # the curve's start: the encoder at its random initialisation, before any step
+        if rank == 0:
+            entry = {"epoch": 0, **knn(model.backbone)}
+            state.knn.append(entry)
+            emit(entry, "knn")
+        barrier()
     bar = progress_bar(
         range(state.epoch, p.epochs),
         desc="pretrain",

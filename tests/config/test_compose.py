@@ -52,3 +52,19 @@ def test_slurm_launcher_config_composes():
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert launcher.gpus_per_node == 1 and launcher.max_num_timeout == 3
+
+
+def test_the_makefiles_demo_command_composes_and_validates():
+    """`make demo` is a new user's first command: its overrides must be valid keys and values."""
+    import re
+    import shlex
+    from pathlib import Path
+
+    makefile = (Path(__file__).resolve().parents[2] / "Makefile").read_text()
+    demo_args = re.search(r"^DEMO_ARGS \?= (.*)$", makefile, re.M).group(1)
+    recipe = re.search(r"^demo:\n\t\$\(BIN\)/sdclr (.*)$", makefile, re.M).group(1)
+    line = recipe.replace("$(DEMO_ARGS)", demo_args).replace("$(SEED)", "0")
+    cfg = compose_config(shlex.split(line))
+    validate(cfg)
+    assert cfg.stage.random_init and cfg.prune.ratio == 0.9 and cfg.seed == 0
+    assert list(cfg.linear.lrs) == [0.01, 0.1, 1.0, 10.0, 30.0]

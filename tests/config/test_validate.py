@@ -27,6 +27,10 @@ from sdclr.errors import ConfigError
         ("compile_mode=fastest", "compile_mode"),
         ("fuse_branches=true method=moco", "fuse_branches"),
         ("fuse_branches=true bn=shared", "fuse_branches"),
+        ("prune.random_rule=above", "prune.random_rule"),
+        ("linear.lrs=[0.1,0.1]", "linear.lrs"),
+        ("fewshot.lrs=[1,-1]", "fewshot.lrs"),
+        ("stage=pretrain stage.random_init=true", "stage.random_init"),
     ],
 )
 def test_out_of_range_values_name_the_key(override, key):

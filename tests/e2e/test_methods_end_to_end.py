@@ -46,7 +46,7 @@ def test_moco_sdclr_and_byol_end_to_end_with_every_option_and_a_mixed_report(tmp
     pre = m["pretrain"]
     assert pre["temperature"] == pytest.approx([1.0, 0.55])
     assert pre["boost"]["k"] == 2 and len(pre["mask_density"]) == 2
-    assert [p["epoch"] for p in pre["knn"]] == [1, 2]
+    assert [p["epoch"] for p in pre["knn"]] == [0, 1, 2]
     assert all(0 <= p["acc"] <= 100 for p in pre["knn"])
     diag = pre["diagnostics"]
     assert [d["epoch"] for d in diag] == [1, 2]  # on by default with a pruned branch
@@ -81,7 +81,7 @@ def test_moco_sdclr_and_byol_end_to_end_with_every_option_and_a_mixed_report(tmp
     assert m["run"]["label"] == "BYOL shared-BN head2"
     pre = m["pretrain"]
     assert "temperature" not in pre and "mask_density" not in pre
-    assert [p["epoch"] for p in pre["knn"]] == [2]
+    assert [p["epoch"] for p in pre["knn"]] == [0, 2]
     assert pre["diagnostics"][-1]["disagreement"] is None
     assert (
         "predictor"

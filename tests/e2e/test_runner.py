@@ -85,14 +85,22 @@ def test_linear_stage_on_a_given_checkpoint(sdclr_job, tmp_path, env):
                 f"stage.checkpoint={job}/checkpoints/pretrain.pt",
                 *TINY,
                 "linear.lrs=[0.01,1,30]",
+                "stage.random_init=true",
                 f"hydra.run.dir={tmp_path / 'probe'}",
             ],
             env,
         )
     )
     m = json.loads((tmp_path / "probe" / "metrics.json").read_text())
-    assert "linear" in m and "pretrain" not in m and "fewshot" not in m
+    assert set(m) == {"run", "linear", "linear_random_init"}
     assert "Full-shot" in out.stdout
+    # the baseline: the same probe (grid included) on the architecture at random init
+    base = m["linear_random_init"]
+    assert [g["lr"] for g in base["grid"]] == [0.01, 1.0, 30.0] and base["checkpoint"] is None
+    assert base["train_images"] == m["linear"]["train_images"]
+    assert base["grid"] != m["linear"]["grid"]  # other weights, other curves
+    assert "Full-shot, random init" in out.stdout
+    assert f"pretrained {m['linear']['acc']:.2f} vs random init {base['acc']:.2f} (" in out.stdout
     # the grid: one head per rate on the same features, the best validation top-1 chosen
     lin = m["linear"]
     assert [g["lr"] for g in lin["grid"]] == [0.01, 1.0, 30.0]

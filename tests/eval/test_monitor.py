@@ -106,10 +106,10 @@ def test_monitor_and_diagnostics_do_not_change_what_is_trained():
     for k, v in ckpt_plain["model"].items():
         assert torch.equal(v, ckpt_watched["model"][k]), k
     assert plain["epoch_loss"] == watched["epoch_loss"]
-    assert [e["epoch"] for e in watched["knn"]] == [1, 2]
+    assert [e["epoch"] for e in watched["knn"]] == [0, 1, 2]  # 0: the random init
     assert [e["epoch"] for e in watched["diagnostics"]] == [1, 2]
     assert sum(watched["diagnostics"][-1]["loss_share"]) == pytest.approx(1.0)
     kinds = [k for k, _ in logged]
-    assert kinds.count("knn") == 2 and kinds.count("diagnostics") == 2
+    assert kinds.count("knn") == 3 and kinds.count("diagnostics") == 2
     knn_rec = next(r for k, r in logged if k == "knn")
     assert set(knn_rec) >= {"epoch", "acc", "many", "medium", "few"}

@@ -137,3 +137,13 @@ def test_the_paper_setting_prints_the_published_numbers_beside_ours(tmp_path: Pa
     )
     paired = tables["results/paired_differences"]
     assert len(paired["data"]) == 2 * 5  # stages x metrics
+
+
+def test_accuracy_gain_and_its_standard_error_by_hand():
+    from sdclr.report.paired import accuracy_gain
+
+    gain, se = accuracy_gain(60.0, 50.0, 1000)
+    # sqrt(0.6 * 0.4 / 1000 + 0.5 * 0.5 / 1000) = sqrt(0.00049) = 0.0221359...
+    assert gain == 10.0 and se == pytest.approx(2.2135943621178655)
+    assert accuracy_gain(100.0, 0.0, 10) == (100.0, 0.0)
+    assert accuracy_gain(50.0, 50.0, 0)[1] == math.inf

@@ -29,6 +29,14 @@ def test_format_job_metrics():
     assert "Few-shot" in lines[3] and "70.00" in lines[3]
     only_pretrain = format_job_metrics({"run": {}, "pretrain": {"epochs": 1}})
     assert "no linear or few-shot results" in only_pretrain
+    # the random-init baseline follows its probe; a collapsed probe is marked
+    metrics["linear_random_init"] = {**metrics["linear"], "acc": 30.0, "collapsed": True}
+    rows = [cells(line) for line in format_job_metrics(metrics).splitlines()[2:]]
+    assert [(r[0], r[1], r[-1]) for r in rows] == [
+        ("Full-shot (linear probe)", "80.00", "no"),
+        ("Full-shot (linear probe), random init", "30.00", "yes"),
+        ("Few-shot", "70.00", "no"),
+    ]
 
 
 def test_format_table_shapes():
