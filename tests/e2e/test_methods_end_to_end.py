@@ -60,7 +60,7 @@ def test_moco_sdclr_and_byol_end_to_end_with_every_option_and_a_mixed_report(tmp
     assert (moco / "report" / "diagnostics.png").is_file()
     assert (moco / "report" / "knn_curves.png").is_file()
     kinds = [json.loads(line)["kind"] for line in (moco / "metrics.jsonl").read_text().splitlines()]
-    assert kinds.count("knn") == 2 and kinds.count("diagnostics") == 2
+    assert kinds.count("knn") == 3 and kinds.count("diagnostics") == 2
     assert "kNN monitor (epoch 2)" in out.stdout
 
     byol = root / "byol"

@@ -99,7 +99,7 @@ def test_linear_stage_on_a_given_checkpoint(sdclr_job, tmp_path, env):
     assert [g["lr"] for g in base["grid"]] == [0.01, 1.0, 30.0] and base["checkpoint"] is None
     assert base["train_images"] == m["linear"]["train_images"]
     assert base["grid"] != m["linear"]["grid"]  # other weights, other curves
-    assert "Full-shot, random init" in out.stdout
+    assert "Full-shot (linear probe), random init" in out.stdout
     assert f"pretrained {m['linear']['acc']:.2f} vs random init {base['acc']:.2f} (" in out.stdout
     # the grid: one head per rate on the same features, the best validation top-1 chosen
     lin = m["linear"]
