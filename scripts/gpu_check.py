@@ -28,8 +28,9 @@ output is bundled, trimmed, in ``DIR/gpu_check.log``: three files in all, so wha
 call brings back stays within its limits. Jobs, trees and caches go to ``--work``.
 
 ``--dry-run`` runs the plan on the CPU at toy sizes (a few steps, stage widths 8-64, 1% of
-the data, one epoch; the CUDA-only test step is skipped: "no CUDA device"), in about a
-minute; tests/e2e/test_gpu_check.py runs it. ``--prepare DIR`` fills the folder a device call
+the data, one epoch; the CUDA-only test step is skipped: "no CUDA device"), in under a
+minute: its independent toy commands run side by side (:meth:`Check.run_side_by_side`);
+tests/e2e/test_gpu_check.py runs it. ``--prepare DIR`` fills the folder a device call
 carries (wheels, data, commit); see ``make gpu-check-device`` and scripts/gpu_check_device.sh.
 """
 
@@ -112,6 +113,18 @@ class Step:
 
 
 @dataclass
+class _Running:
+    """A started command: its log entry, process and output file, start and time limit."""
+
+    label: str
+    entry: dict[str, Any]
+    proc: subprocess.Popen
+    path: Path
+    t0: float
+    limit: float
+
+
+@dataclass
 class Check:
     """One run of the plan: its clock, its folders and everything recorded so far."""
 
@@ -138,6 +151,39 @@ class Check:
     def run(self, label: str, cmd: list[str], timeout: float | None = None) -> str:
         """Run ``cmd`` (from the repository root) with at most the time left; returns its
         output. Raises StepFailed when it fails or outruns its time (it is then killed)."""
+        return self.wait_for(self.launch(label, cmd, timeout))
+
+    def run_side_by_side(self, commands: list[tuple[str, list[str]]]) -> list[str | StepFailed]:
+        """The dry run's independent toy commands, all started at once (the CPU's cores
+        shared among them), each with the time left; per command its output or its
+        StepFailed. On a GPU the plan runs its commands one after another: each decides from
+        the clock what the next may do, and side by side they would share the device."""
+        threads = max(1, (os.cpu_count() or 1) // len(commands))
+        env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+        started: list[_Running | StepFailed] = []
+        for label, cmd in commands:
+            try:
+                started.append(self.launch(label, cmd, env=env))
+            except StepFailed as e:
+                started.append(e)
+        outcomes: list[str | StepFailed] = []
+        for running in started:
+            try:
+                outcomes.append(
+                    running if isinstance(running, StepFailed) else self.wait_for(running)
+                )
+            except StepFailed as e:
+                outcomes.append(e)
+        return outcomes
+
+    def launch(
+        self,
+        label: str,
+        cmd: list[str],
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+    ) -> _Running:
+        """Start ``cmd``, its output going to a log file, with at most the time left."""
         limit = self.left() if timeout is None else min(timeout, self.left())
         if limit <= 1:
             raise StepFailed(f"{label}: no time left in the budget to start it")
@@ -146,31 +192,38 @@ class Check:
         path = logs / f"{len(self.commands):02d}-{re.sub(r'[^A-Za-z0-9_.-]', '_', label)}.out"
         entry = {"label": label, "cmd": " ".join(cmd), "path": str(path), "rc": None}
         self.commands.append(entry)
-        env = dict(os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1", WANDB_MODE="disabled")
+        full_env = dict(
+            os.environ, PYTHONUNBUFFERED="1", HYDRA_FULL_ERROR="1", WANDB_MODE="disabled"
+        )
+        full_env.update(env or {})
         if self.dry:
-            env["CUDA_VISIBLE_DEVICES"] = ""  # the dry run stays on the CPU on any machine
-        t0 = time.monotonic()
+            full_env["CUDA_VISIBLE_DEVICES"] = ""  # the dry run stays on the CPU on any machine
         with open(path, "wb") as sink:
             proc = subprocess.Popen(
                 cmd,
                 cwd=REPO,
-                env=env,
+                env=full_env,
                 stdout=sink,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-            timed_out = False
-            while proc.poll() is None:
-                try:
-                    proc.wait(timeout=min(20.0, max(0.1, limit - (time.monotonic() - t0))))
-                except subprocess.TimeoutExpired:
-                    self.write_log()  # a call killed meanwhile still brings this back
-                    if time.monotonic() - t0 >= limit:
-                        timed_out = True
-                        _kill(proc)
-        entry.update(rc=proc.returncode, seconds=round(time.monotonic() - t0, 1))
+        return _Running(label, entry, proc, path, time.monotonic(), limit)
+
+    def wait_for(self, running: _Running) -> str:
+        """Wait for a started command (killing it at its limit); its output, or StepFailed."""
+        proc, t0, limit, label = running.proc, running.t0, running.limit, running.label
+        timed_out = False
+        while proc.poll() is None:
+            try:
+                proc.wait(timeout=min(20.0, max(0.1, limit - (time.monotonic() - t0))))
+            except subprocess.TimeoutExpired:
+                self.write_log()  # a call killed meanwhile still brings this back
+                if time.monotonic() - t0 >= limit:
+                    timed_out = True
+                    _kill(proc)
+        running.entry.update(rc=proc.returncode, seconds=round(time.monotonic() - t0, 1))
         self.write_log()
-        output = path.read_text(errors="replace")
+        output = running.path.read_text(errors="replace")
         if timed_out:
             raise StepFailed(f"{label}: stopped after {limit:.0f} s, the time left in the budget")
         if proc.returncode != 0:
@@ -427,9 +480,14 @@ def _bench(check: Check, label: str, cmd: list[str]) -> dict[str, Any]:
     path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     check.run(label, cmd)
-    result = json.loads(path.read_text())
+    return _bench_result(cmd, round(time.monotonic() - t0, 1))
+
+
+def _bench_result(cmd: list[str], wall_seconds: float | None) -> dict[str, Any]:
+    """A finished bench command's JSON with the table it printed and its wall time."""
+    result = json.loads(Path(cmd[cmd.index("--out") + 1]).read_text())
     result["table"] = Path(cmd[cmd.index("--table") + 1]).read_text()
-    result["wall_seconds"] = round(time.monotonic() - t0, 1)
+    result["wall_seconds"] = wall_seconds
     return result
 
 
@@ -514,28 +572,42 @@ def step_accuracy(check: Check) -> dict[str, Any]:
     results: dict[str, Any] = {"planned_epochs": epochs, "plan": note, "estimates": speed}
     if epochs == 0:
         raise StepFailed(f"budget: {note}", results)
-    for name in METHODS:
-        n = epochs
-        if not check.dry:  # the second run: the first may have taken longer than estimated
-            n = min(epochs, max(0, int((check.left() - speed["fixed"]) // speed[name])))
-        if n < min(MIN_EPOCHS, epochs):
-            results[name] = {
-                "status": "skipped",
-                "reason": f"budget: {check.left():.0f} s left, under {MIN_EPOCHS} epochs",
-            }
-            continue
+
+    def command(name: str, n: int) -> list[str]:
         job = check.work / "jobs" / f"acc-{name}"
         shutil.rmtree(job, ignore_errors=True)  # a fresh job: never resume an earlier check's
-        cmd = commands("accuracy", check.work, epochs=n, dry=check.dry)[list(METHODS).index(name)]
-        t0 = time.monotonic()
-        try:
-            check.run(f"accuracy-{name}", cmd)
+        return commands("accuracy", check.work, epochs=n, dry=check.dry)[list(METHODS).index(name)]
+
+    def record(name: str, n: int, outcome: str | StepFailed, t0: float) -> None:
+        job = check.work / "jobs" / f"acc-{name}"
+        if isinstance(outcome, StepFailed):
+            results[name] = {"status": "failed", "error": str(outcome), **job_metrics(job)}
+        else:
             results[name] = {"status": "ok", "planned_epochs": n, **job_metrics(job)}
-        except StepFailed as e:
-            results[name] = {"status": "failed", "error": str(e), **job_metrics(job)}
         results[name]["wall_seconds"] = round(time.monotonic() - t0, 1)
         check.step("accuracy")["results"] = results
         check.save()
+
+    if check.dry:  # toy runs of one epoch, nothing to decide between them: side by side
+        t0 = time.monotonic()
+        labelled = [(f"accuracy-{name}", command(name, epochs)) for name in METHODS]
+        for name, outcome in zip(METHODS, check.run_side_by_side(labelled)):
+            record(name, epochs, outcome, t0)
+    else:
+        for name in METHODS:
+            # the second run: the first may have taken longer than estimated
+            n = min(epochs, max(0, int((check.left() - speed["fixed"]) // speed[name])))
+            if n < min(MIN_EPOCHS, epochs):
+                results[name] = {
+                    "status": "skipped",
+                    "reason": f"budget: {check.left():.0f} s left, under {MIN_EPOCHS} epochs",
+                }
+                continue
+            cmd, t0 = command(name, n), time.monotonic()
+            try:
+                record(name, n, check.run(f"accuracy-{name}", cmd), t0)
+            except StepFailed as e:
+                record(name, n, e, t0)
     bad = [n for n in METHODS if results[n]["status"] != "ok"]
     if bad:
         first = results[bad[0]]
@@ -630,12 +702,23 @@ def step_files(check: Check) -> dict[str, Any]:
     for sub in ("tree", "splits", "jobs/folder"):
         shutil.rmtree(check.work / sub, ignore_errors=True)
     results: dict[str, Any] = {"tree": check.run_json("tree", tree_cmd)}
+    if not check.cuda:
+        results["nvjpeg"] = "not run: no CUDA device (the CPU loader workers decoded)"
     try:
-        bench = _bench(check, "bench-224", bench_cmd)
-        results["loading_224"] = {**bench["loading_224"], "table": bench["table"]}
-        if not check.cuda:
-            results["nvjpeg"] = "not run: no CUDA device (the CPU loader workers decoded)"
-        check.run("folder", folder_cmd)
+        if check.dry:  # toy sizes, the bench's numbers only plumbing: side by side
+            bench_out = Path(bench_cmd[bench_cmd.index("--out") + 1])
+            bench_out.parent.mkdir(parents=True, exist_ok=True)
+            outcomes = check.run_side_by_side([("bench-224", bench_cmd), ("folder", folder_cmd)])
+            failed = [o for o in outcomes if isinstance(o, StepFailed)]
+            if not isinstance(outcomes[0], StepFailed):
+                bench = _bench_result(bench_cmd, None)
+                results["loading_224"] = {**bench["loading_224"], "table": bench["table"]}
+            if failed:
+                raise failed[0]
+        else:
+            bench = _bench(check, "bench-224", bench_cmd)
+            results["loading_224"] = {**bench["loading_224"], "table": bench["table"]}
+            check.run("folder", folder_cmd)
     except StepFailed as e:
         results["folder"] = job_metrics(check.work / "jobs" / "folder")
         raise StepFailed(str(e), results) from None

@@ -10,6 +10,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -225,3 +226,28 @@ def test_the_device_command_fits_in_one_call():
     assert len(line) == 1 and len(line[0]) < 2000
     assert "--budget 480" in line[0] and ".gpu/*.whl" in line[0]
     assert '--out "${OUT:-outputs}/gpu-check"' in line[0]  # $OUT: what comes back
+
+
+def test_side_by_side_commands_each_get_their_outcome(tmp_path, gpu_check):
+    """The dry run's independent toy commands run at once: each gets its own output or
+    failure, a hung one is stopped at the budget, and the log holds every one."""
+    m = gpu_check
+    check = m.Check(
+        out=tmp_path / "out", work=tmp_path / "work", budget=4.0, dry=True, data=tmp_path
+    )
+    check.out.mkdir(parents=True)
+    py = sys.executable
+    t0 = time.monotonic()
+    ok, bad, hung = check.run_side_by_side(
+        [
+            ("ok", [py, "-c", "import os; print('threads', os.environ['OMP_NUM_THREADS'])"]),
+            ("bad", [py, "-c", "raise SystemExit(3)"]),
+            ("hung", [py, "-c", "import time; time.sleep(60)"]),
+        ]
+    )
+    assert time.monotonic() - t0 < 15  # stopped at the budget, not after 60 s
+    assert isinstance(ok, str) and "threads " in ok
+    assert isinstance(bad, m.StepFailed) and "bad: exit 3" in str(bad)
+    assert isinstance(hung, m.StepFailed) and "budget" in str(hung)
+    log = (check.out / "gpu_check.log").read_text()
+    assert all(f"### {label} (exit" in log for label in ("ok", "bad", "hung"))
