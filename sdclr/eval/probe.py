@@ -202,11 +202,7 @@ def train_probe(
         pred = chosen.linear(test_feats).argmax(1).cpu().numpy()
     result = summarize(pred, test_labels.cpu().numpy(), settings.num_classes, settings.groups)
     result.update(
-        lr=chosen.lr,
-        best_epoch=chosen.best_epoch,
-        best_val_acc=chosen.best_acc if chosen.best_state is not None else None,
-        val_acc=chosen.val_curve,
-        diverged_epoch=chosen.diverged_epoch,
+        chosen.summary(),  # lr, val_acc (its curve), best_val_acc, best_epoch, diverged_epoch
         grid=[h.summary() for h in heads],
         train_images=int(n),
         test_images=int(len(test_labels)),

@@ -48,6 +48,32 @@ def probe_cfg(**kw):
     return OmegaConf.create({**base, **kw})
 
 
+GROUPS = {"many": [0], "medium": [1], "few": [2]}
+
+
+def _settings():
+    return EvalSettings(3, GROUPS, [0.5] * 3, [0.25] * 3, batch_size=64)
+
+
+def _run(cfg, encoder=None, seed=0):
+    images, labels = colour_images(40, 0)
+    test_x, test_y = colour_images(10, 1)
+    idx = np.arange(len(labels))
+    return train_probe(
+        encoder or MeanColour(),
+        images,
+        labels,
+        idx[idx % 4 != 0],
+        idx[idx % 4 == 0],
+        test_x,
+        test_y,
+        cfg,
+        _settings(),
+        torch.Generator().manual_seed(seed),
+        progress=False,
+    )
+
+
 def test_probe_learns_a_separable_problem_and_reports_by_group():
     images, labels = colour_images(40, 0)
     test_x, test_y = colour_images(10, 1)
@@ -79,55 +105,13 @@ def test_probe_learns_a_separable_problem_and_reports_by_group():
 
 
 def test_probe_picks_the_best_validation_epoch_not_the_last():
-    images, labels = colour_images(40, 0)
-    test_x, test_y = colour_images(10, 1)
-    idx = np.arange(len(labels))
     # a huge learning rate that never decays makes later epochs erratic
-    r = train_probe(
-        MeanColour(),
-        images,
-        labels,
-        idx[idx % 4 != 0],
-        idx[idx % 4 == 0],
-        test_x,
-        test_y,
-        probe_cfg(lr=3000.0, milestones=[], epochs=8),
-        EvalSettings(
-            3, {"many": [0], "medium": [1], "few": [2]}, [0.5] * 3, [0.25] * 3, batch_size=64
-        ),
-        torch.Generator().manual_seed(0),
-        progress=False,
-    )
+    r = _run(probe_cfg(lr=3000.0, milestones=[], epochs=8))
     assert r["best_val_acc"] == max(r["val_acc"])
     assert r["best_epoch"] == int(np.argmax(r["val_acc"])) + 1
 
 
 # --- the learning-rate grid ---------------------------------------------------------------
-
-GROUPS = {"many": [0], "medium": [1], "few": [2]}
-
-
-def _settings():
-    return EvalSettings(3, GROUPS, [0.5] * 3, [0.25] * 3, batch_size=64)
-
-
-def _run(cfg, encoder=None, seed=0):
-    images, labels = colour_images(40, 0)
-    test_x, test_y = colour_images(10, 1)
-    idx = np.arange(len(labels))
-    return train_probe(
-        encoder or MeanColour(),
-        images,
-        labels,
-        idx[idx % 4 != 0],
-        idx[idx % 4 == 0],
-        test_x,
-        test_y,
-        cfg,
-        _settings(),
-        torch.Generator().manual_seed(seed),
-        progress=False,
-    )
 
 
 def _one_head_loop(cfg, seed=0):
