@@ -83,3 +83,19 @@ def media_types(path: Path) -> dict[str, str]:
             if key.endswith("/_type"):
                 out[key[: -len("/_type")]] = json.loads(item.value_json)
     return out
+
+
+def wait_until_written(path: Path, timeout: float = 30.0) -> None:
+    """Wait for the run's exit record: in-process, ``finish()`` can return before W&B's
+    writer (a service process) has put the last records into the file."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if any(rec.WhichOneof("record_type") == "exit" for rec in records(path)):
+                return
+        except Exception:  # a record cut mid-write: read again
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{path} has no exit record after {timeout:.0f} s")

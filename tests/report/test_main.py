@@ -19,7 +19,7 @@ def test_missing_dir_errors(tmp_path: Path, capsys):
 
 def test_wandb_gets_the_reports_tables_as_tables(tmp_path: Path, monkeypatch, capsys):
     from fake_sweep import write_sweep
-    from wandb_log import media_types
+    from wandb_log import media_types, wait_until_written
 
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     monkeypatch.delenv("WANDB_MODE", raising=False)
@@ -30,6 +30,7 @@ def test_wandb_gets_the_reports_tables_as_tables(tmp_path: Path, monkeypatch, ca
     out = tmp_path / "report"
     assert main([str(sweep), "--out", str(out), "--wandb"]) == 0
     (log,) = out.glob("wandb/offline-run-*/run-*.wandb")
+    wait_until_written(log)
     types = media_types(log)
     for name in ("linear", "fewshot", "paired_differences", "per_class_accuracy", "problems"):
         assert types[f"results/{name}"] == "table-file", (name, types)
