@@ -14,6 +14,7 @@ from typing import Any
 from sdclr.report.aggregate import METRICS
 from sdclr.report.jobs import RANDOM_INIT_SUFFIX, STAGES, as_float
 from sdclr.report.plots import DIAGNOSTICS_PLOT, GROUP_PLOT, KNN_PLOT, PER_CLASS_PLOT
+from sdclr.report.tables import stage_entries
 
 # --------------------------------------------------------------------------- formatting
 
@@ -149,26 +150,22 @@ def _stage_rows(
     row after each method that matches the paper's setting (full-shot only)."""
     with_collapse = any(m[stage].get("collapsed") for m in methods)
     rows = []
-    for m in methods:
+    for m, paper in stage_entries(methods, stage, published.get("values") or {}):
         res = m[stage]
-        if not res["n"] and not res.get("collapsed"):
-            continue
-        row: dict[str, Any] = {"Method": m["label"], "n": res["n"]}
-        for key, col in METRICS:
-            row[col] = format_mean_std(res[key]["mean"], res[key]["std"])
-        row["Splits"] = ", ".join(str(s) for s in res["splits"] if s is not None) or "-"
-        if with_collapse:
-            row["Collapsed"] = len(res.get("collapsed") or [])
-        rows.append(row)
-        paper = (published.get("values") or {}).get(m.get("published") or "")
-        if stage == "linear" and paper:
+        if paper is None:
+            row: dict[str, Any] = {"Method": m["label"], "n": res["n"]}
+            for key, col in METRICS:
+                row[col] = format_mean_std(res[key]["mean"], res[key]["std"])
+            row["Splits"] = ", ".join(str(s) for s in res["splits"] if s is not None) or "-"
+            collapsed: Any = len(res.get("collapsed") or [])
+        else:
             row = {"Method": f"{m['published']} {PUBLISHED_MARK}", "n": 5}
             for key, col in METRICS:
                 row[col] = f"{paper[key]:.2f}" if key in paper else "-"
-            row["Splits"] = "1, 2, 3, 4, 5"
-            if with_collapse:
-                row["Collapsed"] = "-"
-            rows.append(row)
+            row["Splits"], collapsed = "1, 2, 3, 4, 5", "-"
+        if with_collapse:
+            row["Collapsed"] = collapsed
+        rows.append(row)
     return rows
 
 

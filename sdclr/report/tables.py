@@ -10,7 +10,7 @@ name starts with ``results/`` (the plots keep their own names).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from sdclr.report.aggregate import METRICS, label_of
@@ -47,6 +47,23 @@ def per_class_rows(jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
+def stage_entries(
+    methods: Sequence[Mapping[str, Any]], stage: str, published: Mapping[str, Any]
+) -> Iterator[tuple[Mapping[str, Any], Mapping[str, float] | None]]:
+    """The rows of a stage's results table, as (method entry, published numbers or None):
+    each method with results (or collapsed probes) in ``stage``, followed on the full-shot
+    table by the paper's numbers when its setting is the paper's (``published``: the
+    :data:`sdclr.report.paired.PUBLISHED` values)."""
+    for m in methods:
+        res = m[stage]
+        if not res["n"] and not res.get("collapsed"):
+            continue
+        yield m, None
+        paper = published.get(m.get("published") or "")
+        if stage == "linear" and paper:
+            yield m, paper
+
+
 def _table(rows: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     columns = list(dict.fromkeys(k for row in rows for k in row))
     return {"columns": columns, "data": [[row.get(c) for c in columns] for row in rows]}
@@ -58,23 +75,20 @@ def report_tables(summary: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     tables: dict[str, dict[str, Any]] = {}
     for stage, _title in STAGES:
         rows = []
-        for m in summary["methods"]:
+        for m, paper in stage_entries(summary["methods"], stage, published):
             res = m[stage]
-            if not res["n"] and not res.get("collapsed"):
-                continue
-            row: dict[str, Any] = {"method": m["label"], "source": "ours", "n": res["n"]}
-            for key, _col in METRICS:
-                row[f"{key}_mean"], row[f"{key}_std"] = res[key]["mean"], res[key]["std"]
-            row["splits"] = ", ".join(str(s) for s in res["splits"] if s is not None)
-            row["collapsed"] = len(res.get("collapsed") or [])
-            rows.append(row)
-            paper = published.get(m.get("published") or "")
-            if stage == "linear" and paper:
+            if paper is None:
+                row: dict[str, Any] = {"method": m["label"], "source": "ours", "n": res["n"]}
+                for key, _col in METRICS:
+                    row[f"{key}_mean"], row[f"{key}_std"] = res[key]["mean"], res[key]["std"]
+                row["splits"] = ", ".join(str(s) for s in res["splits"] if s is not None)
+                row["collapsed"] = len(res.get("collapsed") or [])
+            else:
                 row = {"method": m["published"], "source": "published", "n": 5}
                 for key, _col in METRICS:
                     row[f"{key}_mean"], row[f"{key}_std"] = paper.get(key), None
                 row["splits"], row["collapsed"] = "1, 2, 3, 4, 5", 0
-                rows.append(row)
+            rows.append(row)
         if rows:
             tables[f"results/{stage}"] = _table(rows)
     paired = [
