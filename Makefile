@@ -31,8 +31,8 @@ help:
 	@echo "make report DIR=outputs/multirun/...   aggregate a sweep into report.md and plots"
 	@echo "make bench        speed benchmark on the best device found (see BENCHMARKS.md)"
 	@echo "make bench-quick  a few steps of the benchmark on the CPU"
-	@echo "make gpu-check    on a GPU: environment, CUDA tests, speed, accuracy, 224 px, in 480 s"
-	@echo "make gpu-check-dry   the same plan on the CPU at toy sizes (under a minute)"
+	@echo "make gpu-check    on a GPU: env, default run, speed, CUDA tests, accuracy, 224 px, in 480 s"
+	@echo "make gpu-check-dry   the same plan on the CPU at toy sizes (1-2 minutes)"
 	@echo "make gpu-check-device   fill .gpu/ and print the device call's one command"
 
 $(BIN)/python:
@@ -101,7 +101,7 @@ bench-quick:
 	$(BIN)/python -m sdclr.bench --quick
 
 # Everything a GPU can tell us in one 8-minute budget (README, Benchmark): needs a GPU.
-# gpu-check-dry: the same plan on the CPU at toy sizes (under a minute; tests/e2e runs it).
+# gpu-check-dry: the same plan on the CPU at toy sizes (1-2 minutes; tests/e2e runs it).
 # gpu-check-device: fill .gpu/ (wheels, data, COMMIT) and print the one device command.
 GPU_CHECK_BUDGET ?= 480
 gpu-check:

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Everything a GPU can tell us in one device call, most important first (``make gpu-check``).
+"""Everything a GPU can tell us in one device call, by value and risk (``make gpu-check``).
 
     python scripts/gpu_check.py --budget 480 --out DIR     # on a CUDA machine
     python scripts/gpu_check.py --dry-run --out DIR        # the same plan on the CPU, toy sizes
@@ -8,30 +8,57 @@ The plan, in this order, under one time budget (``--budget`` seconds; ``--steps`
 
 1. ``env``: GPU name and memory, driver, torch / CUDA / cuDNN / timm versions, commit; the
    package imports and ``device=auto`` picks CUDA.
-2. ``cuda_tests``: every test that skips itself on CPU (found by its ``skipif(not
+2. ``default_run``: the runner as users get it on CUDA, ``python -m sdclr stage=all`` (SDCLR
+   p90, split 1) for 2 epochs at 20% of the data (``data.fraction=0.2 pretrain.epochs=2``)
+   with 2-epoch probes, every numeric default left alone (bf16, channels_last, torch.compile,
+   its mode, the fused branches' default): it records what the run's metrics.json says ran
+   (and fails when that is not the CUDA default), its epoch times and the compile of its
+   training graphs, timed apart (the first epoch's training less the second's). stage=all,
+   not pretrain: the probes' bf16 feature pass and the monitors run as users get them too.
+3. ``speed_eager``: ``python -m sdclr.bench --no-compile``: SimCLR, SDCLR p90, the model-only
+   ceiling and the linear probe, eager: no compile to wait for, so these numbers come back.
+4. ``cuda_tests``: every test that skips itself on CPU (found by its ``skipif(not
    torch.cuda.is_available())`` mark), with their outcomes.
-3. ``speed``: ``python -m sdclr.bench`` with fewer repetitions than ``make bench`` but its rows
-   (the methods, the ceiling, the step ratio, the augmentation, the probe, peak memory), the
-   compile warm-up apart from the steady state; then again with ``--compile-mode
-   reduce-overhead`` when that still leaves the accuracy step its minimum.
-4. ``accuracy``: SimCLR and SDCLR p90 on CIFAR-10-LT split 1, full data, batch 512, the
-   published optimiser, for as many epochs as the budget left allows (from step 3's epoch
-   times: up to 200, at least 100 when that fits), then the full linear and few-shot probes.
-5. ``files``: the 224-px file path: nvJPEG decoding plus both views against the DataLoader + PIL
+5. ``speed_compiled``: the bench's compiled rows (SimCLR, SDCLR p90, the ceiling, the fused
+   branches, the augmentation, the step ratio: in that order, as many as the budget
+   allows), each row's compile timed apart from its steady state.
+6. ``accuracy``: SimCLR and SDCLR p90 on CIFAR-10-LT split 1, full data, batch 512, the
+   published optimiser, for as many epochs as the budget left allows (from the measured
+   epoch times: up to 200, at least 100 when that fits), then the full linear and few-shot
+   probes.
+7. ``speed_reduce_overhead``: the method rows again with ``--compile-mode reduce-overhead``.
+8. ``files``: the 224-px file path: nvJPEG decoding plus both views against the DataLoader + PIL
    baseline (the bench's ``loading_224`` row), and one short ``data=folder`` run (ResNet-50).
 
-Every step checks the clock first and is skipped, with the reason, when it cannot finish in
-the budget; its commands run in subprocesses whose timeout is the time left. A failing step
-is recorded with its error and the next step runs. After every step ``DIR/gpu_check.json``
-(all results) and ``DIR/gpu_check.md`` (a table per step) are rewritten, and the commands'
-output is bundled, trimmed, in ``DIR/gpu_check.log``: three files in all, so what a device
-call brings back stays within its limits. Jobs, trees and caches go to ``--work``.
+The budget is planned from measured costs (:class:`Costs`): what one compiled ResNet-18
+training graph set takes to compile, a command's start, one bench row; each is measured on
+the device by the first command that can (the default run, then the bench rows) and later
+steps plan from it (x ``SAFETY``). Until a cost is measured the planner assumes its named
+worst case (``COMPILE_WORST_S`` and the others below). Every step checks the clock first and
+is skipped, with the reason, when its estimate does not fit in the time left; the speed steps
+run as many of their rows as fit. Commands run in subprocesses whose timeout is the time left
+(the default run: at most ``DEFAULT_RUN_CAP_S``). A failing step is recorded with its error,
+and with what it measured before it failed, and the next step runs. The default budget, 480
+s, leaves ``MARGIN_S`` = 60 s of a device call's 540 s outside the plan: installing the
+wheels, starting Python, the last command's kill (SIGTERM, 5 s, SIGKILL) and the last writes.
 
-``--dry-run`` runs the plan on the CPU at toy sizes (a few steps, stage widths 8-64, 1% of
-the data, one epoch; the CUDA-only test step is skipped: "no CUDA device"), in under a
-minute: its independent toy commands run side by side (:meth:`Check.run_side_by_side`);
-tests/e2e/test_gpu_check.py runs it. ``--prepare DIR`` fills the folder a device call
-carries (wheels, data, commit); see ``make gpu-check-device`` and scripts/gpu_check_device.sh.
+Every number is written the moment it is measured: the bench rewrites its JSON after every
+row, the runner appends to metrics.jsonl, and this script reads both while they run (every
+``POLL_S`` seconds) and after every command rewrites its three result files:
+``DIR/gpu_check.json`` (all results, the planner's costs, partial bench rows of a command
+stopped or failed part-way), ``DIR/gpu_check.md`` (a table per step) and ``DIR/gpu_check.log``
+(the commands' output, trimmed): what a device call brings back stays within its limits, and a
+call killed at its limit still brings back every finished row. Jobs, trees and caches go to
+``--work``.
+
+``--dry-run`` runs the same plan in the same order on the CPU at toy sizes (stage widths
+8-64, 1% of the data; the CUDA-only test step is skipped: "no CUDA device"), in 1 to 1.5
+minutes on a 2-core CPU: its independent toy commands run side by side
+(:meth:`Check.run_side_by_side`). On a CPU nothing compiles (the runner's and the bench's CPU
+default; compiling the toy rows on the CPU takes minutes), so the dry run checks the plumbing
+and the planner, not the compiler.
+tests/e2e/test_gpu_check.py runs it. ``--prepare DIR`` fills the folder a device call carries
+(wheels, data, commit); see ``make gpu-check-device`` and scripts/gpu_check_device.sh.
 """
 
 from __future__ import annotations
@@ -55,25 +82,78 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
-STEPS = ("env", "cuda_tests", "speed", "accuracy", "files")
+STEPS = (
+    "env",
+    "default_run",
+    "speed_eager",
+    "cuda_tests",
+    "speed_compiled",
+    "accuracy",
+    "speed_reduce_overhead",
+    "files",
+)
 CIFAR = ("cifar10-jpg.tar.gz", "cifar10-train-labels.npy")
 TINY_IMAGENET = "tiny-imagenet-32.tar.gz"  # the nvJPEG test's image tree
 MARK = "GPU_CHECK_JSON: "  # the line a helper subprocess prints its result on
 FAIL_ENV = "SDCLR_GPU_CHECK_FAIL"  # for tests: comma-separated steps that fail on purpose
 LOG_HEAD, LOG_TAIL = 4 << 10, 28 << 10  # bytes of each command's output kept in the log
+POLL_S = 10.0  # while a command runs: read its partial results and rewrite the three files
+
+# The time: a device call may run 540 s; the plan gets 480 of them, the rest is margin.
+CALL_LIMIT_S = 540.0
+MARGIN_S = 60.0  # wheels, Python's start, the last kill (SIGTERM, 5 s, SIGKILL), last writes
+BUDGET_S = CALL_LIMIT_S - MARGIN_S
+# Worst cases the planner assumes until the device has measured them (assumptions, not
+# measurements: no GPU had run the plan when they were set). A cold inductor cache every call:
+COMPILE_WORST_S = 120.0  # compiling one ResNet-18 training graph set (forward + backward of
+# backbone and head, the augmentation, the short last batch's recompile)
+START_WORST_S = 45.0  # a command's own start: Python, torch / timm imports, the first
+# CIFAR-10 decode (about 20 s on a 2-core CPU), job files and the report at a run's end
+ROW_WORST_S = 30.0  # one eager bench row at batch 512: building, warm-up and timed steps
+PROBES_WORST_S = 90.0  # a full-size run's linear (30 epochs) and few-shot probes
+EPOCH_WORST_S = {"simclr": 2.0, "sdclr": 3.0}  # one full-data pretraining epoch
+DEFAULT_RUN_WORK_S = 30.0  # the default run beyond start and compile: 2 small epochs, the
+# monitors, 2-epoch probes at 20% of the data
+DEFAULT_RUN_CAP_S = 300.0  # the most the default run may take: a hang leaves time for the rest
+PYTEST_START_S = 30.0  # pytest's start and collection of the CUDA tests' files
+FOLDER_WORK_S = 40.0  # the data=folder run beyond its start: 3 eager ResNet-50 epochs, probes
+SAFETY = 1.25  # on measured times, for what they leave out (monitors, checkpoints, noise)
+# numerics the runner records in metrics.json ("what ran"), and their CUDA defaults
+NUMERICS = ("precision", "compile", "channels_last", "compile_mode", "fuse_branches")
+CUDA_DEFAULTS = {
+    "precision": "bf16",
+    "compile": True,
+    "channels_last": True,
+    "compile_mode": "default",
+    "fuse_branches": False,
+}
 
 # Toy sizes of the dry run: every run and bench on the CPU, tiny widths, a slice of the data.
-TOY = (
-    "device=cpu smoke=true backbone.channels=[8,16,32,64] pretrain.epochs=1 "
-    "pretrain.batch_size=32 pretrain.warmup_epochs=0 linear.epochs=1 linear.milestones=[] "
-    "fewshot.epochs=1 fewshot.milestones=[]"
+TOY_SIZES = (
+    "smoke=true backbone.channels=[8,16,32,64] pretrain.batch_size=32 pretrain.warmup_epochs=0 "
+    "linear.epochs=1 linear.milestones=[] fewshot.epochs=1 fewshot.milestones=[]"
 ).split()
+TOY = ["device=cpu", *TOY_SIZES, "pretrain.epochs=1"]
 TOY_RUN = [*TOY, "data.fraction=0.01", "linear.batch_size=64"]
 TOY_FOLDER = [
     *TOY,
     *"data.image_size=32 data.eval_resize=36 data.workers=1 linear.batch_size=32".split(),
     "fewshot.batch_size=32",
 ]
+# The default run: the runner's defaults but size (split 1, SDCLR p90, stage=all). On the GPU
+# 2 epochs at 20% with 2-epoch probes; the dry run: the toy sizes at 1%, 2 epochs (the second
+# one's time is what the first one's compile is measured against).
+DEFAULT_RUN = {
+    "gpu": "data.fraction=0.2 pretrain.epochs=2 linear.epochs=2 linear.milestones=[1] "
+    "fewshot.epochs=2 fewshot.milestones=[1]".split(),
+    "dry": [*TOY_SIZES, "data.fraction=0.01", "linear.batch_size=64", "pretrain.epochs=2"],
+}
+# The sizes the planner scales the default run's times by: its data fraction and probe epochs,
+# and the accuracy runs' (full data and the published probes on the GPU; toy in the dry run).
+RUN_FRACTION = {"gpu": 0.2, "dry": 0.01}
+RUN_PROBE_EPOCHS = {"gpu": (2, 2), "dry": (1, 1)}
+ACC_FRACTION = {"gpu": 1.0, "dry": 0.01}
+ACC_PROBE_EPOCHS = {"gpu": (30, 100), "dry": (1, 1)}
 # the short data=folder run at full size: ResNet-50 at 224 px on the tree, a few epochs, eager
 # (compiling ResNet-50 at 224 px would double the step's time)
 FOLDER_RUN = (
@@ -83,10 +163,22 @@ FOLDER_RUN = (
 ).split()
 TOY_BENCH = ["--quick", "--channels", "8,16,32,64"]
 SPEED_BENCH = ["--steps", "10", "--warmup", "5", "--probe-epochs", "5"]  # make bench: 22/15/30
-SPEED_ROWS = "methods,step_ratio,augmentation,probe"  # make bench's GPU rows but loading_224
+# The speed steps' rows in value order, each with the compiled ResNet-18 training graph sets
+# it builds (a method row (--methods) or a row group (--rows) of sdclr.bench). A step runs the
+# longest prefix that fits in the time left, in one bench command.
+EAGER_ROWS = (("simclr", 1), ("sdclr_p90", 1), ("ceiling", 1), ("probe", 1))
+COMPILED_ROWS = (
+    ("simclr", 1),
+    ("sdclr_p90", 1),
+    ("ceiling", 1),
+    ("sdclr_p90_fused", 1),
+    ("augmentation", 1),
+    ("step_ratio", 3),  # two SDCLR models (two passes, fused) and the plain backbone
+)
+REDUCE_OVERHEAD_ROWS = COMPILED_ROWS[:4]
+BENCH_METHODS = ("simclr", "sdclr_p90", "sdclr_p90_fused", "ceiling")  # sdclr.bench METHODS
 # The accuracy step: epochs between these, from the measured epoch times.
 MAX_EPOCHS, WANT_EPOCHS, MIN_EPOCHS = 200, 100, 10
-SAFETY = 1.25  # on measured times, for what the runs add (monitors, checkpoints, logging)
 # the 224-px tree: 10 classes from 400 down to 12 images (Many, Medium and Few all present)
 TREE = {
     "gpu": ([400, 300, 200, 150, 110, 80, 50, 30, 18, 12], 20, (320, 500)),
@@ -107,9 +199,10 @@ class Step:
     name: str
     title: str
     run: Callable[[Check], dict[str, Any]]
-    estimate: Callable[[Check], float]  # a lower bound of its seconds: can it still finish?
+    estimate: Callable[[Check], float]  # its seconds from the costs known: can it finish?
     cuda_only: bool = False
     needs: tuple[str, ...] = ()  # files under SDCLR_DATA
+    cap: float | None = None  # the most seconds its commands may take (None: the time left)
 
 
 @dataclass
@@ -122,6 +215,50 @@ class _Running:
     path: Path
     t0: float
     limit: float
+
+
+@dataclass
+class Costs:
+    """What the planner knows of this device, in seconds: each measured by a command of this
+    check (``measured_by`` says which), or None until then, when the planner assumes the
+    named worst case. Measured values are planned with ``SAFETY``."""
+
+    compile_s: float | None = None  # one compiled ResNet-18 training graph set
+    run_start_s: float | None = None  # a run's own cost beyond pretraining and the probes
+    bench_start_s: float | None = None  # a bench command's own cost beyond its rows
+    row_s: float | None = None  # one eager bench row (build, warm-up, timed steps)
+    measured_by: dict[str, str] = field(default_factory=dict)
+
+    WORST = {
+        "compile_s": COMPILE_WORST_S,
+        "run_start_s": START_WORST_S,
+        "bench_start_s": START_WORST_S,
+        "row_s": ROW_WORST_S,
+    }
+
+    def get(self, name: str) -> float:
+        """The planning value: measured x SAFETY, or the worst case until measured."""
+        value = getattr(self, name)
+        return self.WORST[name] if value is None else SAFETY * value
+
+    def measure(self, name: str, seconds: float | None, by: str) -> None:
+        if seconds is not None and seconds >= 0:
+            setattr(self, name, float(seconds))
+            self.measured_by[name] = by
+
+    def record(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, worst in self.WORST.items():
+            value = getattr(self, name)
+            if value is None:
+                out[name] = {"plan_s": worst, "assumed": "worst case (not measured yet)"}
+            else:
+                out[name] = {
+                    "measured_s": round(value, 2),
+                    "plan_s": round(self.get(name), 2),
+                    "measured_by": self.measured_by[name],
+                }
+        return out
 
 
 @dataclass
@@ -138,6 +275,13 @@ class Check:
     selected: set[str] = field(default_factory=lambda: set(STEPS))  # --steps
     cuda: bool | None = None  # known once the env step ran
     commands: list[dict[str, Any]] = field(default_factory=list)  # what the log bundles
+    costs: Costs = field(default_factory=Costs)
+    step_end: float | None = None  # the running step's cap, on the monotonic clock
+
+    @property
+    def scale(self) -> str:
+        """Which sizes the commands run at: "dry" (toy, CPU) or "gpu"."""
+        return "dry" if self.dry else "gpu"
 
     def left(self) -> float:
         return self.budget - (time.monotonic() - self.start)
@@ -146,12 +290,28 @@ class Check:
         return next(s for s in self.record["steps"] if s["name"] == name)
 
     def results(self, name: str) -> dict[str, Any]:
+        if not any(s["name"] == name for s in self.record.get("steps", [])):
+            return {}
         return self.step(name).get("results") or {}
 
-    def run(self, label: str, cmd: list[str], timeout: float | None = None) -> str:
+    def publish(self, name: str, results: dict[str, Any]) -> None:
+        """A step's results so far into the record, and the files rewritten: what was
+        measured comes back even if the call is killed before the step ends."""
+        if any(s["name"] == name for s in self.record.get("steps", [])):
+            self.step(name)["results"] = results
+        self.save()
+
+    def run(
+        self,
+        label: str,
+        cmd: list[str],
+        timeout: float | None = None,
+        on_poll: Callable[[], None] | None = None,
+    ) -> str:
         """Run ``cmd`` (from the repository root) with at most the time left; returns its
-        output. Raises StepFailed when it fails or outruns its time (it is then killed)."""
-        return self.wait_for(self.launch(label, cmd, timeout))
+        output. Raises StepFailed when it fails or outruns its time (it is then killed).
+        ``on_poll`` runs every POLL_S seconds while it runs and once when it ended."""
+        return self.wait_for(self.launch(label, cmd, timeout), on_poll)
 
     def run_side_by_side(self, commands: list[tuple[str, list[str]]]) -> list[str | StepFailed]:
         """The dry run's independent toy commands, all started at once (the CPU's cores
@@ -183,8 +343,11 @@ class Check:
         timeout: float | None = None,
         env: dict[str, str] | None = None,
     ) -> _Running:
-        """Start ``cmd``, its output going to a log file, with at most the time left."""
+        """Start ``cmd``, its output going to a log file, with at most the time left (and
+        the running step's cap)."""
         limit = self.left() if timeout is None else min(timeout, self.left())
+        if self.step_end is not None:
+            limit = min(limit, self.step_end - time.monotonic())
         if limit <= 1:
             raise StepFailed(f"{label}: no time left in the budget to start it")
         logs = self.work / "logs"
@@ -207,22 +370,31 @@ class Check:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        entry["pid"] = proc.pid
         return _Running(label, entry, proc, path, time.monotonic(), limit)
 
-    def wait_for(self, running: _Running) -> str:
-        """Wait for a started command (killing it at its limit); its output, or StepFailed."""
+    def wait_for(self, running: _Running, on_poll: Callable[[], None] | None = None) -> str:
+        """Wait for a started command (killing it at its limit); its output, or StepFailed.
+        Every POLL_S seconds, and once it ended, ``on_poll`` publishes what it measured so
+        far and the three files are rewritten."""
         proc, t0, limit, label = running.proc, running.t0, running.limit, running.label
         timed_out = False
         while proc.poll() is None:
             try:
-                proc.wait(timeout=min(20.0, max(0.1, limit - (time.monotonic() - t0))))
+                proc.wait(timeout=min(POLL_S, max(0.1, limit - (time.monotonic() - t0))))
             except subprocess.TimeoutExpired:
+                if on_poll is not None:
+                    on_poll()
                 self.write_log()  # a call killed meanwhile still brings this back
+                self.save()
                 if time.monotonic() - t0 >= limit:
                     timed_out = True
                     _kill(proc)
         running.entry.update(rc=proc.returncode, seconds=round(time.monotonic() - t0, 1))
+        if on_poll is not None:
+            on_poll()
         self.write_log()
+        self.save()
         output = running.path.read_text(errors="replace")
         if timed_out:
             raise StepFailed(f"{label}: stopped after {limit:.0f} s, the time left in the budget")
@@ -253,11 +425,13 @@ class Check:
 
     def save(self) -> None:
         self.record["elapsed_s"] = round(time.monotonic() - self.start, 1)
+        self.record["costs"] = self.costs.record()
         _write(self.out / "gpu_check.json", (json.dumps(self.record, indent=2) + "\n").encode())
         _write(self.out / "gpu_check.md", markdown(self.record).encode())
 
 
 def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     tmp.replace(path)
@@ -288,6 +462,7 @@ def run_plan(check: Check, steps: list[Step]) -> int:
     failing = {s.strip() for s in os.environ.get(FAIL_ENV, "").split(",") if s.strip()}
     for s in steps:
         rec = check.step(s.name)
+        # from the costs measured so far: each step plans from what the earlier ones measured
         rec["estimate_s"] = round(s.estimate(check), 1)
         missing = [f for f in s.needs if not (check.data / f).is_file()]
         left = check.left()
@@ -303,7 +478,7 @@ def run_plan(check: Check, steps: list[Step]) -> int:
         elif left < rec["estimate_s"]:
             reason = (
                 f"budget: {max(0.0, left):.0f} s of {check.budget:.0f} s left, the step needs at "
-                f"least {rec['estimate_s']:.0f} s"
+                f"least {rec['estimate_s']:.0f} s (planned from {plan_basis(check)})"
             )
         if reason:
             rec.update(status="skipped", reason=reason, seconds=0.0)
@@ -311,6 +486,7 @@ def run_plan(check: Check, steps: list[Step]) -> int:
             check.save()
             continue
         rec.update(status="running", started_s=round(check.budget - left, 1))
+        check.step_end = None if s.cap is None else time.monotonic() + s.cap
         check.save()
         print(f"[{s.name}] {s.title} ({left:.0f} s left)", flush=True)
         t0 = time.monotonic()
@@ -323,6 +499,7 @@ def run_plan(check: Check, steps: list[Step]) -> int:
             rec.update(status="failed", error=str(e), results=e.results)
         except Exception as e:  # a bug in the step itself: record it, go on
             rec.update(status="failed", error="".join(traceback.format_exception_only(e)).strip())
+        check.step_end = None
         rec["seconds"] = round(time.monotonic() - t0, 1)
         print(f"[{s.name}] {rec['status']} in {rec['seconds']:.0f} s", flush=True)
         if rec["status"] == "failed":
@@ -331,6 +508,16 @@ def run_plan(check: Check, steps: list[Step]) -> int:
     check.record["finished"] = True
     check.save()
     return 1 if any(r["status"] == "failed" for r in check.record["steps"]) else 0
+
+
+def plan_basis(check: Check) -> str:
+    """Which costs a plan rests on: measured ones, or the assumed worst cases."""
+    c = check.costs
+    parts = [
+        f"{name} {c.get(name):.0f} s " + ("measured" if getattr(c, name) is not None else "assumed")
+        for name in Costs.WORST
+    ]
+    return ", ".join(parts)
 
 
 # --- 1. the environment ---------------------------------------------------------------------
@@ -421,7 +608,106 @@ def step_env(check: Check) -> dict[str, Any]:
     return info
 
 
-# --- 2. the CUDA tests ----------------------------------------------------------------------
+# --- 2. the default run ---------------------------------------------------------------------
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """A metrics.jsonl's records; a line cut by a kill is left out."""
+    records = []
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                pass
+    return records
+
+
+def epoch_timing(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each pretraining epoch's training time from metrics.jsonl: its record's time less the
+    record before it (the kNN pass at epoch 0, the previous epoch's diagnostics, or the
+    previous epoch; the step records left out), so the monitors' passes are not counted.
+    The steady epoch is the mean of all but the first; the compile of the training graphs
+    (and the short last batch's recompile) is the first epoch's time beyond it."""
+    spans: list[float | None] = []
+    prev: float | None = None
+    for r in records:
+        if r.get("kind") == "pretrain" and "epoch_loss" not in r:
+            continue  # a step record, inside an epoch
+        if r.get("kind") == "pretrain":
+            spans.append(None if prev is None else r["time"] - prev)
+        prev = r.get("time", prev)
+    out: dict[str, Any] = {"epoch_train_seconds": spans}
+    steady = [s for s in spans[1:] if s is not None]
+    if steady:
+        out["steady_epoch_seconds"] = sum(steady) / len(steady)
+        if spans[0] is not None:
+            out["first_epoch_seconds"] = spans[0]
+            out["compile_train_seconds"] = max(0.0, spans[0] - out["steady_epoch_seconds"])
+    return out
+
+
+def default_run_results(job: Path, wall: float | None) -> dict[str, Any]:
+    """What the default run measured: its job's metrics (job_metrics), what ran (the
+    numerics metrics.json records), the epoch times with the compile apart, and the run's
+    own cost beyond pretraining and the probes (its start, data, job files, report)."""
+    out = job_metrics(job)
+    out.update(epoch_timing(read_jsonl(job / "metrics.jsonl")))
+    pre = out.get("pretrain") or {}
+    if pre:
+        out["ran"] = {k: pre.get(k) for k in NUMERICS}
+        if "steady_epoch_seconds" in out and pre.get("seconds") is not None:
+            # everything pretraining paid once: the compile, the kNN pass at epoch 0, the
+            # monitors' evaluation graphs
+            out["first_epoch_extra_seconds"] = max(
+                0.0, pre["seconds"] - pre["epochs"] * out["steady_epoch_seconds"]
+            )
+    out["wall_seconds"] = wall
+    parts = [pre.get("seconds")] + [
+        (out.get(p) or {}).get("seconds") for p in ("linear", "fewshot")
+    ]
+    if wall is not None and all(isinstance(p, (int, float)) for p in parts):
+        out["run_start_seconds"] = max(0.0, wall - sum(parts))
+    return out
+
+
+def step_default_run(check: Check) -> dict[str, Any]:
+    job = check.work / "jobs" / "default"
+    shutil.rmtree(job, ignore_errors=True)  # a fresh job: never resume an earlier check's
+    cmd = commands("default_run", check.work, dry=check.dry)[0]
+    t0 = time.monotonic()
+    error = None
+    try:
+        check.run(
+            "default-run",
+            cmd,
+            on_poll=lambda: check.publish("default_run", default_run_results(job, None)),
+        )
+    except StepFailed as e:
+        error = e
+    results = default_run_results(job, round(time.monotonic() - t0, 1))
+    # the first compiled command of the check: later steps plan from its compile
+    check.costs.measure("compile_s", results.get("compile_train_seconds"), "default_run")
+    check.costs.measure("run_start_s", results.get("run_start_seconds"), "default_run")
+    if error is not None:
+        raise StepFailed(str(error), results)
+    if not check.dry:  # the point of the step: the configuration users get on CUDA ran
+        ran = results.get("ran") or {}
+        off = {k: ran.get(k) for k, v in CUDA_DEFAULTS.items() if ran.get(k) != v}
+        if off:
+            results["expected"] = CUDA_DEFAULTS
+            raise StepFailed(
+                f"the default run on CUDA did not run the CUDA defaults: {off}", results
+            )
+    return results
+
+
+def default_run_estimate(check: Check) -> float:
+    c = check.costs
+    return c.get("run_start_s") + c.get("compile_s") + DEFAULT_RUN_WORK_S
+
+
+# --- 4. the CUDA tests ----------------------------------------------------------------------
 
 
 def cuda_tests() -> tuple[list[str], list[str]]:
@@ -444,13 +730,25 @@ def cuda_tests() -> tuple[list[str], list[str]]:
     return files, names
 
 
+def cuda_tests_estimate(check: Check) -> float:
+    """pytest's start and a compile for each CUDA test that compiles (its name says so: the
+    augmentation's, the bf16 step's, the compiled step across a mask refresh)."""
+    compiling = [n for n in cuda_tests()[1] if "compile" in n]
+    return PYTEST_START_S + len(compiling) * check.costs.get("compile_s")
+
+
 def step_cuda_tests(check: Check) -> dict[str, Any]:
     files, names = cuda_tests()
     if not names:
         raise StepFailed("no test skips itself without CUDA: nothing to run")
     results: dict[str, Any] = {"selected": names}
+
+    def poll() -> None:  # the outcomes so far, from pytest -v's output
+        output = Path(check.commands[-1]["path"]).read_text(errors="replace")
+        check.publish("cuda_tests", {**results, **_pytest_outcomes(output)})
+
     try:
-        output = check.run("cuda_tests", commands("cuda_tests", check.work)[0])
+        output = check.run("cuda_tests", commands("cuda_tests", check.work)[0], on_poll=poll)
     except StepFailed as e:
         output = Path(check.commands[-1]["path"]).read_text(errors="replace")
         results.update(_pytest_outcomes(output))
@@ -471,103 +769,261 @@ def _pytest_outcomes(output: str) -> dict[str, Any]:
     return {"outcomes": outcomes, "summary": summary[-1] if summary else None}
 
 
-# --- 3. the speed table ---------------------------------------------------------------------
+# --- 3, 5, 7. the speed rows ----------------------------------------------------------------
+
+SPEED = {  # step: (label, the rows in value order, whether they compile, extra bench flags)
+    "speed_eager": ("bench-eager", EAGER_ROWS, False, ["--no-compile"]),
+    "speed_compiled": ("bench-compiled", COMPILED_ROWS, True, []),
+    "speed_reduce_overhead": (
+        "bench-reduce-overhead",
+        REDUCE_OVERHEAD_ROWS,
+        True,
+        ["--compile-mode", "reduce-overhead"],
+    ),
+}
 
 
-def _bench(check: Check, label: str, cmd: list[str]) -> dict[str, Any]:
-    """Run one bench command; its JSON, with the table it printed and its wall time."""
-    path = Path(cmd[cmd.index("--out") + 1])
-    path.parent.mkdir(parents=True, exist_ok=True)
+def bench_args(rows: list[str]) -> list[str]:
+    """sdclr.bench's --rows / --methods for ``rows`` (method rows and row groups), in order."""
+    methods = [r for r in rows if r in BENCH_METHODS]
+    groups = (["methods"] if methods else []) + [r for r in rows if r not in BENCH_METHODS]
+    return ["--rows", ",".join(groups), *(["--methods", ",".join(methods)] if methods else [])]
+
+
+def row_cost(check: Check, graphs: int, compiled: bool) -> float:
+    """One row's planned seconds: each graph set's compile (when it compiles) and steady part."""
+    c = check.costs
+    return graphs * ((c.get("compile_s") if compiled else 0.0) + c.get("row_s"))
+
+
+def plan_rows(check: Check, step: str) -> tuple[list[str], float, dict[str, str]]:
+    """The longest prefix of a speed step's rows that fits in the time left, in one bench
+    command: (the rows, their planned seconds, why each other row is left out)."""
+    _, rows, compiled, _ = SPEED[step]
+    left = min(check.left(), check.step_end - time.monotonic() if check.step_end else 1e9)
+    total = check.costs.get("bench_start_s")
+    chosen: list[str] = []
+    dropped: dict[str, str] = {}
+    for name, graphs in rows:
+        cost = row_cost(check, graphs, compiled)
+        if dropped or total + cost > left:
+            dropped[name] = (
+                f"budget: {left:.0f} s left, the rows before it {total:.0f} s, it about "
+                f"{cost:.0f} s (planned from {plan_basis(check)})"
+            )
+            continue
+        total += cost
+        chosen.append(name)
+    return chosen, total, dropped
+
+
+def speed_estimate(step: str) -> Callable[[Check], float]:
+    """A speed step's least: the bench's start and its first row."""
+
+    def estimate(check: Check) -> float:
+        _, rows, compiled, _ = SPEED[step]
+        return check.costs.get("bench_start_s") + row_cost(check, rows[0][1], compiled)
+
+    return estimate
+
+
+def _bench(
+    check: Check,
+    label: str,
+    cmd: list[str],
+    on_rows: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run one bench command; its JSON, with the table it wrote and its wall time. While it
+    runs, ``on_rows`` gets the rows finished so far (the bench rewrites its JSON after every
+    row). When it fails or is stopped, the StepFailed carries those rows as ``bench``."""
+    out, table = (Path(cmd[cmd.index(flag) + 1]) for flag in ("--out", "--table"))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (out, table):  # an earlier check's file must not pass for this one's rows
+        stale.unlink(missing_ok=True)
     t0 = time.monotonic()
-    check.run(label, cmd)
-    return _bench_result(cmd, round(time.monotonic() - t0, 1))
+
+    def poll() -> None:
+        partial = _bench_read(cmd, round(time.monotonic() - t0, 1))
+        if partial is not None and on_rows is not None:
+            on_rows(partial)
+
+    try:
+        check.run(label, cmd, on_poll=poll)
+    except StepFailed as e:
+        partial = _bench_read(cmd, round(time.monotonic() - t0, 1))
+        done = ", ".join(partial["rows_done"]) if partial else ""
+        raise StepFailed(
+            f"{e}; rows finished: {done or 'none'}", {"bench": partial} if partial else {}
+        ) from None
+    result = _bench_read(cmd, round(time.monotonic() - t0, 1))
+    if result is None:
+        raise StepFailed(f"{label}: exited 0 but wrote no JSON")
+    return result
 
 
-def _bench_result(cmd: list[str], wall_seconds: float | None) -> dict[str, Any]:
-    """A finished bench command's JSON with the table it printed and its wall time."""
-    result = json.loads(Path(cmd[cmd.index("--out") + 1]).read_text())
-    result["table"] = Path(cmd[cmd.index("--table") + 1]).read_text()
+def _bench_read(cmd: list[str], wall_seconds: float | None) -> dict[str, Any] | None:
+    """A bench command's JSON as it stands (finished, or the rows so far), with its table
+    and the command's wall time; None before its first row."""
+    out, table = (Path(cmd[cmd.index(flag) + 1]) for flag in ("--out", "--table"))
+    try:
+        result = json.loads(out.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    result["table"] = table.read_text() if table.is_file() else ""
     result["wall_seconds"] = wall_seconds
     return result
 
 
-def step_speed(check: Check) -> dict[str, Any]:
-    default, graphs = commands("speed", check.work, dry=check.dry)
-    results: dict[str, Any] = {"default": _bench(check, "bench", default)}
-    # the CUDA-graph rows, when the accuracy step keeps its minimum after them
-    need = results["default"]["wall_seconds"] + accuracy_minimum(check, results["default"])
-    if check.left() < need and "accuracy" in check.selected:
-        results["reduce_overhead"] = {
-            "status": "skipped",
-            "reason": f"budget: {check.left():.0f} s left; the reduce-overhead bench (about "
-            f"{results['default']['wall_seconds']:.0f} s) and the accuracy step's minimum "
-            f"need {need:.0f} s",
-        }
-        return results
+def measure_bench(check: Check, step: str, bench: dict[str, Any] | None) -> None:
+    """What a bench command measured, for the planner: its own start (wall less its rows),
+    an eager row, a compile (the slowest of its compiled rows)."""
+    if not bench:
+        return
+    seconds = bench.get("row_seconds", {})
+    if bench.get("finished") and bench.get("wall_seconds") is not None:
+        start = bench["wall_seconds"] - sum(seconds.values())
+        check.costs.measure("bench_start_s", start, step)
+    methods = [m for m in BENCH_METHODS if m in seconds]
+    if not bench["setup"]["compile"]:
+        if methods:
+            check.costs.measure("row_s", max(seconds[m] for m in methods), step)
+        return
+    compiles = [bench[m]["compile_seconds"] for m in methods if "compile_seconds" in bench[m]]
+    if compiles:
+        check.costs.measure("compile_s", max(compiles), step)
+
+
+def step_speed(check: Check, step: str) -> dict[str, Any]:
+    """A speed step: its rows that fit, in one bench command, published as they finish."""
+    label, rows, compiled, _ = SPEED[step]
+    chosen, planned, dropped = plan_rows(check, step)
+    results: dict[str, Any] = {
+        "planned": chosen,
+        "planned_seconds": round(planned, 1),
+        "not_planned": dropped,
+    }
+    if not chosen:
+        raise StepFailed(f"budget: not even its first row fits ({dropped[rows[0][0]]})", results)
+    check.publish(step, results)
+    cmd = commands(step, check.work, dry=check.dry, rows=chosen)[0]
     try:
-        results["reduce_overhead"] = _bench(check, "bench-reduce-overhead", graphs)
+        results["bench"] = _bench(
+            check, label, cmd, on_rows=lambda b: check.publish(step, {**results, "bench": b})
+        )
     except StepFailed as e:
+        results["bench"] = e.results.get("bench")
+        measure_bench(check, step, results["bench"])
         raise StepFailed(str(e), results) from None
+    measure_bench(check, step, results["bench"])
+    setup = results["bench"]["setup"]
+    if check.cuda and setup["compile"] != compiled:  # CUDA compiles by default, the CPU not
+        raise StepFailed(f"the bench ran with compile={setup['compile']}", results)
     return results
 
 
-# --- 4. the accuracy point ------------------------------------------------------------------
+# --- 6. the accuracy point ------------------------------------------------------------------
 
 METHODS = {"simclr": "prune=none", "sdclr": "prune=p90"}
 
 
-def speed_numbers(bench: dict[str, Any] | None) -> dict[str, Any]:
-    """Seconds per epoch of each method and one run's fixed cost (start and data, compile, the
-    two probes) from step 3's bench, with a margin; guesses, marked, where it measured none."""
-    if not bench or "simclr" not in bench:
-        return {"simclr": 2.0, "sdclr": 3.0, "fixed": 240.0, "measured": False}
-    probe = bench.get("linear_probe", {}).get("seconds", 60.0)
-    warmup = max(bench[m].get("warmup_seconds", 60.0) for m in ("simclr", "sdclr_p90"))
-    return {
-        "simclr": round(bench["simclr"]["epoch_seconds"] * SAFETY, 4),
-        "sdclr": round(bench["sdclr_p90"]["epoch_seconds"] * SAFETY, 4),
-        # start and data loading (about 30 s), compile, the linear probe, the few-shot probe
-        # (100 epochs over 450 images and the val/test features: about 10% of it plus 15 s)
-        "fixed": round(30.0 + warmup + SAFETY * 1.1 * probe + 15.0, 1),
-        "measured": True,
-    }
+def run_costs(check: Check) -> dict[str, Any]:
+    """For the accuracy runs (full data on the GPU; toy sizes in the dry run): each method's
+    seconds per epoch and one run's fixed seconds (its start, what its first epoch pays once,
+    the two probes), from what this device measured (x SAFETY), each with its source; the
+    named worst cases where nothing was measured."""
+    scale = check.scale
+    frac = ACC_FRACTION[scale] / RUN_FRACTION[scale]  # the default run's data to the runs'
+    run = check.results("default_run")
+    compiled = check.results("speed_compiled").get("bench") or {}
+    eager = check.results("speed_eager").get("bench") or {}
+    out: dict[str, Any] = {"sources": {}}
+    for name, row in (("simclr", "simclr"), ("sdclr", "sdclr_p90")):
+        if row in compiled and compiled["setup"]["compile"] == bool(check.cuda):
+            # the bench times D_i whole; the runs' data is ACC_FRACTION of it
+            seconds, source = compiled[row]["epoch_seconds"] * ACC_FRACTION[scale], "speed_compiled"
+        elif run.get("steady_epoch_seconds"):
+            # SDCLR p90's epoch for both: SimCLR's is shorter
+            seconds, source = run["steady_epoch_seconds"] * frac, "default_run"
+        elif row in eager:  # uncompiled: no faster than compiled, an upper bound
+            seconds, source = eager[row]["epoch_seconds"] * ACC_FRACTION[scale], "speed_eager"
+        else:
+            seconds, source = EPOCH_WORST_S[name] * ACC_FRACTION[scale], None
+        out[name] = round(seconds * SAFETY if source else seconds, 4)
+        out["sources"][name] = source or "assumed (worst case)"
+    start = check.costs.get("run_start_s")
+    first = run.get("first_epoch_extra_seconds")
+    first = COMPILE_WORST_S if first is None else SAFETY * first
+    probes, source = None, None
+    linear, fewshot = run.get("linear") or {}, run.get("fewshot") or {}
+    if "train_seconds" in linear and "train_seconds" in fewshot:
+        # probe training scales with its epochs and images, its features with the images
+        probes = sum(
+            p["train_seconds"] * (acc / ran) * frac + p.get("setup_seconds", 0.0) * frac
+            for p, acc, ran in zip(
+                (linear, fewshot), ACC_PROBE_EPOCHS[scale], RUN_PROBE_EPOCHS[scale]
+            )
+        )
+        source = "default_run"
+    elif "linear_probe" in eager:  # the bench's 30-epoch linear probe over the whole pool;
+        # the few-shot probe: about a tenth of it plus its features (15 s)
+        probes = (1.1 * eager["linear_probe"]["seconds"] + 15.0) * ACC_FRACTION[scale]
+        source = "speed_eager"
+    out["sources"]["probes"] = source or "assumed (worst case)"
+    probes = PROBES_WORST_S if probes is None else SAFETY * probes
+    out["fixed"] = round(start + first + probes, 1)
+    out["sources"]["start"] = check.costs.measured_by.get("run_start_s", "assumed (worst case)")
+    out["sources"]["first_epoch"] = (
+        "default_run"
+        if run.get("first_epoch_extra_seconds") is not None
+        else "assumed (worst case)"
+    )
+    out["measured"] = all(not s.startswith("assumed") for s in out["sources"].values())
+    return out
 
 
 def plan_epochs(
     left: float, simclr: float, sdclr: float, fixed: float, reserve: float
 ) -> tuple[int, str]:
     """Pretraining epochs for both methods: up to MAX_EPOCHS with ``reserve`` seconds kept for
-    the step after; WANT_EPOCHS if that fits only without the reserve; 0 below MIN_EPOCHS."""
+    the steps after; WANT_EPOCHS if that fits only without the reserve; 0 below MIN_EPOCHS."""
 
     def fit(seconds: float) -> int:
         return max(0, int((seconds - 2 * fixed) // (simclr + sdclr)))
 
     n = min(MAX_EPOCHS, fit(left - reserve))
-    note = f"{n} epochs fit in {left:.0f} s, {reserve:.0f} s kept for the 224-px step"
+    note = f"{n} epochs fit in {left:.0f} s, {reserve:.0f} s kept for the steps after"
     if n < WANT_EPOCHS and fit(left) > n:
         n = min(WANT_EPOCHS, fit(left))
-        note = f"{n} epochs fit in {left:.0f} s only without the 224-px step's {reserve:.0f} s"
+        note = f"{n} epochs fit in {left:.0f} s only without the later steps' {reserve:.0f} s"
     if n < MIN_EPOCHS:
         return 0, f"fewer than {MIN_EPOCHS} epochs of both methods fit in {left:.0f} s"
     return n, note
 
 
-def accuracy_minimum(check: Check, bench: dict[str, Any] | None = None) -> float:
-    """The accuracy step's lower bound: both runs at MIN_EPOCHS (the dry run: its toy runs)."""
+def accuracy_minimum(check: Check) -> float:
+    """The accuracy step's lower bound: both runs at MIN_EPOCHS (the dry run: its toy runs,
+    one epoch each, side by side)."""
+    s = run_costs(check)
     if check.dry:
-        return 12.0
-    s = speed_numbers(bench if bench is not None else check.results("speed").get("default"))
+        return s["fixed"] + s["simclr"] + s["sdclr"]
     return 2 * s["fixed"] + MIN_EPOCHS * (s["simclr"] + s["sdclr"])
 
 
+def later_reserve(check: Check) -> float:
+    """What the steps after the accuracy step need at least (those selected)."""
+    later = [
+        s for s in PLAN[PLAN.index(STEP_BY_NAME["accuracy"]) + 1 :] if s.name in check.selected
+    ]
+    return sum(s.estimate(check) for s in later if not (s.cuda_only and check.dry))
+
+
 def step_accuracy(check: Check) -> dict[str, Any]:
-    speed = speed_numbers(check.results("speed").get("default"))
-    reserve = files_estimate(check) if "files" in check.selected else 0.0
+    speed = run_costs(check)
     if check.dry:
         epochs, note = 1, "dry run: 1 epoch"
     else:
         epochs, note = plan_epochs(
-            check.left(), speed["simclr"], speed["sdclr"], speed["fixed"], reserve
+            check.left(), speed["simclr"], speed["sdclr"], speed["fixed"], later_reserve(check)
         )
     results: dict[str, Any] = {"planned_epochs": epochs, "plan": note, "estimates": speed}
     if epochs == 0:
@@ -585,8 +1041,17 @@ def step_accuracy(check: Check) -> dict[str, Any]:
         else:
             results[name] = {"status": "ok", "planned_epochs": n, **job_metrics(job)}
         results[name]["wall_seconds"] = round(time.monotonic() - t0, 1)
-        check.step("accuracy")["results"] = results
-        check.save()
+        check.publish("accuracy", results)
+
+    def progress(name: str) -> Callable[[], None]:
+        def poll() -> None:  # the epochs reached so far, from the run's metrics.jsonl
+            results[name] = {
+                "status": "running",
+                **job_metrics(check.work / "jobs" / f"acc-{name}"),
+            }
+            check.publish("accuracy", results)
+
+        return poll
 
     if check.dry:  # toy runs of one epoch, nothing to decide between them: side by side
         t0 = time.monotonic()
@@ -605,7 +1070,7 @@ def step_accuracy(check: Check) -> dict[str, Any]:
                 continue
             cmd, t0 = command(name, n), time.monotonic()
             try:
-                record(name, n, check.run(f"accuracy-{name}", cmd), t0)
+                record(name, n, check.run(f"accuracy-{name}", cmd, on_poll=progress(name)), t0)
             except StepFailed as e:
                 record(name, n, e, t0)
     bad = [n for n in METHODS if results[n]["status"] != "ok"]
@@ -620,14 +1085,8 @@ def job_metrics(job: Path) -> dict[str, Any]:
     only), and from metrics.jsonl the epochs reached (also by a run stopped early), the steady
     epoch time (the first epoch, which compiles, left out) and the last kNN accuracy."""
     out: dict[str, Any] = {}
-    records = []
-    if (job / "metrics.jsonl").is_file():
-        for line in (job / "metrics.jsonl").read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass  # a line cut by a kill
-    epochs = [r for r in records if r.get("kind") == "pretrain"]
+    records = read_jsonl(job / "metrics.jsonl")
+    epochs = [r for r in records if r.get("kind") == "pretrain" and "epoch_loss" in r]
     if epochs:
         out["epochs_reached"] = epochs[-1]["epoch"]
         if len(epochs) > 1:
@@ -637,7 +1096,10 @@ def job_metrics(job: Path) -> dict[str, Any]:
     if knn:
         out["knn"] = {k: v for k, v in knn[-1].items() if k not in ("kind", "time")}
     if (job / "metrics.json").is_file():
-        m = json.loads((job / "metrics.json").read_text())
+        try:
+            m = json.loads((job / "metrics.json").read_text())
+        except json.JSONDecodeError:
+            m = {}  # being rewritten: the next read has it
         pre = m.get("pretrain", {})
         if pre.get("diagnostics"):
             pre["diagnostics"] = pre["diagnostics"][-1:]
@@ -647,11 +1109,14 @@ def job_metrics(job: Path) -> dict[str, Any]:
             out["epochs_reached"] = pre["epochs"]
             out["epoch_seconds"] = pre["seconds"] / pre["epochs"]
     if (job / "status.json").is_file():
-        out["job_status"] = json.loads((job / "status.json").read_text()).get("status")
+        try:
+            out["job_status"] = json.loads((job / "status.json").read_text()).get("status")
+        except json.JSONDecodeError:
+            pass  # being rewritten
     return out
 
 
-# --- 5. the 224-px file path ----------------------------------------------------------------
+# --- 8. the 224-px file path ----------------------------------------------------------------
 
 
 def write_tree(root: Path, archive: Path, scale: str) -> dict[str, Any]:
@@ -694,7 +1159,12 @@ def write_tree(root: Path, archive: Path, scale: str) -> dict[str, Any]:
 
 
 def files_estimate(check: Check) -> float:
-    return 10.0 if check.dry else 75.0
+    """The 224-px bench (its start, the augmentation's compile at 224 px, a row) and the
+    folder run (its start and its eager epochs and probes); the dry run runs them side by side."""
+    c = check.costs
+    bench = c.get("bench_start_s") + c.get("compile_s") + c.get("row_s")
+    folder = c.get("run_start_s") + FOLDER_WORK_S
+    return max(bench, folder) if check.dry else bench + folder
 
 
 def step_files(check: Check) -> dict[str, Any]:
@@ -704,20 +1174,23 @@ def step_files(check: Check) -> dict[str, Any]:
     results: dict[str, Any] = {"tree": check.run_json("tree", tree_cmd)}
     if not check.cuda:
         results["nvjpeg"] = "not run: no CUDA device (the CPU loader workers decoded)"
+    check.publish("files", results)
     try:
         if check.dry:  # toy sizes, the bench's numbers only plumbing: side by side
             bench_out = Path(bench_cmd[bench_cmd.index("--out") + 1])
             bench_out.parent.mkdir(parents=True, exist_ok=True)
+            bench_out.unlink(missing_ok=True)  # an earlier check's file is not this one's
             outcomes = check.run_side_by_side([("bench-224", bench_cmd), ("folder", folder_cmd)])
             failed = [o for o in outcomes if isinstance(o, StepFailed)]
-            if not isinstance(outcomes[0], StepFailed):
-                bench = _bench_result(bench_cmd, None)
+            bench = _bench_read(bench_cmd, None)
+            if bench and "loading_224" in bench:
                 results["loading_224"] = {**bench["loading_224"], "table": bench["table"]}
             if failed:
                 raise failed[0]
         else:
             bench = _bench(check, "bench-224", bench_cmd)
             results["loading_224"] = {**bench["loading_224"], "table": bench["table"]}
+            check.publish("files", results)
             check.run("folder", folder_cmd)
     except StepFailed as e:
         results["folder"] = job_metrics(check.work / "jobs" / "folder")
@@ -735,29 +1208,42 @@ def commands(
     extra: list[str] | tuple[str, ...] = (),
     epochs: int = WANT_EPOCHS,
     dry: bool = False,
+    rows: list[str] | None = None,
 ) -> list[list[str]]:
     """The commands a step runs, at full size or (``dry``) at the dry run's toy sizes;
-    ``extra``: Hydra overrides appended to the runs."""
+    ``extra``: Hydra overrides appended to the runs; ``rows``: a speed step's rows (default:
+    all of them)."""
     extra = list(extra)
+    scale = "dry" if dry else "gpu"
 
     def bench(label: str, *args: str) -> list[str]:
         b = work / "bench" / label
         toy = TOY_BENCH if dry else []
         return [PY, "-m", "sdclr.bench", *toy, *args, "--out", f"{b}.json", "--table", f"{b}.md"]
 
+    def run(job: str, *args: str) -> list[str]:
+        # split 1 and logger=none are the defaults, named so a changed default cannot move them
+        return [
+            *(PY, "-m", "sdclr", "stage=all", "split=split1", "logger=none"),
+            f"hydra.run.dir={work / 'jobs' / job}",
+            *args,
+            *extra,
+        ]
+
     if step == "env":
         return [[PY, __file__, "--env-info", *(["--dry-run"] if dry else [])]]
+    if step == "default_run":
+        # no precision / compile / channels_last / compile_mode / fuse_branches: the defaults
+        return [run("default", *DEFAULT_RUN[scale])]
     if step == "cuda_tests":
         files, names = cuda_tests()
         pytest = [PY, "-m", "pytest", "-v", "-rs", "-p", "no:cacheprovider"]
         return [[*pytest, "--continue-on-collection-errors", *files, "-k", " or ".join(names)]]
-    if step == "speed":
-        rows = ["--rows", SPEED_ROWS, *([] if dry else SPEED_BENCH)]
-        graphs = ["--rows", "methods"] if dry else rows  # the CPU has no graphs: plumbing only
-        return [
-            bench("bench", *rows),
-            bench("bench-reduce-overhead", *graphs, "--compile-mode", "reduce-overhead"),
-        ]
+    if step in SPEED:
+        label, all_rows, _, flags = SPEED[step]
+        chosen = rows if rows is not None else [name for name, _ in all_rows]
+        reps = [] if dry else SPEED_BENCH
+        return [bench(label, *bench_args(chosen), *flags, *reps)]
     if step == "accuracy":
         size = (
             TOY_RUN
@@ -767,18 +1253,10 @@ def commands(
                 f"pretrain.warmup_epochs={min(10, epochs // 10)}",
             ]
         )
-        return [
-            [
-                *(PY, "-m", "sdclr", "stage=all", "split=split1", prune, "logger=none"),
-                f"hydra.run.dir={work / 'jobs' / f'acc-{name}'}",
-                *size,
-                *extra,
-            ]
-            for name, prune in METHODS.items()
-        ]
+        return [run(f"acc-{name}", prune, *size) for name, prune in METHODS.items()]
     if step == "files":
         tree = work / "tree"
-        run = [
+        folder = [
             *(PY, "-m", "sdclr", "data=folder", f"data.root={tree}", "data.test_dir=test"),
             f"split.dir={work / 'splits'}",
             *("stage=all", "prune=p90", "logger=none", "smoke=true"),
@@ -787,9 +1265,9 @@ def commands(
             *extra,
         ]
         return [
-            [PY, __file__, "--write-tree", str(tree), "--tree-scale", "dry" if dry else "gpu"],
+            [PY, __file__, "--write-tree", str(tree), "--tree-scale", scale],
             bench("bench-224", "--rows", "loading_224"),
-            run,
+            folder,
         ]
     raise SystemExit(f"unknown step {step!r}; choose from {', '.join(STEPS)}")
 
@@ -804,18 +1282,33 @@ PLAN = [
         lambda c: 2.0 if c.dry else 10.0,
     ),
     Step(
+        "default_run",
+        "the default runner on CUDA, every default on: SDCLR p90, 2 epochs at 20%, probes",
+        step_default_run,
+        default_run_estimate,
+        needs=CIFAR,
+        cap=DEFAULT_RUN_CAP_S,
+    ),
+    Step(
+        "speed_eager",
+        "speed, eager (sdclr.bench --no-compile): SimCLR, SDCLR p90, ceiling, probe",
+        lambda c: step_speed(c, "speed_eager"),
+        speed_estimate("speed_eager"),
+        needs=CIFAR,
+    ),
+    Step(
         "cuda_tests",
         "the tests that skip themselves without CUDA",
         step_cuda_tests,
-        lambda c: 60.0,
+        cuda_tests_estimate,
         cuda_only=True,
         needs=(*CIFAR, TINY_IMAGENET),
     ),
     Step(
-        "speed",
-        "speed table (sdclr.bench), default and reduce-overhead",
-        step_speed,
-        lambda c: 8.0 if c.dry else 90.0,
+        "speed_compiled",
+        "speed, compiled (sdclr.bench): the rows that fit, each compile timed apart",
+        lambda c: step_speed(c, "speed_compiled"),
+        speed_estimate("speed_compiled"),
         needs=CIFAR,
     ),
     Step(
@@ -823,6 +1316,13 @@ PLAN = [
         "SimCLR and SDCLR p90, CIFAR-10-LT split 1, full data, then probes",
         step_accuracy,
         accuracy_minimum,
+        needs=CIFAR,
+    ),
+    Step(
+        "speed_reduce_overhead",
+        "speed, compile mode reduce-overhead (CUDA graphs): the method rows that fit",
+        lambda c: step_speed(c, "speed_reduce_overhead"),
+        speed_estimate("speed_reduce_overhead"),
         needs=CIFAR,
     ),
     Step(
@@ -838,12 +1338,40 @@ assert tuple(STEP_BY_NAME) == STEPS
 
 
 def _fmt(v: Any, digits: int = 2) -> str:
-    return f"{v:.{digits}f}" if isinstance(v, (int, float)) else "-"
+    return f"{v:.{digits}f}" if isinstance(v, (int, float)) and not isinstance(v, bool) else "-"
+
+
+def speed_summary(r: dict[str, Any]) -> str:
+    """One cell of a speed step: epoch times, the ceiling, the compiles, what was left out."""
+    b = r.get("bench") or {}
+    parts = []
+    epochs = [
+        f"{label} {_fmt(b[row]['epoch_seconds'], 3)}"
+        for row, label in (
+            ("simclr", "SimCLR"),
+            ("sdclr_p90", "SDCLR"),
+            ("sdclr_p90_fused", "fused"),
+        )
+        if row in b
+    ]
+    if epochs:
+        parts.append("epoch s: " + ", ".join(epochs))
+    if "ceiling" in b:
+        parts.append(f"ceiling {_fmt(b['ceiling']['views_per_second'], 0)} views/s")
+    if b.get("setup", {}).get("compile"):
+        compiles = [f"{_fmt(b[m]['compile_seconds'], 1)}" for m in BENCH_METHODS if m in b]
+        if compiles:
+            parts.append("compile s: " + ", ".join(compiles))
+    if b and not b.get("finished"):
+        parts.append(f"PARTIAL: rows finished {', '.join(b.get('rows_done', [])) or 'none'}")
+    if r.get("not_planned"):
+        parts.append("not planned (budget): " + ", ".join(r["not_planned"]))
+    return "; ".join(parts)
 
 
 def summary(rec: dict[str, Any]) -> str:
     """One cell: what a step found, or why it did not run."""
-    if rec["status"] in ("skipped", "pending", "running"):
+    if rec["status"] in ("skipped", "pending"):
         return rec.get("reason", "")
     r = rec.get("results") or {}
     text = ""
@@ -854,22 +1382,24 @@ def summary(rec: dict[str, Any]) -> str:
             f"{r.get('cudnn')}, timm {r.get('timm')}; commit {r.get('commit')}; "
             f"device=auto: {r.get('auto_device')}"
         )
+    elif rec["name"] == "default_run" and r:
+        ran = r.get("ran") or {}
+        text = (
+            f"ran: {', '.join(f'{k} {v}' for k, v in ran.items()) or '-'}; "
+            f"{r.get('epochs_reached', 0)} epochs, steady epoch "
+            f"{_fmt(r.get('steady_epoch_seconds'), 2)} s, "
+            f"training compile {_fmt(r.get('compile_train_seconds'), 1)} s, first-epoch extra "
+            f"{_fmt(r.get('first_epoch_extra_seconds'), 1)} s, run start "
+            f"{_fmt(r.get('run_start_seconds'), 1)} s; linear "
+            f"{_fmt((r.get('linear') or {}).get('acc'))}, few-shot "
+            f"{_fmt((r.get('fewshot') or {}).get('acc'))}; job {r.get('job_status', '-')}"
+        )
     elif rec["name"] == "cuda_tests" and r:
         text = f"{r.get('summary')}: " + ", ".join(
             f"{k.split('::')[-1]} {v}" for k, v in r.get("outcomes", {}).items()
         )
-    elif rec["name"] == "speed" and "default" in r:
-        d = r["default"]
-        text = (
-            f"epoch s: SimCLR {_fmt(d['simclr']['epoch_seconds'], 3)}, SDCLR "
-            f"{_fmt(d['sdclr_p90']['epoch_seconds'], 3)}, fused "
-            f"{_fmt(d['sdclr_p90_fused']['epoch_seconds'], 3)}"
-        )
-        ro = r.get("reduce_overhead", {})
-        if "sdclr_p90" in ro:
-            text += f"; reduce-overhead SDCLR {_fmt(ro['sdclr_p90']['epoch_seconds'], 3)}"
-        elif ro:
-            text += f"; reduce-overhead {ro.get('status')}: {ro.get('reason')}"
+    elif rec["name"] in SPEED and r:
+        text = speed_summary(r)
     elif rec["name"] == "accuracy" and r:
         text = "; ".join(
             f"{m} {r[m].get('epochs_reached', 0)} epochs: linear "
@@ -888,7 +1418,16 @@ def summary(rec: dict[str, Any]) -> str:
         )
     if rec["status"] == "failed":
         text = f"**{rec.get('error', '')}**" + (f"; {text}" if text else "")
+    elif rec["status"] == "running":
+        text = "(running) " + text
     return text.replace("|", "/").replace("\n", " ")
+
+
+SPEED_TITLES = {
+    "speed_eager": "eager",
+    "speed_compiled": "compiled, default mode",
+    "speed_reduce_overhead": "compiled, reduce-overhead",
+}
 
 
 def markdown(record: dict[str, Any]) -> str:
@@ -908,10 +1447,27 @@ def markdown(record: dict[str, Any]) -> str:
             f"| {i} | {rec['name']} | {rec['status']} | {_fmt(rec.get('seconds'), 1)} | "
             f"{summary(rec)} |"
         )
+    costs = record.get("costs") or {}
+    if costs:
+        lines += [
+            "",
+            "Planner costs (s; measured x SAFETY, or the worst case assumed until measured): "
+            + ", ".join(
+                f"{k} {_fmt(v.get('plan_s'), 1)} ("
+                + (
+                    f"measured {_fmt(v['measured_s'], 1)} by {v['measured_by']}"
+                    if "measured_s" in v
+                    else "assumed"
+                )
+                + ")"
+                for k, v in costs.items()
+            ),
+        ]
     steps = {r["name"]: r.get("results") or {} for r in record.get("steps", [])}
-    for key, title in (("default", "default compile mode"), ("reduce_overhead", "reduce-overhead")):
-        if "table" in steps.get("speed", {}).get(key, {}):
-            lines += ["", f"## Speed ({title})", "", steps["speed"][key]["table"].strip()]
+    for step, title in SPEED_TITLES.items():
+        table = (steps.get(step, {}).get("bench") or {}).get("table")
+        if table:
+            lines += ["", f"## Speed ({title})", "", table.strip()]
     acc = steps.get("accuracy", {})
     if any(m in acc for m in METHODS):
         lines += [
@@ -983,7 +1539,13 @@ def prepare(folder: Path, data: Path, wheels: Path, classes: int = 40) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--budget", type=float, default=480.0, help="seconds for the whole plan")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=BUDGET_S,
+        help=f"seconds for the whole plan (default {BUDGET_S:.0f}: a {CALL_LIMIT_S:.0f}-s device "
+        f"call less {MARGIN_S:.0f} s of margin)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -1040,6 +1602,8 @@ def main(argv: list[str] | None = None) -> int:
     check.record = {
         "mode": "dry-run (CPU, toy sizes)" if args.dry_run else "gpu",
         "budget_s": args.budget,
+        "margin_s": MARGIN_S,
+        "order": list(STEPS),
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "commit": commit(data),
         "command": " ".join(

@@ -30,9 +30,17 @@ epoch and probe times are then extrapolated from the measured steps and marked s
 The warm-up (compilation, cuDNN autotuning, the short last batch's recompile) is timed apart
 from the steady state: each method row and the ceiling record ``warmup_seconds`` (wall time
 of the warm-up steps), ``first_step_seconds`` and ``compile_seconds`` (the warm-up less as
-many steady steps). ``--rows`` picks rows, ``--warmup`` / ``--steps`` / ``--probe-epochs`` set
-repetitions, ``--channels`` narrows the backbone (toy runs), ``--table`` writes the table as
-Markdown; ``scripts/gpu_check.py`` runs it that way.
+many steady steps). ``--rows`` picks row groups and ``--methods`` the method rows (SimCLR,
+SDCLR p90, fused, the ceiling), each run in the order given; ``--warmup`` / ``--steps`` /
+``--probe-epochs`` set repetitions, ``--channels`` narrows the backbone (toy runs), ``--table``
+writes the table as Markdown; ``--no-compile`` times the eager step where the default compiles
+(CUDA). ``scripts/gpu_check.py`` runs it that way.
+
+Every number is written the moment it is measured: after each row the JSON (and ``--table``)
+is rewritten whole (atomically), with ``finished`` false, ``rows_done`` (the rows so far) and
+``row_seconds`` (each row's wall time, compile included); a run stopped part-way (a time
+limit, SIGTERM, a crash in a later row) leaves the rows it finished. ``setup.load_seconds``
+is the start before the first row (config, data, the copy to the device).
 """
 
 from __future__ import annotations
@@ -66,6 +74,8 @@ METHOD_ROWS = {
     "sdclr_p90": "SDCLR p90 dual-BN",
     "sdclr_p90_fused": "SDCLR p90 dual-BN, fused branches",
 }
+# the rows of the ``methods`` group (``--methods``): the three methods and the model-only ceiling
+METHODS = (*METHOD_ROWS, "ceiling")
 
 
 class Timer:
@@ -525,8 +535,13 @@ def run_benchmark(
     warmup: int | None = None,
     probe_epochs: int | None = None,
     channels: list[int] | None = None,
+    methods: tuple[str, ...] = METHODS,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """The benchmark's results (the JSON); ``rows``: which row groups of :data:`ROWS`."""
+    """The benchmark's results (the JSON); ``rows``: which row groups of :data:`ROWS`, run in
+    the order given; ``methods``: which rows of the ``methods`` group (:data:`METHODS`), in
+    the order given. ``on_row`` receives the results so far after every finished row (with
+    ``finished`` false until the last), so a run stopped part-way still leaves its numbers."""
     from sdclr.config.compose import compose_config
     from sdclr.config.validate import validate
     from sdclr.data.arrays import load_arrays
@@ -535,6 +550,14 @@ def run_benchmark(
     from sdclr.utils.distributed import resolve_device
     from sdclr.utils.precision import step_settings
 
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        raise ValueError(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
+    if set(methods) - set(METHODS):
+        raise ValueError(
+            f"unknown methods {sorted(set(methods) - set(METHODS))}; choose from {METHODS}"
+        )
+    t_start = time.perf_counter()
     device = resolve_device("cpu" if quick and device_name == "auto" else device_name)
     batch = batch_size or (16 if quick else 512)
     overrides = [f"device={device}", f"pretrain.batch_size={batch}"]
@@ -576,14 +599,51 @@ def run_benchmark(
             f"(add --compile)",
             file=sys.stderr,
         )
+    settings = ctx["settings"]
+    # the setup first: a JSON written after the first row already says what ran
+    results: dict[str, Any] = {
+        "setup": {
+            "device": _device_name(device),
+            "device_type": device.type,
+            "torch": torch.__version__,
+            "commit": _commit(),
+            "batch_size": batch,
+            "images": len(d_i),
+            "steps_per_epoch": len(batches),
+            "precision": "bf16" if settings.amp_dtype else "fp32",
+            "channels_last": settings.channels_last,
+            "compile": settings.compile,
+            "compile_mode": settings.compile_mode,
+            "quick": quick,
+            "rows": list(rows),
+            "methods": list(methods) if "methods" in rows else [],
+            "warmup_steps": ctx["warmup"],
+            "timed_steps": ctx["timed_steps"],
+            "channels": ctx["channels"],
+            # config, data decoding (or its cache) and the copy to the device
+            "load_seconds": time.perf_counter() - t_start,
+            "command": "python -m sdclr.bench " + " ".join(sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        },
+        "finished": False,
+        "rows_done": [],  # the rows measured so far, in the order they finished
+        "row_seconds": {},  # each row's wall time: building, compiling, warm-up, timing
+        "recompile_limit_hit": [],  # rows in which dynamo fell back to eager anyway
+    }
+
+    def done(row: str, t0: float) -> None:
+        """A row finished: record it and hand the results so far on."""
+        results["rows_done"].append(row)
+        results["row_seconds"][row] = time.perf_counter() - t0
+        results["peak_memory_mb"] = _peak_memory_mb(device)
+        if on_row is not None:
+            on_row(results)
 
     # every row compiles its own models; dynamo's graph cache is per code object (timm's
     # ResNet.forward for all of them), so clear it between rows: otherwise the later rows
     # could reach the recompile limit and silently run eager
-    limit_hit: list[str] = []  # rows in which dynamo fell back to eager anyway
-
     def fresh(row: str, fn: Callable[[], Any]) -> Any:
-        if not ctx["settings"].compile:
+        if not settings.compile:
             return fn()
         from torch._dynamo.utils import counters
 
@@ -591,57 +651,47 @@ def run_benchmark(
         counters["unimplemented"].clear()
         out = fn()
         if _recompile_limit_hit():
-            limit_hit.append(row)
+            results["recompile_limit_hit"].append(row)
         return out
 
-    unknown = set(rows) - set(ROWS)
-    if unknown:
-        raise ValueError(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
-    results: dict[str, Any] = {}
-    if "methods" in rows:
-        results["simclr"] = fresh("simclr", lambda: _time_method(ctx, None))
-        results["sdclr_p90"] = fresh("sdclr_p90", lambda: _time_method(ctx, 0.9))
-        results["sdclr_p90_fused"] = fresh(
-            "sdclr_p90_fused", lambda: _time_method(ctx, 0.9, fuse=True)
-        )
-        results["ceiling"] = fresh("ceiling", lambda: _time_ceiling(ctx))
-        for name in METHOD_ROWS:
-            results[name]["fraction_of_ceiling"] = (
-                results[name]["views_per_second"] / results["ceiling"]["views_per_second"]
-            )
-    if "step_ratio" in rows:
-        results.update(fresh("step_ratio", lambda: _time_step_ratio(ctx)))
-    if "augmentation" in rows:
-        results["augmentation"] = fresh("augmentation", lambda: _time_views(ctx))
-    if "gradient_error" in rows and device.type == "cpu":
-        results["gradient_error"] = _gradient_error(ctx)
-    if "probe" in rows:
-        results["linear_probe"] = _time_probe(ctx, quick, probe_epochs)
-    if "loading_224" in rows:
-        results["loading_224"] = fresh("loading_224", lambda: _time_loading_224(ctx, quick))
-    results["recompile_limit_hit"] = limit_hit
-    results["peak_memory_mb"] = _peak_memory_mb(device)
-    settings = ctx["settings"]
-    results["setup"] = {
-        "device": _device_name(device),
-        "device_type": device.type,
-        "torch": torch.__version__,
-        "commit": _commit(),
-        "batch_size": batch,
-        "images": len(d_i),
-        "steps_per_epoch": len(batches),
-        "precision": "bf16" if settings.amp_dtype else "fp32",
-        "channels_last": settings.channels_last,
-        "compile": settings.compile,
-        "compile_mode": settings.compile_mode,
-        "quick": quick,
-        "rows": [r for r in ROWS if r in rows],
-        "warmup_steps": ctx["warmup"],
-        "timed_steps": ctx["timed_steps"],
-        "channels": ctx["channels"],
-        "command": "python -m sdclr.bench " + " ".join(sys.argv[1:]),
-        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    def ceiling_fractions() -> None:
+        if "ceiling" in results:
+            for name in METHOD_ROWS:
+                if name in results:
+                    results[name]["fraction_of_ceiling"] = (
+                        results[name]["views_per_second"] / results["ceiling"]["views_per_second"]
+                    )
+
+    timers: dict[str, Callable[[], Any]] = {
+        "simclr": lambda: _time_method(ctx, None),
+        "sdclr_p90": lambda: _time_method(ctx, 0.9),
+        "sdclr_p90_fused": lambda: _time_method(ctx, 0.9, fuse=True),
+        "ceiling": lambda: _time_ceiling(ctx),
     }
+    for group in rows:
+        if group == "methods":
+            for name in methods:
+                t0 = time.perf_counter()
+                results[name] = fresh(name, timers[name])
+                ceiling_fractions()
+                done(name, t0)
+            continue
+        if group == "gradient_error" and device.type != "cpu":
+            continue  # a CPU check: the GPU's kernels are other ones
+        t0 = time.perf_counter()
+        if group == "step_ratio":
+            results.update(fresh("step_ratio", lambda: _time_step_ratio(ctx)))
+        elif group == "augmentation":
+            results["augmentation"] = fresh("augmentation", lambda: _time_views(ctx))
+        elif group == "gradient_error":
+            results["gradient_error"] = _gradient_error(ctx)
+        elif group == "probe":
+            results["linear_probe"] = _time_probe(ctx, quick, probe_epochs)
+        elif group == "loading_224":
+            results["loading_224"] = fresh("loading_224", lambda: _time_loading_224(ctx, quick))
+        done(group, t0)
+    results["peak_memory_mb"] = _peak_memory_mb(device)
+    results["finished"] = True
     return results
 
 
@@ -661,24 +711,29 @@ def format_table(r: dict[str, Any], json_path: Path) -> str:
         "| measurement | value |",
         "|---|---:|",
     ]
+    # whichever method rows ran (all of them, or those finished so far in a partial file)
+    present = [(n, label) for n, label in METHOD_ROWS.items() if n in r]
+    for name, label in present:
+        m = r[name]
+        lines += [
+            f"| {label}: epoch seconds{ex if m['extrapolated'] else ''} | "
+            f"{m['epoch_seconds']:.3f} |",
+            f"| {label}: views/s | {m['views_per_second']:,.0f} |",
+        ]
+        if "fraction_of_ceiling" in m:
+            lines.append(
+                f"| {label}: fraction of model-only ceiling | {m['fraction_of_ceiling']:.2f} |"
+            )
     if "ceiling" in r:
-        for name, label in METHOD_ROWS.items():
-            m = r[name]
-            lines += [
-                f"| {label}: epoch seconds{ex if m['extrapolated'] else ''} | "
-                f"{m['epoch_seconds']:.3f} |",
-                f"| {label}: views/s | {m['views_per_second']:,.0f} |",
-                f"| {label}: fraction of model-only ceiling | {m['fraction_of_ceiling']:.2f} |",
-            ]
+        present.append(("ceiling", "model-only ceiling"))
         lines.append(f"| model-only ceiling: views/s | {r['ceiling']['views_per_second']:,.0f} |")
-        for name, label in (*METHOD_ROWS.items(), ("ceiling", "model-only ceiling")):
-            m = r[name]
-            if "warmup_seconds" in m:
-                lines.append(
-                    f"| {label}: warm-up, {m['warmup_steps']} steps (first step; beyond "
-                    f"steady state): seconds | {m['warmup_seconds']:.1f} "
-                    f"({m['first_step_seconds']:.1f}; {m['compile_seconds']:.1f}) |"
-                )
+    for name, label in present:
+        m = r[name]
+        lines.append(
+            f"| {label}: warm-up, {m['warmup_steps']} steps (first step; beyond "
+            f"steady state): seconds | {m['warmup_seconds']:.1f} "
+            f"({m['first_step_seconds']:.1f}; {m['compile_seconds']:.1f}) |"
+        )
     if "sdclr_step_over_two_plain" in r:
         lines += [
             f"| SDCLR step over two plain fwd+bwd passes | {r['sdclr_step_over_two_plain']:.3f} |",
@@ -722,6 +777,13 @@ def format_table(r: dict[str, Any], json_path: Path) -> str:
             "note: the fused branches are a CUDA speed option. On a CPU their grouped "
             "convolutions go through oneDNN, whose float32 backward is inexact on some CPUs "
             "(see the gradient-error row); their time here says nothing about a GPU.",
+        ]
+    if not r.get("finished", True):
+        planned = [*s.get("methods", []), *(g for g in s["rows"] if g != "methods")]
+        lines += [
+            "",
+            f"PARTIAL: {len(r.get('rows_done', []))} of {len(planned)} rows measured so far "
+            f"({', '.join(r.get('rows_done', [])) or 'none'}); the run stopped or is running",
         ]
     if r.get("recompile_limit_hit"):
         lines += [
@@ -778,6 +840,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"comma-separated row groups to run: all, or some of {', '.join(ROWS)}",
     )
     parser.add_argument(
+        "--methods",
+        default="all",
+        help=f"with the methods rows: comma-separated, run in this order: all, or some of "
+        f"{', '.join(METHODS)}",
+    )
+    parser.add_argument(
         "--probe-epochs",
         type=int,
         default=None,
@@ -795,6 +863,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` whole: a reader (or a kill) never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -803,10 +879,30 @@ def main(argv: list[str] | None = None) -> int:
     rows = ROWS if args.rows == "all" else tuple(r.strip() for r in args.rows.split(",") if r)
     if set(rows) - set(ROWS):
         parser.error(f"--rows: unknown {sorted(set(rows) - set(ROWS))}; choose from {ROWS}")
+    methods = (
+        METHODS
+        if args.methods == "all"
+        else tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    )
+    if set(methods) - set(METHODS) or not methods:
+        parser.error(f"--methods: some of {', '.join(METHODS)}, not {args.methods!r}")
     try:
         channels = [int(c) for c in args.channels.split(",")] if args.channels else None
     except ValueError:
         parser.error(f"--channels: comma-separated integers, not {args.channels!r}")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    paths: dict[str, Path] = {}
+
+    def write(r: dict[str, Any]) -> None:
+        """The JSON (and the table) rewritten whole after every row: a run stopped part-way
+        (a time limit, SIGTERM, a crash in a later row) leaves the rows it finished."""
+        if "out" not in paths:  # the default name needs the device, known once it started
+            paths["out"] = args.out or REPO / "outputs" / "bench" / (
+                f"bench-{r['setup']['device_type']}{'-quick' if args.quick else ''}-{stamp}.json"
+            )
+        _write_atomic(paths["out"], json.dumps(r, indent=2))
+        if args.table:
+            _write_atomic(args.table, format_table(r, paths["out"]) + "\n")
 
     try:
         r = run_benchmark(
@@ -820,21 +916,14 @@ def main(argv: list[str] | None = None) -> int:
             args.warmup,
             args.probe_epochs,
             channels,
+            methods,
+            on_row=write,
         )
     except SdclrError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = args.out or REPO / "outputs" / "bench" / (
-        f"bench-{r['setup']['device_type']}{'-quick' if args.quick else ''}-"
-        f"{time.strftime('%Y%m%d-%H%M%S')}.json"
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=2))
-    table = format_table(r, out)
-    if args.table:
-        args.table.parent.mkdir(parents=True, exist_ok=True)
-        args.table.write_text(table + "\n")
-    print(table)
+    write(r)
+    print(format_table(r, paths["out"]))
     return 0
 
 
