@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from omegaconf import DictConfig
 
 from sdclr.cli.job import Job, Plan, check_writable, plan_job, read_status, write_status
@@ -29,7 +30,13 @@ from sdclr.config.schema import register_configs
 from sdclr.config.validate import check_world_size, validate
 from sdclr.data.run_data import RunData, load_run_data
 from sdclr.errors import JobBusyError, SdclrError
-from sdclr.utils.distributed import init_from_env, is_main_process, resolve_device, world_size
+from sdclr.utils.distributed import (
+    env_rendezvous,
+    init_from_env,
+    is_main_process,
+    resolve_device,
+    world_size,
+)
 from sdclr.utils.io import CONF_DIR
 from sdclr.utils.joblock import JobLock, busy_message, holder
 from sdclr.utils.rng import seed_everything
@@ -50,8 +57,15 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
     validate(cfg)
     job_dir = Path(job_dir)
     check_writable(job_dir)
-    device = init_from_env(str(cfg.device)) or resolve_device(str(cfg.device))
+    device = init_from_env(str(cfg.device), float(cfg.distributed.timeout_min))
+    device = device or resolve_device(str(cfg.device))
     check_world_size(cfg, world_size())
+    if world_size() > 1 and is_main_process():
+        print(
+            f"process group: {world_size()} ranks over {dist.get_backend()}, collectives time "
+            f"out after {cfg.distributed.timeout_min:g} min (distributed.timeout_min)",
+            flush=True,
+        )
     # one writer per job directory: rank 0 holds it until the run ends, however it ends
     with JobLock(job_dir) if is_main_process() else nullcontext():
         seed_everything(cfg.seed)
@@ -149,6 +163,9 @@ def _hydra_job(cfg: DictConfig) -> None:
             },
         )
         print(f"interrupted: {e}", file=sys.stderr, flush=True)
+        # USR2 under submitit (hydra/launcher=slurm): its handler requeues the job, which
+        # resumes from the checkpoint just written, and exits
+        e.pass_on()
         sys.exit(128 + e.signum)
     except (SdclrError, Exception) as e:
         handled = isinstance(e, SdclrError)
@@ -198,27 +215,27 @@ def _precheck_output_dir(argv: list[str]) -> None:
         sys.exit(2)
 
 
-def _share_start_time(argv: list[str]) -> None:
-    """Under torchrun, join the process group before Hydra picks the job directory and give
-    every rank rank 0's start time, so they all use the same directory."""
+def _share_start_time() -> None:
+    """Under torchrun, give every rank rank 0's start time before Hydra picks the job
+    directory, so they all use the same directory. It goes through the rendezvous store;
+    the process group is made later, on the same store, once the config (and its
+    ``distributed.timeout_min``) is known."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or "SDCLR_RUN_TIME" in os.environ:
         return
     from datetime import datetime
 
-    import torch.distributed as dist
-
-    device = next((a.split("=", 1)[1] for a in argv if a.startswith("device=")), "auto")
-    init_from_env(device)
-    stamp = [datetime.now().isoformat()]
-    dist.broadcast_object_list(stamp, src=0)
-    os.environ["SDCLR_RUN_TIME"] = stamp[0]
+    store, rank, _ = env_rendezvous()
+    key = "sdclr/run_time"
+    if rank == 0:
+        store.set(key, datetime.now().isoformat())
+    os.environ["SDCLR_RUN_TIME"] = store.get(key).decode()  # waits for rank 0's
 
 
 def main() -> None:
     import hydra
 
     _precheck_output_dir(sys.argv[1:])
-    _share_start_time(sys.argv[1:])
+    _share_start_time()
     register_configs()
     entry = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(
         _hydra_job

@@ -29,6 +29,7 @@ NON_RESULT_KEYS = (
     "stage",
     "resume",
     "device",
+    "distributed",
     "linear.eval_batch_size",
     "fewshot.eval_batch_size",
     # the kNN monitor and the diagnostics measure in eval mode without a random draw

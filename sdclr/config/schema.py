@@ -255,6 +255,15 @@ class ResumeConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """torchrun / multi-task SLURM jobs (nothing here matters in one process)."""
+
+    # minutes a collective may wait before the process group aborts the job: rank 0 alone
+    # runs the probes and writes checkpoints while the others wait (NCCL's default is 10)
+    timeout_min: float = 60.0
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -277,9 +286,11 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: ResumeConfig = field(default_factory=ResumeConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Step numerics; null/auto = by device: bf16 autocast, channels_last and torch.compile on
-    # CUDA (compile not under torchrun), float32 without compile on CPU.
+    # CUDA (compile not under torchrun, where compile=true is refused), float32 without
+    # compile on CPU.
     precision: str = "auto"  # auto | fp32 | bf16
     channels_last: bool | None = None
     compile: bool | None = None
@@ -301,7 +312,9 @@ def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="sdclr_schema", node=Config)
     OmegaConf.register_new_resolver("method_slug", slug, replace=True)
-    OmegaConf.register_new_resolver("sdclr_now", _run_time, replace=True)
+    # cached: the job directory keeps the time it was first resolved at, also where the
+    # config is composed again from its pickle (a submitit job on its node, and requeued)
+    OmegaConf.register_new_resolver("sdclr_now", _run_time, replace=True, use_cache=True)
     OmegaConf.register_new_resolver("sdclr_if_pruned", _if_pruned, replace=True)
 
 

@@ -343,12 +343,19 @@ def _check_runtime(cfg: DictConfig) -> None:
         "device",
         f"must be auto, cpu, cuda or cuda:N, got '{dev}'",
     )
+    t = cfg.distributed.timeout_min
+    _check(
+        t > 0 and math.isfinite(t),
+        "distributed.timeout_min",
+        f"must be a positive number of minutes, got {t}",
+    )
 
 
 def check_world_size(cfg: DictConfig | Config, world: int) -> None:
     """MoCo and BYOL run in one process: their momentum network, queue and predictor are not
     synchronised across torchrun ranks (SimCLR / SDCLR are). The global batch is split into
-    equal chunks, one per rank."""
+    equal chunks, one per rank. torch.compile is refused under torchrun (SyncBatchNorm
+    breaks its graph), as is the fused pass."""
     bs = cfg.pretrain.batch_size
     _check(
         bs % world == 0,
@@ -361,6 +368,13 @@ def check_world_size(cfg: DictConfig | Config, world: int) -> None:
         "fuse_branches",
         f"the fused pass runs in one process only (torchrun started {world}): its batch norm "
         f"is not synchronised across ranks; set fuse_branches=false under torchrun",
+    )
+    _check(
+        world == 1 or not cfg.compile,
+        "compile",
+        f"torch.compile does not run under torchrun (torchrun started {world}): synchronised "
+        f"batch norm breaks the compiled graph (pytorch#161302); set compile=false, or leave "
+        f"it unset (compile=null turns it off under torchrun)",
     )
     _check(
         world == 1 or cfg.method.name == "simclr",

@@ -4,6 +4,12 @@ A cheap, training-free read-out of representation quality: label the test images
 similarity-weighted vote of their k nearest training features. Unlike the linear probe it
 needs no optimisation, so it can run every few epochs during pretraining. Results are broken
 down by Many / Medium / Few exactly as the probes are (:func:`sdclr.eval.metrics.summarize`).
+
+Under torchrun the monitor is shared: each rank encodes its share of the bank and of the
+queries (whole batches of the single-process run, so every feature is computed on the same
+batch as there), rank 0 gathers them, votes and sends the result to the others. On
+ImageNet-LT-exp the bank is the whole pool (1.26 M images): one rank encoding it alone
+while the others wait would outlast the process group's timeout.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from sdclr.data.banks import FileImages, TensorImages, as_images
 from sdclr.eval.features import EvalSettings, extract_bank_features
 from sdclr.eval.metrics import summarize
 from sdclr.models.contrastive import evaluating
+from sdclr.utils.distributed import broadcast_object, gather_rows, rank, world_size
 
 
 def _check_inputs(
@@ -140,6 +147,41 @@ def knn_evaluate(
     return result
 
 
+def rank_shares(n: int, batch_size: int, world: int) -> list[tuple[int, int]]:
+    """``[start, end)`` of each rank's share of ``n`` items: whole batches of
+    ``batch_size`` (the last one partial), as evenly as they go, rank 0 first. Rank 0's
+    share is empty only when ``n`` is 0."""
+    batches = -(-n // batch_size)
+    cuts = [min(-(-r * batches // world) * batch_size, n) for r in range(world + 1)]
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+@torch.no_grad()
+def shared_bank_features(
+    backbone: nn.Module,
+    bank: TensorImages | FileImages,
+    idx: Tensor,
+    settings: EvalSettings,
+) -> Tensor | None:
+    """:func:`sdclr.eval.features.extract_bank_features` of ``bank[idx]`` split over the
+    ranks (:func:`rank_shares`): rank 0 gets all the features, the other ranks None. Each
+    share is whole batches of the single-process pass, so every image is encoded in the same
+    batch as there and the features are the same, bit for bit. A collective under torchrun;
+    in one process the plain extraction."""
+    world, me = world_size(), rank()
+    if world == 1:
+        return extract_bank_features(backbone, bank, idx, settings)
+    if len(idx) == 0:  # on every rank alike, before any collective
+        raise ValueError("no images to extract features from")
+    settings = settings.sized_for(bank)
+    shares = rank_shares(len(idx), settings.batch_size, world)
+    start, end = shares[me]
+    mine = extract_bank_features(backbone, bank, idx[start:end], settings) if end > start else None
+    # rank 0 always has a share; the ranks without one learn the feature width from it
+    width = broadcast_object(int(mine.shape[1]) if me == 0 else None)
+    return gather_rows(mine, [e - s for s, e in shares], width, bank.device)
+
+
 @torch.no_grad()
 def knn_monitor(
     backbone: nn.Module,
@@ -159,7 +201,9 @@ def knn_monitor(
 
     Features are taken in eval mode (BN running statistics, as the probes use), and every
     submodule's train/eval flag is put back afterwards, so the monitor can be called in the
-    middle of pretraining without disturbing it.
+    middle of pretraining without disturbing it. Under torchrun every rank must call it: the
+    ranks share the encoding (:func:`shared_bank_features`), rank 0 votes, and every rank
+    returns its result, the same as one process computes.
     """
     bank, test = as_images(bank_images), as_images(test_images)
     settings = settings.sized_for(bank)
@@ -168,16 +212,19 @@ def knn_monitor(
     test_idx = torch.arange(len(test), device=bank.device)
     with evaluating(backbone):
         feats = [
-            extract_bank_features(backbone, b, idx, settings)
+            shared_bank_features(backbone, b, idx, settings)
             for b, idx in ((bank, bank_idx), (test, test_idx))
         ]
-    return knn_evaluate(
-        feats[0],
-        bank_labels,
-        feats[1],
-        test_labels,
-        settings.num_classes,
-        settings.groups,
-        k,
-        temperature,
-    )
+    result = None
+    if rank() == 0:
+        result = knn_evaluate(
+            feats[0],
+            bank_labels,
+            feats[1],
+            test_labels,
+            settings.num_classes,
+            settings.groups,
+            k,
+            temperature,
+        )
+    return broadcast_object(result)

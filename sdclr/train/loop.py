@@ -11,9 +11,10 @@ every loss. At every epoch start the mask is recomputed and the temperature set 
 or ``temperature.schedule=cosine``); with ``boost=true`` (BCL) the per-sample losses of every
 step update a loss memory indexed by dataset position, turned into per-sample strengths at
 the next epoch start (0 in the first epoch) that drive the boosted augmentation of both
-views. The kNN monitor and the diagnostics (:mod:`sdclr.eval.monitor`) run at epoch ends on
-rank 0. What a checkpoint keeps is :class:`sdclr.train.state.TrainState`; the step's parts
-are in :mod:`sdclr.train.step`.
+views. The kNN monitor and the diagnostics (:mod:`sdclr.eval.monitor`) run at epoch ends: the
+diagnostics on rank 0, the kNN monitor on every rank, each encoding its share of the bank.
+What a checkpoint keeps is :class:`sdclr.train.state.TrainState`; the step's parts are in
+:mod:`sdclr.train.step`.
 """
 
 from __future__ import annotations
@@ -160,12 +161,12 @@ def pretrain(
                 log(record, state.step, kind)
 
     if knn is not None and state.epoch == 0 and not state.knn:
-        # the curve's start: the encoder at its random initialisation, before any step
-        if rank == 0:
-            entry = {"epoch": 0, **knn(model.backbone)}
-            state.knn.append(entry)
-            emit(entry, "knn")
-        barrier()
+        # the curve's start: the encoder at its random initialisation, before any step. Under
+        # torchrun every rank encodes its share of the bank and gets rank 0's result
+        # (sdclr.eval.knn), so no rank waits alone for the whole pool's encoding
+        entry = {"epoch": 0, **knn(model.backbone)}
+        state.knn.append(entry)
+        emit(entry, "knn")
     bar = progress_bar(
         range(state.epoch, p.epochs),
         desc="pretrain",
@@ -250,12 +251,10 @@ def pretrain(
             record["momentum"] = float(method.momentum)
         emit(record)
         done = epoch + 1
-        if knn is not None and knn.due(done):
-            if rank == 0:  # the others wait at the barrier
-                entry = {"epoch": done, **knn(model.backbone)}
-                state.knn.append(entry)
-                emit(entry, "knn")
-            barrier()
+        if knn is not None and knn.due(done):  # on every rank, each encoding its share
+            entry = {"epoch": done, **knn(model.backbone)}
+            state.knn.append(entry)
+            emit(entry, "knn")
         if diag is not None and diag.due(done):
             if rank == 0:
                 entry = diag(model, method, done)

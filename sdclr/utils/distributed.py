@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
+from datetime import timedelta
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
 from sdclr.errors import ConfigError
+
+# The schema's default for distributed.timeout_min: generous, because rank 0 alone runs the
+# probes and writes checkpoints while the other ranks wait in a collective (NCCL's own
+# default, 10 minutes, aborts the job when that takes longer).
+DEFAULT_TIMEOUT_MIN = 60.0
 
 
 def is_distributed() -> bool:
@@ -129,11 +138,26 @@ def convert_sync_batchnorm(module: torch.nn.Module, device: torch.device) -> tor
     return module
 
 
-def init_from_env(device_name: str) -> torch.device | None:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); returns this rank's
-    device, or None when not launched by torchrun."""
-    import os
+_RENDEZVOUS: dict[str, Any] = {}  # the process's env:// store, rank and world size
 
+
+def env_rendezvous() -> tuple[dist.Store, int, int]:
+    """The key-value store, rank and world size of the ``env://`` rendezvous torchrun (or
+    submitit, :func:`init_from_env`) describes, made once per process. The runner shares its
+    start time through this store before the config is composed, and the process group is
+    then built on the same store with the configured timeout."""
+    if "store" not in _RENDEZVOUS:
+        store, rank, world = next(dist.rendezvous("env://"))
+        _RENDEZVOUS.update(store=store, rank=rank, world=world)
+    return _RENDEZVOUS["store"], _RENDEZVOUS["rank"], _RENDEZVOUS["world"]
+
+
+def init_from_env(
+    device_name: str, timeout_min: float = DEFAULT_TIMEOUT_MIN
+) -> torch.device | None:
+    """Join the process group torchrun describes (WORLD_SIZE > 1) with collectives that time
+    out after ``timeout_min`` minutes (``distributed.timeout_min``); returns this rank's
+    device, or None when not launched by torchrun."""
     if "WORLD_SIZE" not in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         # a multi-task SLURM job started by submitit (hydra/launcher=slurm): derive the
         # torch.distributed variables (RANK, WORLD_SIZE, MASTER_ADDR, ...) from SLURM's
@@ -147,12 +171,54 @@ def init_from_env(device_name: str) -> torch.device | None:
         return None
     use_cuda = torch.cuda.is_available() and device_name != "cpu"
     if not is_distributed():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        # what init_process_group("env://") does, on the store the start time went through
+        store, rank, world = env_rendezvous()
+        timeout = timedelta(minutes=float(timeout_min))
+        store.set_timeout(timeout)
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo",
+            store=dist.PrefixStore("default_pg", store),
+            rank=rank,
+            world_size=world,
+            timeout=timeout,
+        )
     if use_cuda:
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return torch.device("cpu")
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """``obj`` of rank ``src`` on every rank (a collective: call it on all); as it is in one
+    process."""
+    if not is_distributed() or world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_rows(
+    rows: torch.Tensor | None, counts: list[int], width: int, device: torch.device
+) -> torch.Tensor | None:
+    """Rank 0 gets the rows of every rank stacked in rank order, ``counts[r]`` rows of
+    ``width`` float32 columns from rank r (``rows`` None where it has none); the other ranks
+    get None. A collective: every rank calls it with the same ``counts`` and ``width``.
+    ``gather`` (not ``all_gather``) so that only rank 0 holds the whole stack."""
+    if not is_distributed() or world_size() == 1:
+        return rows
+    world, me = world_size(), rank()
+    most = max(counts)
+    send = torch.zeros(most, width, dtype=torch.float32, device=device)  # equal sizes
+    if rows is not None and len(rows):
+        send[: len(rows)] = rows
+    if me != 0:
+        dist.gather(send, None, dst=0)
+        return None
+    received = torch.empty(world, most, width, dtype=torch.float32, device=device)
+    dist.gather(send, list(received.unbind(0)), dst=0)
+    return torch.cat([received[r, :n] for r, n in enumerate(counts)])
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -31,6 +31,8 @@ from sdclr.errors import ConfigError
         ("linear.lrs=[0.1,0.1]", "linear.lrs"),
         ("fewshot.lrs=[1,-1]", "fewshot.lrs"),
         ("stage=pretrain stage.random_init=true", "stage.random_init"),
+        ("distributed.timeout_min=0", "distributed.timeout_min"),
+        ("distributed.timeout_min=-5", "distributed.timeout_min"),
     ],
 )
 def test_out_of_range_values_name_the_key(override, key):
@@ -90,3 +92,14 @@ def test_moco_and_byol_refuse_torchrun():
             check_world_size(compose_config([f"method={name}"]), 2)
         check_world_size(compose_config([f"method={name}"]), 1)
     check_world_size(compose_config([]), 2)
+
+
+def test_compile_true_is_refused_under_torchrun_in_one_line():
+    check_world_size(compose_config(["compile=true"]), 1)
+    check_world_size(compose_config(["compile=false"]), 2)
+    check_world_size(compose_config([]), 2)  # compile=null: off under torchrun by itself
+    with pytest.raises(ConfigError) as caught:
+        check_world_size(compose_config(["compile=true"]), 2)
+    message = str(caught.value)
+    assert message.startswith("config key 'compile': ") and "\n" not in message
+    assert "torchrun" in message and "set compile=false" in message

@@ -1,4 +1,6 @@
-"""torchrun on the CPU (gloo, 2 processes) runs and resumes the suite end to end."""
+"""torchrun on the CPU (gloo, 2 processes) runs and resumes the suite end to end; the kNN
+monitor, shared over the ranks, gives the single process's numbers; the configured
+collective timeout is announced; compile=true is refused before any work."""
 
 from __future__ import annotations
 
@@ -6,12 +8,11 @@ import json
 import subprocess
 import sys
 
-from runs import TINY, ok
+from runs import TINY, ok, sdclr
 
 
-def test_torchrun_pretrain_probe_and_resume(tmp_path, env):
-    job = tmp_path / "job"
-    cmd = [
+def torchrun(*args: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "torch.distributed.run",
@@ -20,15 +21,27 @@ def test_torchrun_pretrain_probe_and_resume(tmp_path, env):
         "-m",
         "sdclr",
         *TINY,
-        f"hydra.run.dir={job}",
+        *args,
     ]
-    ok(
+
+
+def test_torchrun_pretrain_probe_and_resume(tmp_path, env):
+    job = tmp_path / "job"
+    cmd = torchrun("distributed.timeout_min=45", f"hydra.run.dir={job}")
+    out = ok(
         subprocess.run(
             [*cmd, "stage=pretrain"], capture_output=True, text=True, env=env, timeout=600
         )
     )
+    assert "process group: 2 ranks over gloo, collectives time out after 45 min" in out.stdout
     m = json.loads((job / "metrics.json").read_text())
     assert m["pretrain"]["epochs"] == 2 and "linear" not in m
+    # the kNN monitor at the random initialisation: each rank encoded its share of the pool
+    # and of the test set, and the curve's first point is the single process's
+    single = tmp_path / "single"
+    ok(sdclr([*TINY, "stage=pretrain", "pretrain.epochs=1", f"hydra.run.dir={single}"], env))
+    alone = json.loads((single / "metrics.json").read_text())["pretrain"]["knn"]
+    assert m["pretrain"]["knn"] == alone and alone[0]["epoch"] == 0
     # the same job continued with stage=all: the finished pretrain is not redone
     out = ok(
         subprocess.run([*cmd, "stage=all"], capture_output=True, text=True, env=env, timeout=600)
@@ -37,3 +50,20 @@ def test_torchrun_pretrain_probe_and_resume(tmp_path, env):
     m = json.loads((job / "metrics.json").read_text())
     assert {"pretrain", "linear", "fewshot"} <= set(m)
     assert json.loads((job / "status.json").read_text())["status"] == "completed"
+
+
+def test_torchrun_refuses_compile_true_before_any_work(tmp_path, env):
+    job = tmp_path / "job"
+    out = subprocess.run(
+        torchrun("compile=true", f"hydra.run.dir={job}"),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert out.returncode != 0
+    errors = {line for line in out.stderr.splitlines() if line.startswith("error:")}
+    assert len(errors) == 1, out.stderr[-3000:]  # the same line from each rank
+    (line,) = errors
+    assert line.startswith("error: config key 'compile': ") and "set compile=false" in line
+    assert not (job / "checkpoints").exists()

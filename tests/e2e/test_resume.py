@@ -1,10 +1,12 @@
-"""Nothing lost: resume after SIGKILL / SIGTERM (at fixed and random points of pretraining,
-and during a probe) gives the uninterrupted result; config drift,
-non-finite losses and failing sweep jobs are handled without touching earlier results."""
+"""Nothing lost: resume after SIGKILL / SIGTERM / SIGUSR2 (at fixed and random points of
+pretraining, and during a probe), and a requeue by submitit after SLURM's USR2 warning, give
+the uninterrupted result; config drift, non-finite losses and failing sweep jobs are handled
+without touching earlier results."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -85,19 +87,73 @@ def test_sigkill_at_an_arbitrary_step_then_resume_gives_the_same_result(referenc
     assert_same_result(reference, job)
 
 
-def test_sigterm_checkpoints_mid_epoch_and_resumes_exactly(reference, tmp_path, env):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2], ids=["SIGTERM", "SIGUSR2"])
+def test_a_stop_signal_checkpoints_mid_epoch_and_resumes_exactly(sig, reference, tmp_path, env):
+    """SIGTERM (preemption, scancel) and SIGUSR2 (SLURM's warning before the time limit,
+    conf/hydra/launcher/slurm.yaml; without submitit nobody requeues, so it stops like TERM)."""
     job = tmp_path / "job"
     proc = start(job, env)
     wait_for_epoch(job, proc, 1)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "SIGTERM received" in err and "resume" in err and "Traceback" not in err
+    assert proc.returncode == 128 + sig, err
+    assert f"{sig.name} received" in err and "resume" in err and "Traceback" not in err
     status = json.loads((job / "status.json").read_text())
     assert status["status"] == "interrupted"
     ckpt = torch.load(job / "checkpoints" / "pretrain.pt", weights_only=False)
     assert ckpt["finished"] is False
-    ok(sdclr([*RUN, f"hydra.run.dir={job}"], env))
+    out = ok(sdclr([*RUN, f"hydra.run.dir={job}"], env))
+    assert "pretrain" in out.stdout
+    assert json.loads((job / "metrics.json").read_text())["pretrain"]["resumed"] is True
+    assert_same_result(reference, job)
+
+
+def test_usr2_under_submitit_checkpoints_then_requeues_and_the_job_resumes(
+    reference, tmp_path, env
+):
+    """The SLURM path (conf/hydra/launcher/slurm.yaml) with submitit's local executor: the
+    same launcher, job pickle, USR2 handler and checkpoint-and-requeue protocol, with the
+    local controller restarting the task where SLURM would requeue it (no cluster here). The
+    sweep directory has a microsecond timestamp, so a task that composed its job directory
+    anew (at its own start, or at the requeue) would miss the checkpoint."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    root = tmp_path / "sweep"
+    master = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sdclr",
+            "-m",
+            "hydra/launcher=submitit_local",
+            f"hydra.sweep.dir={root}/${{sdclr_now:%H-%M-%S-%f}}",
+            *RUN,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+
+    def job_dir() -> Path | None:
+        found = list(root.glob("*/0_*/checkpoints"))
+        return found[0].parent if found else None
+
+    wait_until(master, lambda: job_dir() is not None)
+    job = job_dir()
+    wait_for_epoch(job, master, 1)
+    task = json.loads((job / ".lock").read_text())["pid"]  # the submitit task running the job
+    os.kill(task, signal.SIGUSR2)
+    out, err = master.communicate(timeout=600)
+    assert master.returncode == 0, (out[-3000:], err[-3000:])
+    assert [p.name for p in root.iterdir()] == [job.parent.name]  # the master's sweep dir
+    logs = "".join(p.read_text() for p in job.parent.glob(".submitit/*/*_0_log.*"))
+    interrupted = [line for line in logs.splitlines() if line.startswith("interrupted:")]
+    assert len(interrupted) == 1 and "SIGUSR2 received: stopped at epoch" in interrupted[0]
+    assert "Calling checkpoint method" in logs and "Requeued job" in logs
+    assert logs.count("Starting with JobEnvironment") >= 2  # the task ran again
+    metrics = json.loads((job / "metrics.json").read_text())
+    assert metrics["pretrain"]["resumed"] is True
+    assert json.loads((job / "status.json").read_text())["status"] == "completed"
     assert_same_result(reference, job)
 
 

@@ -1,4 +1,5 @@
-"""The weighted-kNN monitor: hand-checked votes, chunking, ties, metrics and a real backbone."""
+"""The weighted-kNN monitor: hand-checked votes, chunking, ties, metrics, a real backbone, and
+the monitor shared over two gloo ranks against one process."""
 
 from __future__ import annotations
 
@@ -7,9 +8,26 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.multiprocessing as mp
+from ranks import (
+    KNN_BATCH,
+    KNN_POOL,
+    KNN_QUERIES,
+    free_port,
+    knn_inputs,
+    knn_monitor_of,
+    knn_worker,
+)
 
-from sdclr.eval.features import EvalSettings
-from sdclr.eval.knn import _topk_lowest_index_ties, knn_evaluate, knn_monitor, knn_predict
+from sdclr.data.banks import as_images
+from sdclr.eval.features import EvalSettings, extract_bank_features
+from sdclr.eval.knn import (
+    _topk_lowest_index_ties,
+    knn_evaluate,
+    knn_monitor,
+    knn_predict,
+    rank_shares,
+)
 from sdclr.models.backbone import create_backbone
 
 GROUPS3 = {"many": [0], "medium": [1], "few": [2]}
@@ -189,3 +207,40 @@ def test_monitor_on_a_tiny_resnet_restores_the_mode(training):
     assert result["k"] == 5 and set(result) >= {"many", "medium", "few", "std", "groups"}
     # no_grad is scoped to the call
     assert torch.is_grad_enabled()
+
+
+def test_rank_shares_are_whole_batches_in_order_with_rank_0_first():
+    for n, batch, world in [(37, 8, 2), (5, 8, 2), (1, 4, 3), (64, 8, 4), (65, 8, 4), (0, 8, 2)]:
+        shares = rank_shares(n, batch, world)
+        assert len(shares) == world
+        assert shares[0][0] == 0 and shares[-1][1] == n
+        assert all(a[1] == b[0] for a, b in zip(shares, shares[1:]))  # contiguous, in order
+        assert all(s % batch == 0 for s, e in shares if e > s)  # each share starts a batch
+        sizes = [-(-(e - s) // batch) for s, e in shares]  # batches per rank
+        assert max(sizes) - min(sizes) <= 1 and (n == 0 or shares[0][1] > 0)
+
+
+def test_the_monitor_shared_over_two_gloo_ranks_equals_one_process():
+    """Each rank encodes its share of the pool and of the queries; rank 0's gathered features
+    are the single-process ones bit for bit, and every rank returns the single-process
+    result."""
+    out = mp.Manager().dict()
+    mp.spawn(knn_worker, args=(2, free_port(), out), nprocs=2, join=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks
+    try:
+        inputs = knn_inputs()
+        expected = knn_monitor_of(inputs)
+        feats = extract_bank_features(
+            inputs["backbone"].eval(),
+            as_images(inputs["bank_images"]),
+            inputs["bank_idx"],
+            inputs["settings"].sized_for(as_images(inputs["bank_images"])),
+        )
+    finally:
+        torch.set_num_threads(threads)
+    assert out["result0"] == expected and out["result1"] == expected
+    assert torch.equal(out["features0"], feats) and out["features1"] is None
+    # the work was split: rank 0 three of the five pool batches and the one query batch
+    assert out["encoded0"] == 3 * KNN_BATCH + KNN_QUERIES
+    assert out["encoded1"] == KNN_POOL - 3 * KNN_BATCH
