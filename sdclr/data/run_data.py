@@ -84,6 +84,7 @@ def _from_files(cfg, device: torch.device, progress: bool) -> RunData:
         test_idx = stratified_fraction(np.arange(len(data.test_y)), data.test_y, d.fraction)
     test_paths = [data.test_paths[i] for i in test_idx]
     if d.cache_size is not None:
+        check_cache_fits(len(data.train_paths) + len(test_paths), int(d.cache_size), device)
         # decode only what the run can touch; a smaller fraction re-uses nothing, on purpose
         subsets = ("pool", "val", "D_i", "D_b", "S_b")
         used = np.unique(np.concatenate([split.subset(s) for s in subsets]))
@@ -108,6 +109,47 @@ def _from_files(cfg, device: torch.device, progress: bool) -> RunData:
         data.fingerprint,
         data.labelled,
     )
+
+
+# What the resized cache may take of the memory free when the run starts: the rest is left to
+# the model, its activations, the optimiser and the augmentation's buffers.
+CACHE_SHARE = 0.75
+
+
+def free_memory_bytes(device: torch.device) -> int:
+    """Memory free for new tensors on ``device``: the GPU's free memory, or the host's
+    available memory (MemAvailable) for the CPU."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+
+
+def check_cache_fits(
+    images: int, size: int, device: torch.device, free_bytes: int | None = None
+) -> None:
+    """Refuse, before anything is decoded, a resized cache of ``images`` uint8 images of
+    ``size`` x ``size`` px that would take more than CACHE_SHARE of the memory free on
+    ``device`` (``free_bytes``: that memory, measured when None)."""
+    need = images * 3 * size * size
+    free = free_memory_bytes(device) if free_bytes is None else int(free_bytes)
+    limit = int(CACHE_SHARE * free)
+    if need > limit:
+        where = "GPU" if device.type == "cuda" else "host"
+        raise ConfigError(
+            f"config key 'data.cache_size': a {size}-px cache of {images:,} images takes "
+            f"{need / 2**30:.1f} GiB on the {device.type} device, over the limit of "
+            f"{limit / 2**30:.1f} GiB ({CACHE_SHARE:.0%} of the {free / 2**30:.1f} GiB {where} "
+            f"memory free); decode per batch instead (data.cache_size=null) or set a smaller "
+            f"data.cache_size"
+        )
 
 
 def _resized_cache(
