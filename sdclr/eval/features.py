@@ -52,9 +52,13 @@ class EvalSettings:
 
 def encode(backbone: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) -> torch.Tensor:
     """Float32 features of the normalised images ``x`` (the probe's linear layer trains in
-    float32; the backbone may run in ``amp_dtype`` or in its own dtype)."""
+    float32; the backbone may run in ``amp_dtype`` or in its own dtype), in a tensor of the
+    caller's own: under CUDA graphs a compiled backbone's output is overwritten by its next
+    replay, and the chunks' features are kept until all are encoded."""
     with autocast(x.device.type, amp_dtype):
-        return backbone(x.to(input_dtype(backbone))).float()
+        out = backbone(x.to(input_dtype(backbone)))
+    feats = out.float()
+    return feats.clone() if feats is out else feats
 
 
 @torch.no_grad()

@@ -29,7 +29,7 @@ from sdclr.data.banks import FileImages, TensorImages
 from sdclr.eval.features import EvalSettings
 from sdclr.eval.knn import knn_monitor
 from sdclr.models.contrastive import evaluating
-from sdclr.utils.precision import autocast, input_dtype, upcast_half
+from sdclr.utils.precision import autocast, input_dtype, owned_upcast
 
 GROUPS = ("many", "medium", "few")
 
@@ -144,9 +144,10 @@ class Diagnostics:
             for x in self.bank.batches(chunks):
                 v = e.view(x).to(dtype)
                 with autocast(v.device.type, e.amp_dtype):
-                    dense.append(upcast_half(model(v, branch=0)))
+                    # copies: CUDA graphs overwrite a compiled model's output at its next call
+                    dense.append(owned_upcast(model(v, branch=0)))
                     if pruned:
-                        sparse.append(upcast_half(model(v, branch=branch, masks=method.masks)))
+                        sparse.append(owned_upcast(model(v, branch=branch, masks=method.masks)))
         return torch.cat(dense), (torch.cat(sparse) if pruned else None)
 
     def _per_class_mean(self, values: torch.Tensor, labels: torch.Tensor) -> list[float | None]:

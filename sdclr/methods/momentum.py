@@ -53,11 +53,13 @@ from sdclr.utils.precision import upcast_half
 
 def momentum_copy(model: nn.Module) -> nn.Module:
     """A frozen deepcopy of ``model``; submodules compiled in the online model (``.compile()``,
-    as the loop's ``prepare_model`` does) are compiled in the copy too (deepcopy drops it)."""
+    as the loop's ``prepare_model`` does) are compiled in the copy too (deepcopy drops it), in
+    the online model's mode (``compile_mode``, which ``prepare_model`` records)."""
     copied = copy.deepcopy(model)
+    mode = getattr(model, "compile_mode", None) or "default"
     for (_, src), (_, dst) in zip(model.named_modules(), copied.named_modules()):
         if getattr(src, "_compiled_call_impl", None) is not None:
-            dst.compile()
+            dst.compile(mode=mode)
     for p in copied.parameters():
         p.requires_grad_(False)
     return copied

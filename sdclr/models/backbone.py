@@ -1,8 +1,11 @@
-"""Encoders: timm ResNets with an optional CIFAR stem, projection heads, and dual BN.
+"""Encoders: timm ResNets with an optional CIFAR stem, projection heads, dual BN and branch
+convolutions.
 
 Dual BN keeps two independent copies (affine parameters and running statistics) of every
 batch-norm layer: copy 0 serves the dense branch, copy 1 the pruned branch of SDCLR. All
-other weights are shared.
+other weights are shared. Every convolution is a :class:`BranchConv2d`, which multiplies its
+weight by the self-competitor's mask on the pruned branch inside its own forward (so inside
+the compiled graph).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import copy
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from sdclr.errors import ConfigError
@@ -77,7 +81,89 @@ def projection_head(in_dim: int, depth: int, out_dim: int = 128) -> nn.Sequentia
     return nn.Sequential(*layers)
 
 
-PAIR = -1  # DualBatchNorm.branch for the fused pass: both copies, side by side
+PAIR = -1  # DualBatchNorm / BranchConv2d .branch for the fused pass: both, side by side
+DENSE, PRUNED = 0, 1  # BranchConv2d.branch: the dense weight, or the weight times its mask
+
+
+class BranchConv2d(nn.Conv2d):
+    """A Conv2d (same parameters, same state-dict keys) that serves SDCLR's branches.
+
+    ``branch`` DENSE uses the weight; PRUNED the weight times ``mask`` (a non-persistent
+    buffer in the weight's dtype, bound by :func:`set_conv_masks` to the self-competitor's
+    mask tensor, which is refreshed in place); PAIR (the fused pass) the weights
+    ``[w | w * mask]`` over twice the groups, so the dense and pruned inputs stacked along the
+    channels each meet their own weights. The product is computed in this forward, inside a
+    compiled backbone's graph, from the parameters and the mask buffer, whose storage stays put
+    from step to step: nothing fresh enters the compiled graph at every call (CUDA graphs then
+    need no re-recording).
+
+    ``unit_stride``: a 1x1, unpadded, strided conv computed as a stride-1 conv of every s-th
+    pixel: the same values through other kernels. The CPU runs ask for it (see
+    :func:`sdclr.train.step.prepare_model`): oneDNN's float32 / bf16 weight-gradient kernel of
+    a strided 1x1 conv with fewer than 16 channels, channels_last, an odd batch and more than
+    one thread writes out of bounds on AVX-512 CPUs (torch 2.13-2.14, oneDNN 3.12;
+    scripts/onednn_strided_pointwise_crash.py reproduces it)."""
+
+    branch: int = DENSE
+    unit_stride: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w, b, groups = self.weight, self.bias, self.groups
+        mask = self.mask
+        if self.branch == PRUNED and mask is not None:
+            w = w * mask
+        elif self.branch == PAIR:
+            w = torch.cat([w, w * mask if mask is not None else w])
+            b = torch.cat([b, b]) if b is not None else None
+            groups *= 2
+        stride, padding = self.stride, self.padding
+        if self.padding_mode != "zeros":
+            x = F.pad(x, self._reversed_padding_repeated_twice, mode=self.padding_mode)
+            padding = 0
+        if self.unit_stride:
+            x = x[:, :, :: stride[0], :: stride[1]]
+            stride = 1
+        return F.conv2d(x, w, b, stride, padding, self.dilation, groups)
+
+
+def convert_branch_convs(module: nn.Module) -> nn.Module:
+    """Every Conv2d of ``module`` becomes a :class:`BranchConv2d` in place (the same object,
+    parameters and names; a mask buffer, empty, that no state dict holds)."""
+    for m in module.modules():
+        if type(m) is nn.Conv2d:
+            m.__class__ = BranchConv2d
+            m.register_buffer("mask", None, persistent=False)
+    return module
+
+
+def branch_convs(module: nn.Module) -> list[tuple[str, BranchConv2d]]:
+    return [(n, m) for n, m in module.named_modules() if isinstance(m, BranchConv2d)]
+
+
+def set_conv_branch(module: nn.Module, branch: int) -> None:
+    for _, m in branch_convs(module):
+        m.branch = branch
+
+
+def set_conv_masks(module: nn.Module, masks: dict[str, torch.Tensor] | None) -> None:
+    """Bind each conv's mask buffer to ``masks[f"{conv name}.weight"]`` (no copy; the same
+    tensor as before is left alone, so its address, which a compiled graph may rely on, stays
+    the same), or unbind them all (None)."""
+    for name, m in branch_convs(module):
+        new = masks.get(f"{name}.weight") if masks else None
+        if m.mask is not new:
+            m.mask = new
+
+
+def use_unit_stride_pointwise(module: nn.Module) -> int:
+    """Switch every strided 1x1 unpadded :class:`BranchConv2d` to ``unit_stride``; returns how
+    many (the workaround of the oneDNN crash, see the class)."""
+    n = 0
+    for _, m in branch_convs(module):
+        if m.kernel_size == (1, 1) and m.padding == (0, 0) and m.stride != (1, 1):
+            m.unit_stride = True
+            n += 1
+    return n
 
 
 class DualBatchNorm(nn.Module):

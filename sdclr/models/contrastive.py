@@ -9,30 +9,38 @@ from contextlib import contextmanager
 
 import torch
 from torch import nn
-from torch.func import functional_call
 
 from sdclr.errors import ConfigError
 from sdclr.models.backbone import (
+    DENSE,
     PAIR,
+    PRUNED,
     DualBatchNorm,
+    convert_branch_convs,
     convert_dual_bn,
     create_backbone,
     feature_dim,
     pairable,
     projection_head,
     set_bn_branch,
+    set_conv_branch,
+    set_conv_masks,
 )
 
 
 class ContrastiveModel(nn.Module):
     """``forward(x, branch, masks)``: branch 0 is the dense network; branch 1 uses the second
     BN copy (dual BN) and, when ``masks`` is given, the conv weights multiplied by the mask.
-    The pruned weights are computed on the fly (weight * mask), so gradients from the pruned
-    branch reach the shared dense weights and the dense model itself is never zeroed."""
+    Every backbone conv is a :class:`sdclr.models.backbone.BranchConv2d`, which computes
+    weight * mask in its own forward: gradients from the pruned branch reach the shared dense
+    weights, the dense model itself is never zeroed, and a compiled backbone computes the
+    product inside its graph from the parameters and the mask buffers."""
+
+    compile_mode: str | None = None  # torch.compile's mode, once prepare_model compiled it
 
     def __init__(self, backbone: nn.Module, head: nn.Module, dual_bn: bool):
         super().__init__()
-        self.backbone = backbone
+        self.backbone = convert_branch_convs(backbone)
         self.head = head
         self.dual_bn = dual_bn
         if dual_bn:
@@ -44,14 +52,15 @@ class ContrastiveModel(nn.Module):
         if self.dual_bn:
             set_bn_branch(self, branch)
         if masks:
-            params = {name: getattr_path(self.backbone, name) * m for name, m in masks.items()}
-            feats = functional_call(self.backbone, params, (x,), strict=False)
-        else:
-            feats = self.backbone(x)
-        out = self.head(feats)
-        if self.dual_bn:
-            set_bn_branch(self, 0)  # evaluation and export always see the dense branch
-        return out
+            set_conv_masks(self.backbone, masks)
+            set_conv_branch(self.backbone, PRUNED)
+        try:
+            return self.head(self.backbone(x))
+        finally:  # evaluation and export always see the dense branch
+            if masks:
+                set_conv_branch(self.backbone, DENSE)
+            if self.dual_bn:
+                set_bn_branch(self, 0)
 
     def forward_pair(
         self,
@@ -61,25 +70,17 @@ class ContrastiveModel(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Both branches in one pass of the backbone (``fuse_branches=true``): the same
         outputs and gradients as ``forward(x_dense, 0)`` and ``forward(x_pruned, 1, masks)``,
-        with one launch of each backbone kernel instead of two (the head still runs twice,
-        and each conv's pair of weights is built outside the compiled backbone).
+        with one launch of each backbone kernel instead of two (the head still runs twice).
 
         The two inputs are stacked along the channels and every convolution runs with twice
-        its groups over the weights ``[w | w * mask]``, so each group sees only its own
-        branch; each DualBatchNorm normalises its two halves with its two copies
+        its groups over the weights ``[w | w * mask]`` (built in the conv's forward,
+        :class:`sdclr.models.backbone.BranchConv2d` with branch PAIR), so each group sees only
+        its own branch; each DualBatchNorm normalises its two halves with its two copies
         (:data:`sdclr.models.backbone.PAIR`); ReLU, pooling and the residual additions act per
         channel. The backbone may hold nothing that mixes channels other than a Conv2d
         (:func:`check_fusable`)."""
         if not self.dual_bn:
             raise RuntimeError("the fused pass needs dual BN")
-        convs = [(n, m) for n, m in self.backbone.named_modules() if isinstance(m, nn.Conv2d)]
-        params = {}
-        for name, conv in convs:
-            m = masks.get(f"{name}.weight") if masks else None
-            w = conv.weight
-            params[f"{name}.weight"] = torch.cat([w, w * m if m is not None else w])
-            if conv.bias is not None:
-                params[f"{name}.bias"] = torch.cat([conv.bias, conv.bias])
         fmt = (
             torch.channels_last
             if x_dense.is_contiguous(memory_format=torch.channels_last)
@@ -87,20 +88,17 @@ class ContrastiveModel(nn.Module):
             else torch.contiguous_format
         )
         x = torch.cat([x_dense, x_pruned], dim=1).contiguous(memory_format=fmt)
-        groups = [conv.groups for _, conv in convs]
+        set_conv_masks(self.backbone, masks)
         try:  # whatever happens, the model is left as it was found
-            for _, conv in convs:
-                conv.groups *= 2
+            set_conv_branch(self.backbone, PAIR)
             set_bn_branch(self.backbone, PAIR)
-            feats = functional_call(self.backbone, params, (x,), strict=False)
-            f_dense, f_pruned = feats.chunk(2, dim=1)
+            f_dense, f_pruned = self.backbone(x).chunk(2, dim=1)
             set_bn_branch(self.head, 0)
             z_dense = self.head(f_dense)
             set_bn_branch(self.head, 1)
             z_pruned = self.head(f_pruned)
         finally:
-            for (_, conv), g in zip(convs, groups):
-                conv.groups = g
+            set_conv_branch(self.backbone, DENSE)
             set_bn_branch(self, 0)
         return z_dense, z_pruned
 
@@ -175,12 +173,6 @@ def warn_if_fused_on_cpu(model: nn.Module) -> None:
     p = next(model.parameters())
     if p.device.type == "cpu" and p.dtype != torch.float64:
         warnings.warn(FUSED_ON_CPU, stacklevel=3)
-
-
-def getattr_path(module: nn.Module, path: str) -> torch.Tensor:
-    for part in path.split("."):
-        module = getattr(module, part)
-    return module  # type: ignore[return-value]
 
 
 def build_model(

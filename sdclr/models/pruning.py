@@ -99,8 +99,9 @@ class SelfCompetitor:
     """The pruned branch's mask state: ``ratio`` p of the conv weights removed
     (``random_ratio`` q of them at random by ``random_rule``, drawn from ``generator``), the
     current ``masks`` (``{conv weight name: mask}`` in the weights' dtype, None before the
-    first :meth:`update`), fixed within an epoch. The dense weights are never zeroed: a branch
-    multiplies them by the mask."""
+    first :meth:`update`), fixed within an epoch and refreshed in place by the next update
+    (the same tensors, new values). The dense weights are never zeroed: a branch multiplies
+    them by the mask."""
 
     def __init__(
         self,
@@ -123,5 +124,21 @@ class SelfCompetitor:
             [w for _, w in named], self.ratio, self.random_ratio, self.generator, self.random_rule
         )
         # multiplied into the weights, so kept in the weights' dtype
-        self.masks = {name: m.to(w.dtype) for (name, w), m in zip(named, masks)}
+        new = {name: m.to(w.dtype) for (name, w), m in zip(named, masks)}
+        old = self.masks
+        if (
+            old is not None
+            and all(
+                k in old
+                and (old[k].shape, old[k].dtype, old[k].device) == (v.shape, v.dtype, v.device)
+                for k, v in new.items()
+            )
+            and len(old) == len(new)
+        ):
+            # refreshed in place: the model's conv buffers stay bound to the same storage, which
+            # a compiled graph (CUDA graphs above all) reads at a fixed address
+            for k, v in new.items():
+                old[k].copy_(v)
+        else:
+            self.masks = new
         return mask_density(masks)

@@ -15,6 +15,7 @@ from sdclr.augment.boost import boost as boost_view
 from sdclr.augment.ops import ContrastiveAugmentConfig, Shard, normalize
 from sdclr.augment.views import Batch, contrastive_view
 from sdclr.methods.base import Method
+from sdclr.models.backbone import use_unit_stride_pointwise
 from sdclr.models.contrastive import ContrastiveModel
 from sdclr.utils.distributed import gather_with_grad, world_size
 from sdclr.utils.precision import StepSettings, autocast
@@ -46,11 +47,20 @@ def augment_config(data_cfg) -> ContrastiveAugmentConfig:
 
 
 def prepare_model(model: ContrastiveModel, settings: StepSettings) -> ContrastiveModel:
-    """channels_last and torch.compile in place (parameter names stay the same)."""
+    """channels_last and torch.compile in place (parameter names stay the same); cuDNN's
+    autotuner on CUDA (the batch shapes repeat); on the CPU with channels_last or compile
+    (inductor lays convolutions out channels_last), the strided 1x1 convs as stride-1 convs
+    of every other pixel, around a oneDNN crash (:class:`sdclr.models.backbone.BranchConv2d`)."""
+    device = next(model.parameters()).device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    elif device.type == "cpu" and (settings.channels_last or settings.compile):
+        use_unit_stride_pointwise(model.backbone)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
     if settings.compile:
         raise_recompile_limit()
+        model.compile_mode = settings.compile_mode  # the momentum methods' copy compiles alike
         model.backbone.compile(mode=settings.compile_mode)
         model.head.compile(mode=settings.compile_mode)
     return model

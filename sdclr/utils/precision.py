@@ -3,10 +3,12 @@ torch.compile) and the autocast context every forward pass uses."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
 
+from sdclr.errors import ConfigError
 from sdclr.utils.distributed import world_size
 
 
@@ -21,6 +23,14 @@ def full_precision(device_type: str) -> torch.autocast:
     """Autocast off: the contrastive logits (similarities / temperature) are computed in
     float32 even inside a bf16 step, as the losses' numerics assume."""
     return torch.autocast(device_type, enabled=False)
+
+
+def owned_upcast(t: torch.Tensor) -> torch.Tensor:
+    """:func:`upcast_half` as a tensor of the caller's own: a compiled model's output under
+    CUDA graphs (compile_mode=reduce-overhead) lives in memory that the next replay
+    overwrites, so outputs kept across forward calls are copied."""
+    up = upcast_half(t)
+    return up.clone() if up is t else up
 
 
 def upcast_half(t: torch.Tensor) -> torch.Tensor:
@@ -51,9 +61,39 @@ class StepSettings:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
 
+NO_BF16 = (
+    "precision=auto: this GPU ({name}) has no bfloat16 support, so the run computes in "
+    "float32 (slower, same results); precision=fp32 says so explicitly"
+)
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Whether ``device`` (a CUDA device) computes in bfloat16 (compute capability 8.0+)."""
+    return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+
+
+def resolve_precision(requested: str, device: torch.device) -> str:
+    """``precision`` as it runs: auto is bf16 on a GPU with bfloat16 (float32 elsewhere, with
+    one warning on an older GPU); bf16 asked for on a GPU without it is refused."""
+    if device.type != "cuda":
+        return "fp32" if requested == "auto" else requested
+    if bf16_supported(device):
+        return "bf16" if requested == "auto" else requested
+    name = torch.cuda.get_device_name(device)
+    if requested == "bf16":
+        raise ConfigError(
+            f"config key 'precision': bf16 was asked for but this GPU ({name}) has no "
+            f"bfloat16 support; use precision=fp32 (or auto)"
+        )
+    if requested == "auto":
+        warnings.warn(NO_BF16.format(name=name), stacklevel=2)
+        return "fp32"
+    return requested
+
+
 def step_settings(cfg, device: torch.device) -> StepSettings:
     cuda = device.type == "cuda"
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if cuda else "fp32")
+    precision = resolve_precision(str(cfg.precision), device)
     channels_last = cfg.channels_last if cfg.channels_last is not None else cuda
     # auto: off under torchrun, where SyncBatchNorm breaks the compiled graph (pytorch#161302)
     compile_ = cfg.compile if cfg.compile is not None else cuda and world_size() == 1

@@ -242,3 +242,34 @@ def test_debug_shows_the_traceback(tmp_path, env):
     out = sdclr([*TINY, "debug=true", f"hydra.run.dir={tmp_path / 'run'}"], env)
     assert out.returncode != 0
     assert "DataError" in out.stderr and "does not exist" in out.stderr
+
+
+def test_the_cuda_defaults_run_on_the_cpu(tmp_path, env):
+    """What a GPU run does by default (torch.compile with inductor, bf16 autocast,
+    channels_last), through the runner on the CPU for one epoch of SDCLR, the last batch odd
+    and two threads: the combination that crashed in oneDNN before the unit-stride shortcut
+    (scripts/onednn_strided_pointwise_crash.py). The kNN monitor's epoch-0 pass compiles the
+    no-grad graph too."""
+    job = tmp_path / "cuda-defaults"
+    out = ok(
+        sdclr(
+            [
+                "stage=pretrain",
+                "prune=p90",
+                *TINY,
+                "pretrain.epochs=1",
+                "compile=true",
+                "precision=bf16",
+                "channels_last=true",
+                "monitor.knn_every=1",
+                f"hydra.run.dir={job}",
+            ],
+            dict(env, OMP_NUM_THREADS="2"),
+        )
+    )
+    pre = json.loads((job / "metrics.json").read_text())["pretrain"]
+    assert pre["images"] % pre["batch_size"] % 2 == 1, "the last batch should be odd"
+    assert (pre["precision"], pre["compile"], pre["channels_last"]) == ("bf16", True, True)
+    assert pre["compile_mode"] == "default" and pre["fuse_branches"] is False
+    assert torch.isfinite(torch.tensor(pre["final_loss"])) and len(pre["knn"]) == 2
+    assert json.loads((job / "status.json").read_text())["status"] == "completed", out.stdout

@@ -144,3 +144,29 @@ def test_state_dict_round_trip_restores_the_momentum_state(kind):
             assert all(torch.equal(pa[k], pb[k]) for k in pa)
     if kind == "moco":
         assert not math.isclose(method.momentum, 0.99)  # the cosine schedule moved it
+
+
+def test_the_momentum_copy_compiles_in_the_online_models_mode(monkeypatch):
+    """prepare_model compiles the backbone and the head in compile_mode; the momentum copy
+    (deepcopy drops compilation) compiles the same submodules in the same mode."""
+    from torch import nn
+
+    from sdclr.methods.momentum import momentum_copy
+    from sdclr.train.step import prepare_model
+    from sdclr.utils.precision import StepSettings
+
+    calls = []
+    original = nn.Module.compile
+
+    def recording(self, *args, **kwargs):
+        calls.append((type(self).__name__, kwargs.get("mode")))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(nn.Module, "compile", recording)
+    model = prepare_model(
+        moco_byol_model(dual_bn=False), StepSettings(compile=True, compile_mode="max-autotune")
+    )
+    online = list(calls)
+    calls.clear()
+    momentum_copy(model)
+    assert online == calls and [m for _, m in calls] == ["max-autotune"] * 2

@@ -153,6 +153,7 @@ def test_cuda_step_in_bf16_channels_last_compiled_is_sync_free_and_close_to_fp32
         ("fast-fused", fast, True),
     ):
         model = prepare_model(small_model(dual_bn=True).to(dev), settings)
+        assert torch.backends.cudnn.benchmark  # the runner's CUDA runs autotune too
         method = ContrastiveMethod(0.2, 0.9, dual_bn=True, fuse_branches=fuse)
         method.setup(model)
         model.train()
