@@ -548,6 +548,7 @@ def run_benchmark(
     from sdclr.data.splits import resolve_split
     from sdclr.train.step import augment_config, batches_per_epoch
     from sdclr.utils.distributed import resolve_device
+    from sdclr.utils.memory import keep_freed_memory
     from sdclr.utils.precision import step_settings
 
     unknown = set(rows) - set(ROWS)
@@ -559,6 +560,8 @@ def run_benchmark(
         )
     t_start = time.perf_counter()
     device = resolve_device("cpu" if quick and device_name == "auto" else device_name)
+    # as the runner does on the CPU (utils/memory.py); SDCLR_DEFAULT_MALLOC=1 times without it
+    kept_freed = device.type == "cpu" and keep_freed_memory()
     batch = batch_size or (16 if quick else 512)
     overrides = [f"device={device}", f"pretrain.batch_size={batch}"]
     if compile_ is not None:
@@ -612,6 +615,7 @@ def run_benchmark(
             "steps_per_epoch": len(batches),
             "precision": "bf16" if settings.amp_dtype else "fp32",
             "channels_last": settings.channels_last,
+            "host_malloc": "keeps freed memory" if kept_freed else "default",
             "compile": settings.compile,
             "compile_mode": settings.compile_mode,
             "quick": quick,
@@ -703,7 +707,12 @@ def format_table(r: dict[str, Any], json_path: Path) -> str:
     lines = [
         f"sdclr benchmark: {s['device']}, torch {s['torch']}, commit {s['commit']}, "
         f"{s['precision']}, channels_last={s['channels_last']}, compile={s['compile']}"
-        + (f" ({s['compile_mode']})" if s["compile"] else ""),
+        + (f" ({s['compile_mode']})" if s["compile"] else "")
+        + (
+            f", host malloc {s['host_malloc']}"
+            if "host_malloc" in s and s["device_type"] == "cpu"
+            else ""
+        ),
         f"CIFAR-10-LT split 1 D_i ({s['images']} images), ResNet-18 CIFAR stem{widths}, batch "
         f"{s['batch_size']} ({s['steps_per_epoch']} steps/epoch)"
         + (", QUICK: a few steps, epoch times extrapolated" if s["quick"] else ""),

@@ -39,6 +39,7 @@ from sdclr.utils.distributed import (
 )
 from sdclr.utils.io import CONF_DIR
 from sdclr.utils.joblock import JobLock, busy_message, holder
+from sdclr.utils.memory import keep_freed_memory
 from sdclr.utils.rng import seed_everything
 from sdclr.utils.signals import Interrupted, StopSignal
 from sdclr.utils.tracking import Tracker
@@ -59,6 +60,8 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
     check_writable(job_dir)
     device = init_from_env(str(cfg.device), float(cfg.distributed.timeout_min))
     device = device or resolve_device(str(cfg.device))
+    if device.type == "cpu":
+        keep_freed_memory()  # a CPU step reuses its large activations' pages (utils/memory.py)
     check_world_size(cfg, world_size())
     if world_size() > 1 and is_main_process():
         print(
