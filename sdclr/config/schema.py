@@ -88,9 +88,14 @@ class DataConfig:
 class SplitConfig:
     index: int = 1
     pretrain_set: str = "D_i"  # D_i (long-tailed) | D_b (balanced control)
-    source: str = "generated"  # generated (splits/<data>/split<i>.npz) | official | file
+    # official: the reference's split files (the default of cifar10_lt, cifar100_lt and
+    # imagenet100_lt, set in their conf/data files) | generated (splits/<data>/split<i>.npz,
+    # or generated lists) | file
+    source: str = "generated"
     file: str | None = None  # with source=file: an .npz written by `python -m sdclr.splits`
-    official_dir: str | None = None  # with source=official: dir of the reference .npy files
+    # with source=official: the folder of the reference's .npy index files (or ImageNet-100-LT
+    # lists); null: the repository's splits/official/<cifar10|cifar100|imagenet100>
+    official_dir: str | None = None
     dir: str | None = None  # where generated splits / lists live (null: the repo's splits/)
 
 
@@ -217,6 +222,16 @@ class ProbeConfig:
     weight_decay: float = 0.0
     milestones: list[int] = field(default_factory=lambda: [10, 20])
     gamma: float = 0.1
+    # where the MultiStepLR steps: epoch_start (the reference's CIFAR probe: lr 30 for epochs
+    # 1-9, 3 for 10-19, 0.3 for 20-30) | epoch_end (its ImageNet probe: 1-10 / 11-20 / 21-30)
+    lr_step: str = "epoch_start"
+    # validate every N epochs and after the last; the best validated epoch is reported
+    # (the reference's test_freq: CIFAR 1 full-shot / 5 few-shot, ImageNet 2 / 10)
+    val_every: int = 1
+    select_metric: str = "top1"  # top1 | top5 (validation accuracy choosing epoch and rate)
+    # an affine-free BatchNorm on the features before the linear layer (MAE's linear probe):
+    # for early checkpoints whose feature scale has run away; off in the published protocol
+    normalize: bool = False
     augment: bool = True  # pad-4 random crop + flip on the probe's training images
     eval_batch_size: int = 512
 
@@ -280,7 +295,7 @@ class Config:
     monitor: MonitorConfig = field(default_factory=MonitorConfig)
     linear: ProbeConfig = field(default_factory=ProbeConfig)
     fewshot: ProbeConfig = field(
-        default_factory=lambda: ProbeConfig(epochs=100, milestones=[40, 60])
+        default_factory=lambda: ProbeConfig(epochs=100, milestones=[40, 60], val_every=5)
     )
     stage: StageConfig = field(default_factory=StageConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)

@@ -11,6 +11,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 from sdclr.config.derived import bn_mode, boost_preset, uses_files
 from sdclr.config.schema import COMPILE_MODES, METHODS, Config
 from sdclr.errors import ConfigError
+from sdclr.utils.io import OFFICIAL_SPLITS_DIR
 
 # The keys that take one of a few words: key -> (the words, how the message lists them, when
 # not "a, b or c").
@@ -28,6 +29,10 @@ CHOICES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "loss.name": (("ntxent", "debiased", "hard"), None),
     "temperature.schedule": (("constant", "cosine"), None),
     "stage.name": (("pretrain", "linear", "fewshot", "all"), None),
+    "linear.lr_step": (("epoch_start", "epoch_end"), None),
+    "linear.select_metric": (("top1", "top5"), None),
+    "fewshot.lr_step": (("epoch_start", "epoch_end"), None),
+    "fewshot.select_metric": (("top1", "top5"), None),
     "logger.name": (("none", "wandb"), None),
     "logger.mode": (("auto", "online", "offline", "disabled"), None),
     "precision": (("auto", "fp32", "bf16"), None),
@@ -159,10 +164,21 @@ def _check_split(cfg: DictConfig) -> None:
         "split.file",
         "split.source=file needs split.file=/path/to/split.npz",
     )
+    shipped = OFFICIAL_SPLITS_DIR / str(cfg.data.name).removesuffix("_lt")
     _check(
-        s.source != "official" or bool(s.official_dir),
+        s.source != "official" or bool(s.official_dir) or shipped.is_dir(),
         "split.official_dir",
-        "split.source=official needs split.official_dir=/dir/with/split1_D_i.npy",
+        f"split.source=official reads the reference's split files, and the repository ships "
+        f"them only for cifar10_lt, cifar100_lt and imagenet100_lt (splits/official/), not "
+        f"for data.name={cfg.data.name}; give split.official_dir=/dir/with/split1_D_i.npy or "
+        f"use split.source=generated",
+    )
+    lists_given = any(v for v in cfg.data.lists.values())
+    _check(
+        s.source != "official" or not uses_files(cfg) or lists_given or s.index == 1,
+        "split.index",
+        f"the reference has one {cfg.data.name} split (its lists), so split.source=official "
+        f"takes split.index=1, got {s.index}; split.source=generated draws five splits",
     )
 
 
@@ -304,8 +320,10 @@ def _check_monitor(cfg: DictConfig) -> None:
 
 def _check_probes(cfg: DictConfig) -> None:
     for name in ("linear", "fewshot"):
+        _check_choices(cfg, name)
         pc = cfg[name]
         _check(pc.epochs >= 1, f"{name}.epochs", f"must be >= 1, got {pc.epochs}")
+        _check(pc.val_every >= 1, f"{name}.val_every", f"must be >= 1, got {pc.val_every}")
         _check(pc.batch_size >= 1, f"{name}.batch_size", f"must be >= 1, got {pc.batch_size}")
         _check(pc.lr > 0, f"{name}.lr", f"must be > 0, got {pc.lr}")
         rates = list(pc.lrs)

@@ -7,8 +7,12 @@ size) to decode into one array, so here a dataset is a catalogue of files: every
 
 Where the items come from:
 
+* **the reference's lists** (``split.source=official``, the default of imagenet100_lt): the
+  ImageNet-100-LT lists of the reference code, shipped in ``splits/official/imagenet100``
+  (:data:`OFFICIAL_LISTS`), read like list files;
 * **list files** (``data.lists.*``): ``relative/path label`` lines, the format of the paper's
-  split lists, one file per subset (pool, val, test, D_i, D_b, S_b);
+  split lists, one file per subset (pool, val, test, D_i, D_b, S_b); given, they are the split
+  whatever ``split.source`` says;
 * **generated lists**: an image folder is scanned (``<root>/<train_dir>/<class>/*``, with
   ``<root>/<test_dir>/<class>/*`` as test set when it exists, or ``<root>/<class>/*``, or a flat
   folder of unlabelled images), a split is generated with the configured profile, and its lists
@@ -27,13 +31,30 @@ from pathlib import Path
 import numpy as np
 
 from sdclr.data.arrays import IMAGE_EXTENSIONS
-from sdclr.data.splits import SUBSETS, Split, generate_split, long_tail_profile
+from sdclr.data.splits import (
+    SUBSETS,
+    Split,
+    generate_split,
+    long_tail_profile,
+    official_dir,
+    verify_checksums,
+)
 from sdclr.errors import DataError
 from sdclr.utils.io import natural_key
 
 LIST_SUBSETS = ("pool", "val", "test", *SUBSETS)
 LISTS_VERSION = 1
 UNLABELLED = "unlabelled"
+# The reference's ImageNet-100-LT lists (its split/imagenet-100/) by subset. There is no pool
+# list: the linear probe trains on every image of D_i's class folders except the validation
+# list, the reference's "full set" (:func:`split_from_lists`).
+OFFICIAL_LISTS = {
+    "D_i": "imageNet_100_LT_train.txt",
+    "D_b": "imageNet_100_BL_train.txt",
+    "S_b": "imageNet_100_sub_balance_train_0.01.txt",
+    "val": "ImageNet_100_val.txt",
+    "test": "ImageNet_100_test.txt",
+}
 
 
 @dataclass
@@ -410,7 +431,7 @@ def generate_lists(data_cfg, index: int, out_dir: Path) -> None:
             d.name,
             profile=profile,
             test_per_class=d.test_per_class if carve_test else 0,
-            fewshot_in_d_i=False,
+            fewshot_in_d_i=False,  # S_b drawn apart from D_i, as the reference's 1 % list
         )
         subsets = {s: split.subset(s) for s in ("pool", "val", *SUBSETS)}
         if carve_test:
@@ -433,6 +454,7 @@ def generate_lists(data_cfg, index: int, out_dir: Path) -> None:
         "labelled": scan.labelled,
         "profile": profile_desc,
         "val_per_class": d.val_per_class,
+        "fewshot": f"{d.fewshot_per_class} per class, drawn apart from D_i from the whole pool",
         "test": "carved from train" if carve_test else f"{d.test_dir}/ folder",
         "scan_fingerprint": items_fingerprint(paths, labels),
         "fingerprint": lists_digest(out_dir),
@@ -452,8 +474,37 @@ def lists_digest(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def load_official_lists(data_cfg, split_cfg, root: Path) -> tuple[FileData, Split]:
+    """The reference's ImageNet-100-LT lists (:data:`OFFICIAL_LISTS`, in :func:`official_dir`),
+    checked against their SHA-256 sums, on the ImageNet copy under ``root``."""
+    d = data_cfg
+    folder = official_dir(split_cfg, d.name)
+    lists = {name: folder / file for name, file in OFFICIAL_LISTS.items()}
+    missing = [p for p in lists.values() if not p.is_file()]
+    if missing:
+        raise DataError(
+            f"official list {missing[0]} not found; with split.source=official, "
+            f"split.official_dir must hold the reference's ImageNet-100-LT lists "
+            f"({', '.join(OFFICIAL_LISTS.values())}); or use split.source=generated"
+        )
+    checked = verify_checksums(list(lists.values()))
+    try:
+        data, split = split_from_lists(
+            root, lists, d.num_classes, int(split_cfg.index), d.name, d.val_per_class
+        )
+    except DataError as e:
+        raise DataError(
+            f"{e} [the reference's lists in {folder} name ILSVRC-2012 images as train/<wnid>/... "
+            f"and val/<wnid>/...: data.root (SDCLR_IMAGENET) must be that root; or generate "
+            f"lists from your folder with split.source=generated]"
+        ) from e
+    split.source = f"official lists in {folder} (the reference's ImageNet-100-LT; {checked})"
+    return data, split
+
+
 def load_file_dataset(data_cfg, split_cfg, splits_dir: Path) -> tuple[FileData, Split]:
-    """The catalogue and split a run asks for: the user's list files, or generated lists."""
+    """The catalogue and split a run asks for: the user's list files, the reference's lists
+    (``split.source=official``), or generated lists."""
     d = data_cfg
     root = Path(d.root).expanduser().absolute()
     given = {k: v for k, v in dict(d.lists).items() if v}
@@ -462,6 +513,8 @@ def load_file_dataset(data_cfg, split_cfg, splits_dir: Path) -> tuple[FileData, 
         return split_from_lists(
             root, lists, d.num_classes, int(split_cfg.index), d.name, d.val_per_class
         )
+    if split_cfg.source == "official":
+        return load_official_lists(d, split_cfg, root)
     out = generated_lists_dir(splits_dir, d.name, int(split_cfg.index))
     meta_path = out / "meta.json"
     if not meta_path.is_file():

@@ -1,4 +1,10 @@
-"""Long-tailed splits: the seeded generator, split files, and the reference index files.
+"""Long-tailed splits: the reference index files, the seeded generator, and split files.
+
+The published splits are the reference code's own index files (VITA-Group/SDCLR at f1490fc),
+shipped in ``splits/official/`` with their SHA-256 checksums: ``split.source=official``, the
+default of cifar10_lt, cifar100_lt and imagenet100_lt. ``split.source=generated`` draws splits
+with the same profile instead (other classes per group, other images), for other datasets,
+profiles and ablations.
 
 Protocol (protocol.md section 3), for a dataset with C classes and n images per class:
 
@@ -10,7 +16,8 @@ Protocol (protocol.md section 3), for a dataset with C classes and n images per 
 * S_b, the few-shot probe set, has the few-shot count per class and lies inside both.
 
 Inside each class the pool is shuffled once per split and every subset takes a prefix of that
-shuffle, which makes S_b a subset of D_i and of D_b by construction.
+shuffle, which makes S_b a subset of D_i and of D_b by construction (CIFAR). ImageNet-style
+splits draw S_b apart from D_i, from the class's whole pool, as the reference's 1 % list was.
 
 A split file (``.npz``) records the number of training images and a fingerprint of their
 labels, so it can never be applied to another copy or order of the data by accident.
@@ -18,6 +25,7 @@ labels, so it can never be applied to another copy or order of the data by accid
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import zipfile
@@ -28,11 +36,13 @@ import numpy as np
 
 from sdclr.data.arrays import base_name, labels_fingerprint
 from sdclr.errors import DataError
-from sdclr.utils.io import SPLITS_DIR
+from sdclr.utils.io import OFFICIAL_SPLITS_DIR, SPLITS_DIR
 
 GENERATOR_VERSION = 1
 POOL_SEED = 0  # the pool/validation division is shared by all splits
 SUBSETS = ("D_i", "D_b", "S_b")
+REFERENCE = "VITA-Group/SDCLR at f1490fc"  # where the files in splits/official come from
+CHECKSUMS = "SHA256SUMS"  # `sha256sum` format, in a folder of official files or the one above
 
 
 @dataclass
@@ -53,6 +63,12 @@ class Split:
     # Test images carved from the training set (image folders without a test folder); None
     # when the dataset has its own test set.
     test: np.ndarray | None = None
+
+    @property
+    def kind(self) -> str:
+        """Where the split comes from, in one word (the first of ``source``): official (the
+        reference's files), generated, file, lists (the user's list files) or unlabelled."""
+        return self.source.split(" ", 1)[0].rstrip(",")
 
     def subset(self, name: str) -> np.ndarray:
         return {
@@ -147,8 +163,11 @@ def generate_split(
     ``profile`` None is the CIFAR rule (exponential from the smallest pool, ``imbalance_factor``);
     a list gives explicit per-rank counts (ImageNet-style profiles); ``"none"`` keeps every pool
     image in D_i (a collection that is long-tailed already). ``test_per_class`` carves a test
-    set too, for image folders without one. ``fewshot_in_d_i`` demands that S_b lies inside D_i
-    (CIFAR); ImageNet's 1% set has more images per class than its tail classes.
+    set too, for image folders without one. ``fewshot_in_d_i`` True (CIFAR) takes S_b as a
+    prefix of D_i; False (ImageNet-style) draws S_b apart from D_i, from the class's whole pool
+    and from a random stream of its own, as the reference's 1 % list was drawn (12 per class,
+    mostly outside D_i): ImageNet's few-shot set has more images per class than its tail
+    classes, and it does not depend on the profile.
     """
     labels = np.asarray(labels, dtype=np.int64)
     per_class = np.bincount(labels, minlength=num_classes)
@@ -201,6 +220,8 @@ def generate_split(
         )
 
     rng = np.random.default_rng([index, GENERATOR_VERSION])
+    # S_b of ImageNet-style splits: its own stream, so that D_i and D_b stay as they were
+    rng_fewshot = np.random.default_rng([index, GENERATOR_VERSION, 1])
     order = rng.permutation(num_classes)  # order[k] = the class with the k-th largest count
     if keep_all:
         ranked = [int(c) for c in order]
@@ -211,7 +232,13 @@ def generate_split(
         shuffled = rng.permutation(pool_by_class[c])
         sets["D_i"].append(shuffled if keep_all else shuffled[: counts[k]])
         sets["D_b"].append(shuffled[:balanced])
-        sets["S_b"].append(shuffled[:fewshot_per_class])
+        if fewshot_in_d_i:
+            sets["S_b"].append(shuffled[:fewshot_per_class])
+    if not fewshot_in_d_i:
+        sets["S_b"] = [
+            rng_fewshot.permutation(pool_by_class[c])[:fewshot_per_class]
+            for c in range(num_classes)
+        ]
     return Split(
         dataset=dataset,
         index=index,
@@ -294,6 +321,91 @@ def load_split_file(path: Path, labels: np.ndarray, fix_hint: str = "") -> Split
     )
 
 
+def official_dir(split_cfg, dataset: str) -> Path:
+    """Where ``split.source=official`` reads: ``split.official_dir``, or the repository's copy of
+    the reference's files for this dataset (``splits/official/<cifar10|cifar100|imagenet100>``)."""
+    if split_cfg.official_dir:
+        return Path(split_cfg.official_dir).expanduser()
+    return OFFICIAL_SPLITS_DIR / base_name(dataset)
+
+
+def ships_official_split(dataset: str) -> bool:
+    """Whether the repository ships the reference's split files for ``dataset`` (a data.name)."""
+    return (OFFICIAL_SPLITS_DIR / base_name(dataset)).is_dir()
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _checksums_for(folder: Path) -> tuple[Path | None, dict[Path, str]]:
+    """The SHA256SUMS of a folder of official files (in it, or in the folder above, as in
+    ``splits/official``): its path and {resolved file path: digest}."""
+    for sums in (folder / CHECKSUMS, folder.parent / CHECKSUMS):
+        if sums.is_file():
+            table = {}
+            for line in sums.read_text().splitlines():
+                digest, _, name = line.strip().partition(" ")
+                if digest and name:
+                    table[(sums.parent / name.strip().lstrip("*")).resolve()] = digest.lower()
+            return sums, table
+    return None, {}
+
+
+def verify_checksums(files: list[Path]) -> str:
+    """Check the reference's files against the SHA256SUMS next to them, and say how: a file
+    that differs from its recorded digest is refused (it is not the reference's any more); a
+    folder without SHA256SUMS (a user's own copy) is read unchecked."""
+    files = [Path(f) for f in files]
+    sums, table = _checksums_for(files[0].parent)
+    checked = 0
+    for f in files:
+        want = table.get(f.resolve())
+        if want is None:
+            continue
+        got = file_sha256(f)
+        if got != want:
+            raise DataError(
+                f"{f} has SHA-256 {got[:16]}..., not the {want[:16]}... that {sums} records for "
+                f"the reference's file: it was changed. Restore it from the repository (or "
+                f"from {REFERENCE}), or use split.source=generated"
+            )
+        checked += 1
+    if sums is None or checked == 0:
+        return "not checked: no SHA256SUMS names them"
+    if checked < len(files):
+        return f"{checked} of {len(files)} files SHA-256 checked against {sums}"
+    return f"SHA-256 checked against {sums}"
+
+
+def official_files(directory: Path, index: int) -> dict[str, Path]:
+    """The reference's index files of split ``index``: the pool, the validation set and the
+    three subsets, under CIFAR-10's names (``trainIdxList.npy``, ``valIdxList.npy``,
+    ``split<i>_D_i.npy``, ...) or the same names with a dataset prefix, as the reference names
+    its CIFAR-100 files (``cifar100_trainIdxList.npy``, ``cifar100_split<i>_D_i.npy``, ...)."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DataError(
+            f"the official split folder {directory} does not exist; point split.official_dir at "
+            f"the reference's index files, or use split.source=generated"
+        )
+    prefixes = sorted(
+        {f.name.removesuffix("trainIdxList.npy") for f in directory.glob("*trainIdxList.npy")}
+    )
+    if len(prefixes) > 1:
+        raise DataError(
+            f"{directory} holds the index files of several datasets "
+            f"({', '.join(p + 'trainIdxList.npy' for p in prefixes)}); give split.official_dir "
+            f"a folder with one"
+        )
+    prefix = prefixes[0] if prefixes else ""
+    return {
+        "pool": directory / f"{prefix}trainIdxList.npy",
+        "val": directory / f"{prefix}valIdxList.npy",
+        **{s: directory / f"{prefix}split{index}_{s}.npy" for s in SUBSETS},
+    }
+
+
 def load_official_split(
     directory: Path,
     index: int,
@@ -302,23 +414,24 @@ def load_official_split(
     expected_profile: list[int],
     dataset: str = "",
 ) -> Split:
-    """The reference code's ``.npy`` index files, which index torchvision's CIFAR order."""
+    """The reference code's ``.npy`` index files, which index torchvision's CIFAR order (the
+    pool is its probe training list, ``val`` its validation list; for CIFAR-100 D_i and D_b
+    also hold images of the 5,000 that are in neither, as in the reference)."""
     directory = Path(directory)
-    names = {
-        "pool": "trainIdxList.npy",
-        "val": "valIdxList.npy",
-        **{s: f"split{index}_{s}.npy" for s in SUBSETS},
-    }
+    files = official_files(directory, index)
     arrays = {}
-    for key, name in names.items():
-        f = directory / name
+    for f in files.values():
         if not f.is_file():
             raise DataError(
                 f"official split file {f} not found; split.official_dir must hold "
-                f"trainIdxList.npy, valIdxList.npy and split<i>_D_i/D_b/S_b.npy"
+                f"trainIdxList.npy, valIdxList.npy and split<i>_D_i/D_b/S_b.npy (or the same "
+                f"names with a dataset prefix, as cifar100_trainIdxList.npy)"
             )
+    checked = verify_checksums(list(files.values()))
+    for key, f in files.items():
         try:
-            arrays[key] = np.load(f).astype(np.int64).ravel()
+            # sorted, as every other split's arrays (the reference's files are in draw order)
+            arrays[key] = np.sort(np.load(f).astype(np.int64).ravel())
         except (OSError, ValueError) as e:
             raise DataError(f"official split file {f} is not a readable .npy ({e})") from e
         if len(arrays[key]) and (arrays[key].min() < 0 or arrays[key].max() >= len(labels)):
@@ -345,7 +458,21 @@ def load_official_split(
         arrays["S_b"],
         len(labels),
         labels_fingerprint(labels),
-        f"official files in {directory}",
+        f"official files in {directory} (the reference's split {index}; {checked})",
+    )
+
+
+def paper_split_note(dataset: str, source: str) -> str | None:
+    """For a run on a dataset whose published split the repository ships (cifar10_lt,
+    cifar100_lt, imagenet100_lt) that generated its own instead: the line saying that its
+    Many / Medium / Few groups are not the paper's. None otherwise."""
+    if source.split(" ", 1)[0] != "generated" or not ships_official_split(dataset):
+        return None
+    return (
+        f"NOTE: this split is not the paper's ({source}): its Many / Medium / Few groups hold "
+        f"other classes and images than the published split, so they do not measure the same "
+        f"classes as the published numbers (split.source=official reads the reference's split "
+        f"files)"
     )
 
 
@@ -356,8 +483,8 @@ def splits_dir(split_cfg) -> Path:
 
 
 def resolve_split(split_cfg, data_cfg, labels: np.ndarray) -> Split:
-    """The split a run asks for: a generated file in :func:`splits_dir` (made there when
-    missing), an explicit file, or the reference files."""
+    """The split a run asks for: the reference files (:func:`official_dir`), a generated file
+    in :func:`splits_dir` (made there when missing), or an explicit file."""
     profile = profile_counts(
         data_cfg.train_per_class - data_cfg.val_per_class,
         data_cfg.num_classes,
@@ -365,7 +492,7 @@ def resolve_split(split_cfg, data_cfg, labels: np.ndarray) -> Split:
     )
     if split_cfg.source == "official":
         return load_official_split(
-            Path(split_cfg.official_dir),
+            official_dir(split_cfg, data_cfg.name),
             split_cfg.index,
             labels,
             data_cfg.num_classes,

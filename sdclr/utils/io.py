@@ -9,6 +9,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 CONF_DIR = REPO / "conf"
 SPLITS_DIR = REPO / "splits"
+# The reference code's own split files (VITA-Group/SDCLR at f1490fc), one folder per dataset
+# (cifar10, cifar100, imagenet100): the default split.source=official reads them.
+OFFICIAL_SPLITS_DIR = SPLITS_DIR / "official"
 
 
 def natural_key(text: str) -> list[int | str]:

@@ -22,6 +22,10 @@ from sdclr.errors import ConfigError
         ("data.fraction=0", "data.fraction"),
         ("data.fraction=1.5", "data.fraction"),
         ("split.pretrain_set=D_x", "split.pretrain_set"),
+        # the repository ships the reference's files for cifar10/100_lt and imagenet100_lt only
+        ("data=folder split.source=official", "split.official_dir"),
+        ("data=imagenet_lt_exp split.source=official", "split.official_dir"),
+        ("data=imagenet100_lt split=split3", "split.index"),  # the reference has one split
         ("prune.random_ratio=0.95", "prune.random_ratio"),
         ("device=tpu", "device"),
         ("compile_mode=fastest", "compile_mode"),
@@ -30,6 +34,9 @@ from sdclr.errors import ConfigError
         ("prune.random_rule=above", "prune.random_rule"),
         ("linear.lrs=[0.1,0.1]", "linear.lrs"),
         ("fewshot.lrs=[1,-1]", "fewshot.lrs"),
+        ("linear.lr_step=epoch_middle", "linear.lr_step"),
+        ("fewshot.select_metric=top3", "fewshot.select_metric"),
+        ("linear.val_every=0", "linear.val_every"),
         ("stage=pretrain stage.random_init=true", "stage.random_init"),
         ("distributed.timeout_min=0", "distributed.timeout_min"),
         ("distributed.timeout_min=-5", "distributed.timeout_min"),

@@ -124,3 +124,102 @@ def test_list_errors_name_the_problem(tree, tmp_path):
         split_from_lists(tree, {**lists, "S_b": relabelled}, 12, 1, "x", 2)
     with pytest.raises(DataError, match="not found"):
         split_from_lists(tree, {**lists, "D_b": tmp_path / "nope.txt"}, 12, 1, "x", 2)
+
+
+# --- ImageNet-100-LT: the reference's lists (the default), or generated lists -----------------
+
+
+def _empty_imagenet_root(root, lists_dir):
+    """An ILSVRC-style root holding an empty file for every image the reference's lists name
+    (no ImageNet here): enough for the catalogue, the pool of the D_i folders and the checks
+    that every listed image exists."""
+    for f in lists_dir.glob("*.txt"):
+        for line in f.read_text().splitlines():
+            path = root / line.rsplit(" ", 1)[0]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+
+
+def test_imagenet100_lt_defaults_to_the_reference_lists(tmp_path):
+    from sdclr.config.compose import compose_config
+    from sdclr.config.validate import validate
+    from sdclr.data.files import OFFICIAL_LISTS
+    from sdclr.data.splits import paper_split_note, verify_checksums
+    from sdclr.eval.metrics import class_groups
+    from sdclr.utils.io import OFFICIAL_SPLITS_DIR
+
+    lists_dir = OFFICIAL_SPLITS_DIR / "imagenet100"
+    assert "SHA-256 checked" in verify_checksums([lists_dir / f for f in OFFICIAL_LISTS.values()])
+    root = tmp_path / "imagenet"
+    _empty_imagenet_root(root, lists_dir)
+    cfg = compose_config(["data=imagenet100_lt", f"data.root={root}"])
+    validate(cfg)
+    assert cfg.split.source == "official"
+    data, split = load_file_dataset(cfg.data, cfg.split, tmp_path / "splits")
+    assert split.source.startswith("official lists") and "SHA-256 checked" in split.source
+    assert split.kind == "official"
+    assert paper_split_note(cfg.data.name, split.source) is None
+    assert not (tmp_path / "splits").exists()  # nothing generated
+
+    def listed(name):
+        return {ln.rsplit(" ", 1)[0] for ln in (lists_dir / name).read_text().splitlines()}
+
+    y = data.train_y
+    for key, name in OFFICIAL_LISTS.items():
+        if key != "test":
+            assert {data.train_paths[i] for i in split.subset(key)} == listed(name), key
+    assert set(data.test_paths) == listed(OFFICIAL_LISTS["test"])
+    d_i = np.bincount(y[split.D_i], minlength=100)
+    assert len(split.D_i) == 12205 and d_i.max() == 1280 and d_i.min() == 6
+    groups = class_groups(d_i, cfg.data.group_scheme)
+    assert [len(groups[g]) for g in ("many", "medium", "few")] == [39, 48, 13]
+    assert np.bincount(y[split.D_b], minlength=100).tolist() == [122] * 100
+    # the few-shot set is the separate 1 % list: 12 per class, mostly outside D_i
+    assert np.bincount(y[split.S_b], minlength=100).tolist() == [12] * 100
+    assert len(np.intersect1d(split.S_b, split.D_i)) == 111
+    assert np.bincount(y[split.val], minlength=100).tolist() == [20] * 100
+    assert np.bincount(data.test_y, minlength=100).tolist() == [50] * 100
+    # the probe pool: every image of the class folders except the validation list
+    pool = {data.train_paths[i] for i in split.pool}
+    in_folders = {str(p.relative_to(root)) for p in (root / "train").rglob("*.JPEG")}
+    assert pool == in_folders - listed(OFFICIAL_LISTS["val"])
+    assert set(split.S_b) <= set(split.pool) and set(split.D_i) <= set(split.pool)
+
+
+def test_imagenet100_lt_official_refuses_other_splits_and_missing_images(tmp_path):
+    from sdclr.config.compose import compose_config
+    from sdclr.config.validate import validate
+    from sdclr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="split.index"):
+        validate(compose_config(["data=imagenet100_lt", "split=split2"]))
+    cfg = compose_config(["data=imagenet100_lt", f"data.root={tmp_path}"])
+    with pytest.raises(DataError, match="ILSVRC-2012 images.*split.source=generated"):
+        load_file_dataset(cfg.data, cfg.split, tmp_path / "splits")
+
+
+def test_generated_imagenet_style_lists_draw_s_b_apart_and_say_so(tree, tmp_path):
+    from sdclr.config.compose import compose_config
+    from sdclr.data.splits import paper_split_note
+
+    cfg = compose_config(
+        [
+            "data=imagenet100_lt",
+            "split.source=generated",
+            f"data.root={tree}",
+            "data.num_classes=12",
+            "data.val_per_class=2",
+            "data.fewshot_per_class=4",
+            "data.head_count=40",
+            "data.tail_count=2",
+        ]
+    )
+    data, split = load_file_dataset(cfg.data, cfg.split, tmp_path)
+    assert split.source.startswith("generated lists") and split.kind == "generated"
+    meta = json.loads((tmp_path / "imagenet100_lt" / "split1" / "meta.json").read_text())
+    assert "drawn apart from D_i" in meta["fewshot"]
+    y = data.train_y
+    assert np.bincount(y[split.S_b], minlength=12).tolist() == [4] * 12
+    assert len(np.intersect1d(split.S_b, split.D_i)) < len(split.S_b)
+    note = paper_split_note(cfg.data.name, split.source)
+    assert note and "not the paper's" in note

@@ -1,11 +1,15 @@
-"""The split generator, split files and the reference index files, on the real labels; the
-long-tail profiles and an ImageNet-style generated split."""
+"""The reference index files (the default split) and their checksums, the split generator and
+split files, on the real labels; the long-tail profiles and an ImageNet-style generated split."""
 
 from __future__ import annotations
+
+import hashlib
+import shutil
 
 import numpy as np
 import pytest
 
+from sdclr.config.compose import compose_config
 from sdclr.data.arrays import labels_fingerprint
 from sdclr.data.splits import (
     SPLITS_DIR,
@@ -14,6 +18,8 @@ from sdclr.data.splits import (
     load_official_split,
     load_split_file,
     long_tail_profile,
+    official_dir,
+    paper_split_note,
     pareto_counts,
     profile_counts,
     resolve_split,
@@ -21,12 +27,142 @@ from sdclr.data.splits import (
     stratified_fraction,
 )
 from sdclr.errors import DataError
+from sdclr.eval.metrics import class_groups
+from sdclr.utils.io import OFFICIAL_SPLITS_DIR
 
 CIFAR10_PROFILE = [4500, 2697, 1617, 969, 581, 348, 208, 125, 75, 45]
 
 
 def cifar10_split(labels, i):
     return generate_split(labels, 10, i, 500, 100, 45, "cifar10_lt")
+
+
+def shipped_checksums() -> dict[str, str]:
+    """splits/official/SHA256SUMS as {path relative to splits/official: digest}."""
+    table = {}
+    for line in (OFFICIAL_SPLITS_DIR / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split()
+        table[name.removeprefix("./")] = digest
+    return table
+
+
+# --- the default split: the reference's files ----------------------------------------------
+
+
+def test_shipped_official_files_are_the_checksummed_reference_files():
+    table = shipped_checksums()
+    shipped = {
+        str(f.relative_to(OFFICIAL_SPLITS_DIR))
+        for f in OFFICIAL_SPLITS_DIR.rglob("*")
+        if f.is_file() and f.name != "SHA256SUMS"
+    }
+    assert shipped == set(table) and len(table) == 17 + 17 + 5
+    for name, digest in table.items():
+        assert hashlib.sha256((OFFICIAL_SPLITS_DIR / name).read_bytes()).hexdigest() == digest
+    # splits/README.md names the source and repeats the checksums
+    readme = (SPLITS_DIR / "README.md").read_text()
+    assert "VITA-Group/SDCLR" in readme and "f1490fc" in readme
+    assert all(f"{digest}  ./{name}" in readme for name, digest in table.items())
+
+
+def test_shipped_files_are_the_shared_reference_copy(data_root):
+    shared = data_root / "sdclr-splits" / "SHA256SUMS"
+    assert (OFFICIAL_SPLITS_DIR / "SHA256SUMS").read_text().split() == shared.read_text().split()
+
+
+@pytest.mark.parametrize("data,folder", [("cifar10_lt", "cifar10"), ("cifar100_lt", "cifar100")])
+def test_the_published_datasets_default_to_the_shipped_reference_files(data, folder):
+    cfg = compose_config([f"data={data}"])
+    assert cfg.split.source == "official" and cfg.split.official_dir is None
+    assert official_dir(cfg.split, cfg.data.name) == OFFICIAL_SPLITS_DIR / folder
+    for other in ("folder", "imagenet_lt_exp"):
+        assert compose_config([f"data={other}"]).split.source == "generated"
+
+
+@pytest.mark.parametrize("index", [1, 2, 3, 4, 5])
+def test_default_cifar10_split_selects_exactly_the_reference_indices(
+    data_root, cifar10_labels, index
+):
+    y = cifar10_labels
+    cfg = compose_config([f"split=split{index}"])
+    s = resolve_split(cfg.split, cfg.data, y)
+    assert s.kind == "official" and "SHA-256 checked" in s.source
+    assert apply_fraction(s, y, 0.02).kind == "official"  # what the run record says
+    ref = data_root / "sdclr-splits" / "cifar10"
+    files = {
+        "pool": "trainIdxList",
+        "val": "valIdxList",
+        **{k: f"split{index}_{k}" for k in ("D_i", "D_b", "S_b")},
+    }
+    for key, name in files.items():
+        assert np.array_equal(s.subset(key), np.sort(np.load(ref / f"{name}.npy"))), key
+    counts = np.bincount(y[s.D_i], minlength=10)
+    assert sorted(counts.tolist(), reverse=True) == CIFAR10_PROFILE
+    if index == 1:  # the data README: split 1's order, largest to smallest
+        order = np.argsort(-counts, kind="stable")
+        assert order.tolist() == [6, 8, 4, 1, 7, 0, 3, 2, 5, 9]
+        groups = class_groups(counts, cfg.data.group_scheme)
+        assert groups == {"many": [1, 4, 6, 8], "medium": [0, 3, 7], "few": [2, 5, 9]}
+    assert paper_split_note(cfg.data.name, s.source) is None
+
+
+def test_default_cifar100_split_reads_the_reference_files_under_their_names():
+    """No CIFAR-100 pixels here: the index files themselves, read through the default config
+    with labels made to fit D_i's profile (the loader's check)."""
+    cfg = compose_config(["data=cifar100_lt"])
+    folder = OFFICIAL_SPLITS_DIR / "cifar100"
+
+    def load(name: str) -> np.ndarray:
+        return np.load(folder / f"cifar100_{name}.npy")
+
+    pool, val = load("trainIdxList"), load("valIdxList")
+    assert len(pool) == 40000 and len(val) == 5000 and not set(pool) & set(val)
+    profile = profile_counts(450, 100, 100)
+    for index in range(1, 6):
+        d_i, d_b, s_b = (load(f"split{index}_{k}") for k in ("D_i", "D_b", "S_b"))
+        assert (len(d_i), len(d_b), len(s_b)) == (9754, 9700, 400)
+        assert len(np.unique(d_i)) == 9754 and not set(d_i) & set(val)
+        assert set(s_b) <= set(d_i) and set(s_b) <= set(d_b)
+    # labels that give split 1's D_i the profile: its first 450 images class 0, and so on
+    d_i = load("split1_D_i")
+    labels = np.arange(50000) % 100
+    labels[d_i] = np.repeat(np.arange(100), profile)
+    s = resolve_split(cfg.split, cfg.data, labels)
+    assert s.source.startswith("official") and "SHA-256 checked" in s.source
+    assert np.array_equal(s.pool, np.sort(pool)) and np.array_equal(s.val, np.sort(val))
+    assert np.array_equal(s.D_i, np.sort(d_i)) and len(s.S_b) == 400
+    counts = np.bincount(labels[s.D_i], minlength=100)
+    groups = class_groups(counts, cfg.data.group_scheme)
+    assert [len(groups[g]) for g in ("many", "medium", "few")] == [34, 33, 33]
+    with pytest.raises(DataError, match="original order"):  # the profile is checked
+        resolve_split(cfg.split, cfg.data, np.arange(50000) % 100)
+
+
+def test_a_changed_reference_file_is_refused_by_its_checksum(cifar10_labels, tmp_path):
+    copy = tmp_path / "official"
+    shutil.copytree(OFFICIAL_SPLITS_DIR / "cifar10", copy / "cifar10")
+    shutil.copy(OFFICIAL_SPLITS_DIR / "SHA256SUMS", copy / "SHA256SUMS")
+    cfg = compose_config([f"split.official_dir={copy / 'cifar10'}"])
+    assert "SHA-256 checked" in resolve_split(cfg.split, cfg.data, cifar10_labels).source
+    victim = copy / "cifar10" / "split1_S_b.npy"
+    arr = np.load(victim)
+    arr[0] = arr[1]
+    np.save(victim, arr)
+    with pytest.raises(DataError, match="split1_S_b.npy has SHA-256"):
+        resolve_split(cfg.split, cfg.data, cifar10_labels)
+    # a user's own copy without SHA256SUMS is read, and says it was not checked
+    (copy / "SHA256SUMS").unlink()
+    shutil.copy(OFFICIAL_SPLITS_DIR / "cifar10" / "split1_S_b.npy", victim)
+    assert "not checked" in resolve_split(cfg.split, cfg.data, cifar10_labels).source
+
+
+def test_a_generated_split_says_its_groups_are_not_the_papers(cifar10_labels, tmp_path):
+    cfg = compose_config(["split.source=generated", f"split.dir={tmp_path}"])
+    s = resolve_split(cfg.split, cfg.data, cifar10_labels)
+    assert s.kind == "generated"
+    note = paper_split_note(cfg.data.name, s.source)
+    assert note and "not the paper's" in note and "split.source=official" in note
+    assert paper_split_note("folder", s.source) is None  # no published split to differ from
 
 
 def test_profiles_match_the_protocol():
@@ -77,10 +213,10 @@ def test_split_dir_is_where_generated_cifar_splits_live(cifar10_labels, tmp_path
     """split.dir reached only the image-file route; CIFAR read and wrote the repository's
     splits/ whatever it said. Now a split missing there is generated into split.dir, and
     the checkout is not touched."""
-    from sdclr.config.compose import compose_config
-
     repo_files = {f: f.stat().st_mtime_ns for f in SPLITS_DIR.rglob("*") if f.is_file()}
-    cfg = compose_config(["split=split2", f"split.dir={tmp_path / 'mine'}"])
+    cfg = compose_config(
+        ["split=split2", "split.source=generated", f"split.dir={tmp_path / 'mine'}"]
+    )
     split = resolve_split(cfg.split, cfg.data, cifar10_labels)
     written = tmp_path / "mine" / "cifar10" / "split2.npz"
     assert written.is_file()
@@ -189,6 +325,14 @@ def test_generated_imagenet_style_split_follows_the_profile():
         labels, 20, 1, 10, 50, 12, "x", profile=profile, test_per_class=8, fewshot_in_d_i=False
     )
     assert np.array_equal(again.D_i, s.D_i)  # deterministic
+    # S_b is drawn apart from D_i (the reference's 1 % list: 12 per class, mostly outside D_i):
+    # another profile gives another D_i and the same S_b, and S_b is not D_i's prefix
+    flatter = long_tail_profile("exp", 20, 100, tail=20)
+    other = generate_split(
+        labels, 20, 1, 10, 50, 12, "x", profile=flatter, test_per_class=8, fewshot_in_d_i=False
+    )
+    assert not np.array_equal(other.D_i, s.D_i) and np.array_equal(other.S_b, s.S_b)
+    assert len(np.intersect1d(s.S_b, s.D_i)) < len(s.S_b)
 
 
 def test_profile_needing_more_images_than_any_class_is_refused():

@@ -237,7 +237,12 @@ def test_a_truncated_split_file_at_resume_is_one_line_and_keeps_the_checkpoint(t
 
     splits = tmp_path / "splits"
     shutil.copytree(SPLITS_DIR, splits)
-    args = [*PRETRAIN, f"split.dir={splits}", f"hydra.run.dir={tmp_path / 'job'}"]
+    args = [
+        *PRETRAIN,
+        "split.source=generated",
+        f"split.dir={splits}",
+        f"hydra.run.dir={tmp_path / 'job'}",
+    ]
     ok(sdclr(args, env))
     job = tmp_path / "job"
     truncate(job / "checkpoints" / "pretrain.pt")  # as if stopped during epoch 2

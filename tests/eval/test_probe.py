@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -42,6 +44,10 @@ def probe_cfg(**kw):
         weight_decay=0.0,
         milestones=[3, 5],
         gamma=0.1,
+        lr_step="epoch_start",
+        val_every=1,
+        select_metric="top1",
+        normalize=False,
         augment=True,
         eval_batch_size=64,
     )
@@ -117,7 +123,8 @@ def test_probe_picks_the_best_validation_epoch_not_the_last():
 def _one_head_loop(cfg, seed=0):
     """The protocol's single-rate probe written out as the suite ran it before the grid (one
     nn.Linear, its init then the epoch permutations from one generator, the pad-4 crop +
-    flip, SGD + MultiStepLR, the best validation epoch): the default must match it exactly."""
+    flip, SGD + MultiStepLR stepped at the start of the epoch as the reference's CIFAR probe
+    does, or at its end, the best validation epoch): the default must match it exactly."""
     from sdclr.augment.ops import normalize
     from sdclr.augment.views import probe_train_view
     from sdclr.data.banks import as_images
@@ -139,6 +146,9 @@ def _one_head_loop(cfg, seed=0):
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(cfg.milestones), cfg.gamma)
     best, best_state, curve = -1.0, None, []
     for _epoch in range(cfg.epochs):
+        if cfg.lr_step == "epoch_start":
+            with pytest.warns(UserWarning) if _epoch == 0 else contextlib.nullcontext():
+                sched.step()  # before optimizer.step(): PyTorch warns the first time
         perm = torch.randperm(len(train_idx), generator=g)
         for s in range(0, len(train_idx), cfg.batch_size):
             sel = train_idx[perm[s : s + cfg.batch_size]]
@@ -149,7 +159,8 @@ def _one_head_loop(cfg, seed=0):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        sched.step()
+        if cfg.lr_step == "epoch_end":
+            sched.step()
         with torch.no_grad():
             acc = float((linear(val_feats).argmax(1) == labels[val_idx]).float().mean()) * 100
         curve.append(acc)
@@ -160,8 +171,9 @@ def _one_head_loop(cfg, seed=0):
         return curve, linear(test_feats).argmax(1)
 
 
-def test_the_default_single_rate_is_the_protocols_one_head_probe():
-    cfg = probe_cfg(lr=3.0, epochs=5, milestones=[2, 4])
+@pytest.mark.parametrize("lr_step", ["epoch_start", "epoch_end"])
+def test_the_default_single_rate_is_the_protocols_one_head_probe(lr_step):
+    cfg = probe_cfg(lr=3.0, epochs=5, milestones=[2, 4], lr_step=lr_step)
     r = _run(cfg)
     curve, pred = _one_head_loop(cfg)
     assert r["val_acc"] == curve and r["lr"] == 3.0
@@ -171,15 +183,18 @@ def test_the_default_single_rate_is_the_protocols_one_head_probe():
     assert r["grid"] == [
         {
             "lr": 3.0,
+            "val_epochs": [1, 2, 3, 4, 5],
             "val_acc": curve,
+            "val_top5": [100.0] * 5,  # three classes: top-5 is top-3
             "best_val_acc": max(curve),
+            "best_val_top5": 100.0,
             "best_epoch": r["best_epoch"],
             "diverged_epoch": None,
         }
     ]
     # the grid of one rate is the single rate
     timings = ("seconds", "setup_seconds", "train_seconds")
-    grid_of_one = _run(probe_cfg(lr=30.0, lrs=[3.0], epochs=5, milestones=[2, 4]))
+    grid_of_one = _run(probe_cfg(lr=30.0, lrs=[3.0], epochs=5, milestones=[2, 4], lr_step=lr_step))
     assert {k: v for k, v in grid_of_one.items() if k not in timings} == {
         k: v for k, v in r.items() if k not in timings
     }
