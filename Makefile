@@ -28,7 +28,7 @@ help:
 	@echo "make test-fast    the unit tests alone: no subprocess runs, no CIFAR data (under 2 minutes)"
 	@echo "make lint         ruff check + format check"
 	@echo "make sweep        the paper's comparison: SimCLR vs SDCLR over the five splits (full schedule, GPU)"
-	@echo "make report DIR=outputs/multirun/...   aggregate a sweep into report.md and plots"
+	@echo "make report DIR=outputs/multirun/...   (re)build a sweep's report.md and plots (a sweep writes them as it ends)"
 	@echo "make bench        speed benchmark on the best device found (see BENCHMARKS.md)"
 	@echo "make bench-quick  a few steps of the benchmark on the CPU"
 	@echo "make gpu-check    on a GPU: env, default run, speed, CUDA tests, accuracy, 224 px, in 480 s"

@@ -10,6 +10,7 @@ are listed as missing.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -263,12 +264,34 @@ def read_sweep_spec(sweep_dir: Path) -> tuple[dict[str, list[str]] | None, list[
 def missing_combinations(
     spec: Mapping[str, Sequence[str]], jobs: Sequence[Mapping[str, Any]]
 ) -> list[list[str]]:
-    """Override combinations of the sweep that no job dir's overrides match."""
+    """Override combinations of the sweep that no job dir's overrides match (values compared
+    as Hydra reads them: a job's ``smoke=True`` is the command line's ``smoke=true``)."""
     keys = list(spec)
-    have = [overrides_dict(job["overrides"]) for job in jobs]
+    have = [
+        {k: _override_value(k, v) for k, v in overrides_dict(job["overrides"]).items()}
+        for job in jobs
+    ]
     missing = []
     for combo in itertools.product(*(spec[k] for k in keys)):
         want = dict(zip(keys, combo))
-        if not any(all(h.get(k) == v for k, v in want.items()) for h in have):
+        if not any(
+            all(h.get(k, _ABSENT) == _override_value(k, v) for k, v in want.items()) for h in have
+        ):
             missing.append([f"{k}={v}" for k, v in want.items()])
     return missing
+
+
+_ABSENT = object()
+
+
+@functools.lru_cache(maxsize=4096)
+def _override_value(key: str, value: str) -> Any:
+    """``key=value``'s value as Hydra's override grammar reads it (bools, numbers, lists,
+    quoted strings; Hydra writes a job's overrides back in its own spelling), else the text."""
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_override(f"{key}={value}").value()
+    except Exception:  # no Hydra, or not a plain value: compare the text
+        return value.strip()
+    return repr(parsed)  # hashable and exact: 1 and 1.0 and True stay apart
