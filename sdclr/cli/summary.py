@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from sdclr.config.derived import bn_mode, head_depth, method_label, method_title
 from sdclr.data.run_data import RunData
+from sdclr.data.splits import paper_split_note
 from sdclr.report.build import build_report, read_tables
 from sdclr.report.jobs import RANDOM_INIT_SUFFIX, STAGES
 from sdclr.report.paired import accuracy_gain
@@ -42,9 +43,30 @@ def run_record(cfg: DictConfig, device: torch.device, data: RunData) -> dict[str
         "fraction": float(cfg.data.fraction),
         "smoke": bool(cfg.smoke),
         "device": str(device),
-        "split_source": split.source,
+        # official (the reference's files) | generated | file | lists, as the report compares
+        # it; split_files says which files, and how they were checked
+        "split_source": split.kind,
+        "split_files": split.source,
+        # set when the dataset has a published split and this run generated its own instead
+        "split_note": paper_split_note(str(cfg.data.name), split.source),
         "data_source": data.source,
         "data_fingerprint": data.fingerprint,
+        "protocol": protocol_record(cfg),
+    }
+
+
+def protocol_record(cfg: DictConfig) -> dict[str, Any]:
+    """The schedule the run's numbers were measured with, which the report compares with the
+    paper's before it prints a published row (``sdclr.report.published``)."""
+    linear = OmegaConf.to_container(cfg.linear, resolve=True)
+    assert isinstance(linear, dict)
+    linear.pop("eval_batch_size", None)  # no effect on the result
+    return {
+        "pretrain_epochs": int(cfg.pretrain.epochs),
+        "pretrain_batch_size": int(cfg.pretrain.batch_size),
+        "pretrain_lr": float(cfg.pretrain.lr),
+        "temperature": float(cfg.pretrain.temperature),
+        "linear": linear,
     }
 
 
@@ -79,6 +101,8 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], job_dir: Path) -> No
             f"pretrain.epochs={cfg.pretrain.epochs}); the numbers show the pipeline "
             f"works, not the method's accuracy."
         )
+    if metrics.get("run", {}).get("split_note"):
+        lines.append(metrics["run"]["split_note"])
     if "pretrain" in metrics:
         pre = metrics["pretrain"]
         dens = pre.get("mask_density")

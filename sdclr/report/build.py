@@ -22,7 +22,7 @@ from sdclr.report.jobs import (
     missing_combinations,
     read_sweep_spec,
 )
-from sdclr.report.paired import PUBLISHED, PUBLISHED_SOURCE, paired_differences, published_for
+from sdclr.report.paired import paired_differences
 from sdclr.report.plots import (
     DIAGNOSTICS_PLOT,
     GROUP_PLOT,
@@ -33,6 +33,7 @@ from sdclr.report.plots import (
     plot_knn_curves,
     plot_per_class,
 )
+from sdclr.report.published import PUBLISHED, PUBLISHED_SOURCE, published_match
 from sdclr.report.render import render_markdown
 from sdclr.report.tables import per_class_rows, report_tables
 from sdclr.utils.tracking import Tracker, sweep_group
@@ -67,7 +68,7 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
         warnings.extend(m.pop("warnings"))
     by_name = {j["name"]: j for j in jobs}
     for m in methods:
-        m["published"] = published_for(m, by_name)
+        m["published"], m["published_why_not"] = published_match(m, by_name)
     collapsed = [
         {
             "job": c["job"],

@@ -5,9 +5,6 @@ the jobs are matched on their split (several jobs of one method on one split, e.
 are averaged first) and the per-split differences B - A of ``acc``, ``many``, ``medium``,
 ``few`` and ``std`` get their mean ± population std and an exact paired sign-flip test
 (:func:`sign_flip_p`). Collapsed probes are left out, as in the averages.
-
-Where the setting is the paper's (CIFAR-10-LT, the five splits), :func:`published_for` gives
-the published Many / Medium / Few means (protocol.md section 4) to print beside ours.
 """
 
 from __future__ import annotations
@@ -25,15 +22,6 @@ from sdclr.utils.io import natural_key
 
 #: The largest number of paired splits tested exactly (2^20 sign patterns).
 MAX_EXACT = 20
-
-#: protocol.md section 4: the paper's CIFAR-10-LT full-shot means over its 5 splits
-#: (2000 pretraining epochs); the paper gives no Acc or Std column to compare with.
-PUBLISHED = {
-    "SimCLR": {"many": 78.18, "medium": 76.23, "few": 71.37},
-    "SDCLR": {"many": 86.44, "medium": 81.84, "few": 76.23},
-}
-PUBLISHED_SOURCE = "published (paper, CIFAR-10-LT, 5 splits, 2000 epochs)"
-PAPER_DATASET, PAPER_SPLITS, PAPER_PRUNE = "cifar10_lt", {1, 2, 3, 4, 5}, 0.9
 
 
 def sign_flip_p(diffs: Sequence[float]) -> float | None:
@@ -95,30 +83,6 @@ def paired_differences(
             if entry["n"]:
                 out.append(entry)
     return out
-
-
-def published_for(method: Mapping[str, Any], jobs_by_name: Mapping[str, Any]) -> str | None:
-    """The :data:`PUBLISHED` key whose numbers stand beside this method's full-shot row, or
-    None: only plain SimCLR / SDCLR p=0.9 (dense/pruned BN, default head and loss) on
-    CIFAR-10-LT covering the five splits."""
-    names = method["linear"]["jobs"]
-    runs = [jobs_by_name[n]["metrics"].get("run") for n in names]
-    runs = [r for r in runs if isinstance(r, Mapping)]
-    if not runs or {str(r.get("dataset")) for r in runs} != {PAPER_DATASET}:
-        return None
-    if {int(r["split"]) for r in runs if r.get("split") is not None} != PAPER_SPLITS:
-        return None
-    label = str(method["label"])
-    if label.startswith("SimCLR ") and "head" in label:
-        return "SimCLR" if label == _default_label("SimCLR", runs[0]) else None
-    if label.startswith(f"SDCLR p={PAPER_PRUNE:g} "):
-        return "SDCLR" if label == _default_label(f"SDCLR p={PAPER_PRUNE:g}", runs[0]) else None
-    return None
-
-
-def _default_label(title: str, run: Mapping[str, Any]) -> str:
-    """The label of the paper's recipe: the method, its BN mode and head depth, no option."""
-    return f"{title} {run.get('bn')}-BN head{run.get('head_depth')}"
 
 
 def accuracy_gain(ours: float, base: float, n: int) -> tuple[float, float]:

@@ -161,12 +161,27 @@ def _stage_rows(
         else:
             row = {"Method": f"{m['published']} {PUBLISHED_MARK}", "n": 5}
             for key, col in METRICS:
-                row[col] = f"{paper[key]:.2f}" if key in paper else "-"
+                row[col] = (
+                    format_mean_std(paper[key], paper.get(f"{key}_std")) if key in paper else "-"
+                )
             row["Splits"], collapsed = "1, 2, 3, 4, 5", "-"
         if with_collapse:
             row["Collapsed"] = collapsed
         rows.append(row)
     return rows
+
+
+def _why_not_published(methods: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per method without a published row beside it, saying why (its setting is not
+    the paper's: report/published.py)."""
+    reasons = [
+        f"{m['label']}: {m['published_why_not']}"
+        for m in methods
+        if m["linear"]["n"] and not m.get("published") and m.get("published_why_not")
+    ]
+    if not reasons:
+        return []
+    return ["", "No published row beside: " + "; ".join(reasons) + "."]
 
 
 def _fmt_p(p: float | None) -> str:
@@ -218,7 +233,9 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "Each cell is mean ± std over the splits of the completed jobs of that method; the ± "
         "is the **population** standard deviation (numpy `ddof=0`). `n` is the number of "
         "splits (jobs) averaged. The Std column is each job's balancedness: the population "
-        "std of its (Many, Medium, Few) accuracies, then averaged like the others. "
+        "std of its (Many, Medium, Few) accuracies, then averaged like the others; like every "
+        "accuracy here it is in percentage points (the reference's analysis script gives it as "
+        "a fraction, 100 times smaller). "
         "Failed and incomplete jobs, and collapsed probes, are never averaged in."
     )
     methods = summary["methods"]
@@ -229,6 +246,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         out.append(format_table(rows) if rows else "_No completed jobs with this probe._")
         if any(str(r["Method"]).endswith(PUBLISHED_MARK) for r in rows):
             out += ["", f"Rows marked {PUBLISHED_MARK}: {published['source']}."]
+        if stage == "linear" and rows:
+            out += _why_not_published(methods)
     out += _paired_section(summary.get("paired") or [])
     pre_rows = [
         {
@@ -293,7 +312,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             "",
             "A probe whose loss went non-finite or whose validation top-1 stayed at chance level "
             "is no result of the encoder; rerun it with a learning-rate grid "
-            "(`stage=linear stage.checkpoint=... linear.lrs=[...]`).",
+            "(`stage=linear stage.checkpoint=... linear.lrs=[...]`) or, when its reason names a "
+            "runaway feature scale, with normalised features (`linear.normalize=true`).",
             "",
             format_table(
                 [

@@ -53,7 +53,7 @@ def stage_entries(
     """The rows of a stage's results table, as (method entry, published numbers or None):
     each method with results (or collapsed probes) in ``stage``, followed on the full-shot
     table by the paper's numbers when its setting is the paper's (``published``: the
-    :data:`sdclr.report.paired.PUBLISHED` values)."""
+    :data:`sdclr.report.published.PUBLISHED` values)."""
     for m in methods:
         res = m[stage]
         if not res["n"] and not res.get("collapsed"):
@@ -86,7 +86,7 @@ def report_tables(summary: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
             else:
                 row = {"method": m["published"], "source": "published", "n": 5}
                 for key, _col in METRICS:
-                    row[f"{key}_mean"], row[f"{key}_std"] = paper.get(key), None
+                    row[f"{key}_mean"], row[f"{key}_std"] = paper.get(key), paper.get(f"{key}_std")
                 row["splits"], row["collapsed"] = "1, 2, 3, 4, 5", 0
             rows.append(row)
         if rows:

@@ -88,14 +88,37 @@ def test_a_collapsed_probe_is_flagged_and_never_averaged(tmp_path: Path):
     assert ["0", "collapsed", "linear", "best validation top-1 at chance"] in problems["data"]
 
 
-def _paper_sweep(root: Path) -> Path:
+def _paper_run(**changes) -> dict:
+    """The run record fields of a job at the paper's setting, from the suite's own defaults
+    (so the test also says that the defaults are the published protocol)."""
+    from sdclr.cli.summary import protocol_record
+    from sdclr.config.compose import compose_config
+
+    run = {
+        "split_source": "official",
+        "fraction": 1.0,
+        "smoke": False,
+        "protocol": protocol_record(compose_config(["data=cifar10_lt"])),
+    }
+    for key, value in changes.items():
+        if key.startswith("linear_"):
+            run["protocol"]["linear"][key[len("linear_") :]] = value
+        elif key in run["protocol"]:
+            run["protocol"][key] = value
+        else:
+            run[key] = value
+    return run
+
+
+def _paper_sweep(root: Path, splits=range(1, 6), **changes) -> Path:
     root.mkdir(parents=True)
     labels = {"SimCLR": "SimCLR shared-BN head2", "SDCLR": "SDCLR p=0.9 dual-BN head3"}
+    run = _paper_run(**changes)
     for i, (method, label) in enumerate(labels.items()):
-        for split in range(1, 6):
+        for split in splits:
             m = job_metrics(label, method, split)
             bn, depth = label.split()[-2][:-3], int(label[-1])
-            m["run"].update(bn=bn, head_depth=depth)
+            m["run"].update(bn=bn, head_depth=depth, **run)
             for stage in ("linear", "fewshot"):
                 m[stage]["acc"] = 80.0 + i * split  # SDCLR ahead by the split index
             write_job(root, f"{i}{split}", [f"method={method.lower()}", f"split=split{split}"], m)
@@ -107,8 +130,8 @@ def test_the_paper_setting_prints_the_published_numbers_beside_ours(tmp_path: Pa
     md = build_report(sweep)
     lines = md.split("## Full-shot (linear probe)")[1].split("## ")[0].strip().splitlines()
     rows = {c[0]: c for c in map(cells, lines) if c}
-    assert rows["SimCLR (published)"][2:6] == ["-", "78.18", "76.23", "71.37"]
-    assert rows["SDCLR (published)"][2:6] == ["-", "86.44", "81.84", "76.23"]
+    assert rows["SimCLR (published)"][2:6] == ["-", "78.18 ± 4.18", "76.23 ± 5.33", "71.37 ± 7.07"]
+    assert rows["SDCLR (published)"][2:6] == ["-", "86.44 ± 3.12", "81.84 ± 4.78", "76.23 ± 6.29"]
     order = [c[0] for c in map(cells, lines) if c][2:]
     assert order == [
         "SimCLR shared-BN head2",
@@ -116,7 +139,11 @@ def test_the_paper_setting_prints_the_published_numbers_beside_ours(tmp_path: Pa
         "SDCLR p=0.9 dual-BN head3",
         "SDCLR (published)",
     ]
-    assert "Rows marked (published): published (paper, CIFAR-10-LT" in md
+    assert "Rows marked (published): Jiang et al., Self-Damaging Contrastive Learning" in md
+    assert "Table 4" in md and "issue #2" in md
+    assert "No published row beside" not in md
+    # the legend: points here, a fraction in the reference's analysis script
+    assert "percentage points (the reference's analysis script gives it as a fraction" in md
     few = md.split("## Few-shot")[1].split("## ")[0]
     assert "(published)" not in few  # the paper's numbers are full-shot
     report = json.loads((sweep / "report.json").read_text())
@@ -126,9 +153,9 @@ def test_the_paper_setting_prints_the_published_numbers_beside_ours(tmp_path: Pa
     results = tables["results/linear"]
     col = results["columns"].index
     published = [r for r in results["data"] if r[col("source")] == "published"]
-    assert [(r[col("method")], r[col("many_mean")]) for r in published] == [
-        ("SimCLR", 78.18),
-        ("SDCLR", 86.44),
+    assert [(r[col("method")], r[col("many_mean")], r[col("many_std")]) for r in published] == [
+        ("SimCLR", 78.18, 4.18),
+        ("SDCLR", 86.44, 3.12),
     ]
     per_class = tables["results/per_class_accuracy"]
     assert len(per_class["data"]) == 10 * 2 * 10  # jobs x stages x classes
@@ -147,3 +174,51 @@ def test_accuracy_gain_and_its_standard_error_by_hand():
     assert gain == 10.0 and se == pytest.approx(2.2135943621178655)
     assert accuracy_gain(100.0, 0.0, 10) == (100.0, 0.0)
     assert accuracy_gain(50.0, 50.0, 0)[1] == math.inf
+
+
+@pytest.mark.parametrize(
+    ("changes", "reason"),
+    [
+        ({"split_source": "generated"}, "split.source=generated ran, the paper's is official"),
+        ({"pretrain_epochs": 2}, "pretrain.epochs=2 ran, the paper's is 2000"),
+        ({"fraction": 0.05}, "data.fraction=0.05 ran, the paper's is 1"),
+        (
+            {"linear_lr_step": "epoch_end"},
+            "linear.lr_step=epoch_end ran, the paper's is epoch_start",
+        ),
+        ({"linear_normalize": True}, "linear.normalize=true ran, the paper's is false"),
+        ({"dataset": "cifar100_lt"}, "data=cifar100_lt ran, the paper's is cifar10_lt"),
+    ],
+)
+def test_any_other_setting_shows_no_published_row_and_says_why(tmp_path: Path, changes, reason):
+    md = build_report(_paper_sweep(tmp_path / "sweep", **changes))
+    linear = md.split("## Full-shot (linear probe)")[1].split("## ")[0]
+    assert "(published)" not in linear
+    assert f"SimCLR shared-BN head2: {reason}" in linear
+    assert f"SDCLR p=0.9 dual-BN head3: {reason}" in linear
+
+
+def test_published_rows_need_all_five_splits_and_a_recorded_schedule(tmp_path: Path):
+    md = build_report(_paper_sweep(tmp_path / "four", splits=range(1, 5)))
+    assert "(published)" not in md
+    assert "splits 1, 2, 3, 4 ran, the paper averages all five" in md
+    sweep = _paper_sweep(tmp_path / "old")
+    for metrics_path in sweep.glob("*/metrics.json"):  # jobs of an older version
+        metrics = json.loads(metrics_path.read_text())
+        del metrics["run"]["protocol"]
+        metrics_path.write_text(json.dumps(metrics))
+    md = build_report(sweep)
+    assert "(published)" not in md
+    assert "do not record their schedule (run by an older version)" in md
+
+
+def test_only_the_papers_recipes_get_a_published_row(tmp_path: Path):
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    for split in range(1, 6):  # SDCLR at p=0.9 but with shared BN: not the paper's recipe
+        m = job_metrics("SDCLR p=0.9 shared-BN head3", "SDCLR", split)
+        m["run"].update(bn="shared", head_depth=3, **_paper_run())
+        write_job(sweep, str(split), [f"split=split{split}"], m)
+    md = build_report(sweep)
+    assert "(published)" not in md
+    assert "the paper publishes plain SimCLR and SDCLR p=0.9 (dual BN, three-layer head) only" in md
