@@ -34,7 +34,12 @@ from sdclr.eval.monitor import (
 )
 from sdclr.eval.probe import train_probe
 from sdclr.methods.registry import build_method
-from sdclr.models.checkpoint import build_from_spec, load_encoder, model_spec
+from sdclr.models.checkpoint import (
+    build_from_spec,
+    check_input_normalisation,
+    load_encoder,
+    model_spec,
+)
 from sdclr.report.jobs import RANDOM_INIT_SUFFIX
 from sdclr.train.loop import pretrain
 from sdclr.utils.distributed import convert_sync_batchnorm, world_size
@@ -203,8 +208,13 @@ def run_probe(job: Job, stage: str, stop: StopSignal) -> None:
     cfg = job.cfg
     source = cfg.stage.checkpoint or job.checkpoint
     model, payload = load_encoder(source, cfg.backbone.name)
+    check_input_normalisation(payload["spec"], list(cfg.data.mean), list(cfg.data.std), source)
+    if payload.get("source"):  # another code's checkpoint: say what of it is evaluated
+        print(f"{stage}: {source} is a {payload['source']}", flush=True)
     result = probe_encoder(job, stage, model, stop, stage)
     result["checkpoint"] = str(source)
+    if payload.get("source"):
+        result["checkpoint_source"] = payload["source"]
     job.metrics[stage] = result
     job.tracker.summary(
         {f"{stage}/{k}": result[k] for k in ("acc", "many", "medium", "few", "std", "collapsed")}

@@ -13,6 +13,10 @@ renames). A machine crash at any point leaves at least one complete checkpoint;
 :func:`load_latest` falls back to the previous one when the latest cannot be read. A full
 disk stops the run with one message and leaves both files as they were.
 
+The reference code's checkpoints (``train_simCLR.py``'s ``model_<epoch>.pt``) are read too,
+mapped onto our model by :mod:`sdclr.models.reference` (the dense branch; the payload's
+``source`` says so).
+
 Safe: checkpoints are loaded with ``weights_only=True`` (tensors, containers and plain values
 only; unpickling cannot call anything), allowing just NumPy's array reconstruction, which
 the RNG state of checkpoints written before 2026-12 needs.
@@ -36,6 +40,7 @@ import torch
 from sdclr.config.derived import bn_mode, cifar_stem, head_depth
 from sdclr.errors import CheckpointError
 from sdclr.models.contrastive import ContrastiveModel, build_model
+from sdclr.models.reference import from_reference, is_reference_checkpoint
 
 
 def model_spec(cfg) -> dict[str, Any]:
@@ -151,6 +156,14 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"checkpoint {path} cannot be read ({_one_line(e)}); it is corrupt or not an sdclr "
             f"checkpoint"
         ) from e
+    if is_reference_checkpoint(payload):
+        try:
+            return from_reference(payload)
+        except ValueError as e:
+            raise CheckpointError(
+                f"checkpoint {path} is in the reference code's layout (VITA-Group/SDCLR) but "
+                f"cannot be evaluated here: {e}"
+            ) from e
     if not isinstance(payload, dict) or "model" not in payload or "spec" not in payload:
         raise CheckpointError(
             f"{path} is not an sdclr pretrain checkpoint (no model/spec); "
@@ -217,3 +230,27 @@ def load_encoder(
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not fit its recorded model ({e})") from e
     return model, payload
+
+
+def check_input_normalisation(
+    spec: dict[str, Any], mean: list[float], std: list[float], path: str | Path
+) -> None:
+    """Refuse to probe a checkpoint with another input normalisation than it was trained
+    with (the reference's ResNet carries its own; ours record theirs in the spec)."""
+    want_mean, want_std = spec.get("mean"), spec.get("std")
+    if want_mean is None or want_std is None:
+        return
+    same = all(
+        abs(float(a) - float(b)) <= 1e-6
+        for a, b in zip([*want_mean, *want_std], [*mean, *std], strict=True)
+    )
+    if not same:
+
+        def flag(values: list[float]) -> str:  # pasteable into a shell unquoted
+            return "[" + ",".join(f"{float(v):g}" for v in values) + "]"
+
+        raise CheckpointError(
+            f"checkpoint {path} was trained on inputs normalised with mean {want_mean} and std "
+            f"{want_std}, this run normalises with mean {list(mean)} and std {list(std)}; pass "
+            f"data.mean={flag(want_mean)} data.std={flag(want_std)}"
+        )
