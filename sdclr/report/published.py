@@ -77,10 +77,16 @@ def published_match(
 ) -> tuple[str | None, str | None]:
     """``(key of PUBLISHED, None)`` when this method's full-shot jobs ran the paper's setting,
     else ``(None, why not)``."""
-    runs = [jobs_by_name[n]["metrics"].get("run") for n in method["linear"]["jobs"]]
+    linear = method["linear"]
+    if not linear["jobs"]:  # the setting is still worth naming when every probe collapsed
+        no_result = "no full-shot result that did not collapse"
+        names = [c["job"] for c in linear.get("collapsed") or []]
+    else:
+        no_result, names = None, list(linear["jobs"])
+    runs = [jobs_by_name[n]["metrics"].get("run") for n in names if n in jobs_by_name]
     runs = [r for r in runs if isinstance(r, Mapping)]
     if not runs:
-        return None, "no completed full-shot job"
+        return None, no_result or "no completed full-shot job"
     key = _paper_method(str(method["label"]), runs[0])
     if key is None:
         return None, (
@@ -109,7 +115,7 @@ def published_match(
         why = _differs(f"linear.{field}", values, want)
         if why:
             return None, why
-    return key, None
+    return (None, no_result) if no_result else (key, None)
 
 
 _MISSING = object()

@@ -177,7 +177,9 @@ def _why_not_published(methods: Sequence[Mapping[str, Any]]) -> list[str]:
     reasons = [
         f"{m['label']}: {m['published_why_not']}"
         for m in methods
-        if m["linear"]["n"] and not m.get("published") and m.get("published_why_not")
+        if (m["linear"]["n"] or m["linear"].get("collapsed"))
+        and not m.get("published")
+        and m.get("published_why_not")
     ]
     if not reasons:
         return []

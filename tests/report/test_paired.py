@@ -222,3 +222,21 @@ def test_only_the_papers_recipes_get_a_published_row(tmp_path: Path):
     md = build_report(sweep)
     assert "(published)" not in md
     assert "the paper publishes plain SimCLR and SDCLR p=0.9 (dual BN, three-layer head) only" in md
+
+
+def test_collapsed_probes_still_get_their_reason(tmp_path: Path):
+    sweep = _paper_sweep(tmp_path / "sweep", fraction=0.02)
+    for metrics_path in sweep.glob("*/metrics.json"):  # every full-shot probe collapsed
+        metrics = json.loads(metrics_path.read_text())
+        metrics["linear"].update(collapsed=True, collapse_reason="at chance")
+        metrics_path.write_text(json.dumps(metrics))
+    md = build_report(sweep)
+    assert "SimCLR shared-BN head2: data.fraction=0.02 ran, the paper's is 1" in md
+    sweep = _paper_sweep(tmp_path / "paper")
+    for metrics_path in sweep.glob("*/metrics.json"):
+        metrics = json.loads(metrics_path.read_text())
+        metrics["linear"].update(collapsed=True, collapse_reason="at chance")
+        metrics_path.write_text(json.dumps(metrics))
+    md = build_report(sweep)
+    assert "(published)" not in md
+    assert "SimCLR shared-BN head2: no full-shot result that did not collapse" in md
