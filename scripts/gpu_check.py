@@ -9,12 +9,13 @@ The plan, in this order, under one time budget (``--budget`` seconds; ``--steps`
 1. ``env``: GPU name and memory, driver, torch / CUDA / cuDNN / timm versions, commit; the
    package imports and ``device=auto`` picks CUDA.
 2. ``default_run``: the runner as users get it on CUDA, ``python -m sdclr stage=all`` (SDCLR
-   p90, split 1) for 2 epochs at 20% of the data (``data.fraction=0.2 pretrain.epochs=2``)
-   with 2-epoch probes, every numeric default left alone (bf16, channels_last, torch.compile,
-   its mode, the fused branches' default): it records what the run's metrics.json says ran
-   (and fails when that is not the CUDA default), its epoch times and the compile of its
-   training graphs, timed apart (the first epoch's training less the second's). stage=all,
-   not pretrain: the probes' bf16 feature pass and the monitors run as users get them too.
+   p90, split 1) for 2 epochs at 20% of the data (``data.fraction=0.2 pretrain.epochs=2
+   pretrain.warmup_epochs=1``) with 2-epoch probes, every numeric default left alone (bf16,
+   channels_last, torch.compile, its mode, the fused branches' default): it records what the
+   run's metrics.json says ran (and fails when that is not the CUDA default), its epoch times
+   and the compile of its training graphs, timed apart (the first epoch's training less the
+   second's). stage=all, not pretrain: the probes' bf16 feature pass and the monitors run as
+   users get them too.
 3. ``speed_eager``: ``python -m sdclr.bench --no-compile``: SimCLR, SDCLR p90, the model-only
    ceiling and the linear probe, eager: no compile to wait for, so these numbers come back.
 4. ``cuda_tests``: every test that skips itself on CPU (found by its ``skipif(not
@@ -144,8 +145,8 @@ TOY_FOLDER = [
 # 2 epochs at 20% with 2-epoch probes; the dry run: the toy sizes at 1%, 2 epochs (the second
 # one's time is what the first one's compile is measured against).
 DEFAULT_RUN = {
-    "gpu": "data.fraction=0.2 pretrain.epochs=2 linear.epochs=2 linear.milestones=[1] "
-    "fewshot.epochs=2 fewshot.milestones=[1]".split(),
+    "gpu": "data.fraction=0.2 pretrain.epochs=2 pretrain.warmup_epochs=1 linear.epochs=2 "
+    "linear.milestones=[1] fewshot.epochs=2 fewshot.milestones=[1]".split(),
     "dry": [*TOY_SIZES, "data.fraction=0.01", "linear.batch_size=64", "pretrain.epochs=2"],
 }
 # The sizes the planner scales the default run's times by: its data fraction and probe epochs,

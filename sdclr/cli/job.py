@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,11 +23,24 @@ from sdclr.config.derived import to_container
 from sdclr.config.drift import config_differences
 from sdclr.data.run_data import RunData
 from sdclr.errors import CheckpointError, ConfigError
-from sdclr.models.checkpoint import load_latest
+from sdclr.models.checkpoint import check_checkpoint_file, load_latest
 from sdclr.utils.distributed import is_main_process
+from sdclr.utils.runlog import note, warn
 from sdclr.utils.tracking import Tracker
 
 ALL_STAGES = ("pretrain", "linear", "fewshot")
+
+
+def planned_stages(cfg: DictConfig) -> list[str]:
+    """The stages ``cfg`` asks for, in order: ``stage=all`` is pretrain, linear, fewshot, with
+    ``stage.knn`` the kNN classifier right after pretraining (under torchrun every rank takes
+    part in it, so it must not wait behind the probes that rank 0 alone runs)."""
+    if cfg.stage.name != "all":
+        return [str(cfg.stage.name)]
+    stages = list(ALL_STAGES)
+    if cfg.stage.knn:
+        stages.insert(1, "knn")
+    return stages
 
 
 def checkpoint_path(job_dir: Path) -> Path:
@@ -95,10 +107,7 @@ def previous_checkpoint(path: Path, config: dict[str, Any], force: bool) -> dict
             + "\nUse another output directory, or add resume.force=true to continue anyway"
         )
     if diffs:
-        print(
-            "resume.force=true: continuing despite config differences:\n  " + "\n  ".join(diffs),
-            file=sys.stderr,
-        )
+        warn("resume.force=true: continuing despite config differences:\n  " + "\n  ".join(diffs))
     return payload
 
 
@@ -117,7 +126,7 @@ def plan_job(cfg: DictConfig, job_dir: Path) -> Plan:
     """The stages to run in ``job_dir``: finished ones (in metrics.json, and for pretrain with
     its checkpoint) are skipped; an unfinished pretrain checkpoint invalidates later stages.
     Raises when an evaluation stage has no encoder to evaluate."""
-    stages = list(ALL_STAGES) if cfg.stage.name == "all" else [cfg.stage.name]
+    stages = planned_stages(cfg)
     ckpt = checkpoint_path(job_dir)
     if "pretrain" not in stages and cfg.stage.checkpoint is None and not ckpt.is_file():
         raise CheckpointError(
@@ -125,6 +134,8 @@ def plan_job(cfg: DictConfig, job_dir: Path) -> Plan:
             f"given and {job_dir}/checkpoints/pretrain.pt does not exist; pass "
             f"stage.checkpoint=/path/to/job/checkpoints/pretrain.pt"
         )
+    if cfg.stage.checkpoint is not None:  # before any of the job's files are written
+        check_checkpoint_file(cfg.stage.checkpoint)
     config = to_container(cfg)
     previous = previous_checkpoint(ckpt, config, bool(cfg.resume.force))
     metrics = read_metrics(job_dir)
@@ -133,7 +144,7 @@ def plan_job(cfg: DictConfig, job_dir: Path) -> Plan:
     done = [s for s in stages if s in metrics and (s != "pretrain" or previous is not None)]
     if is_main_process():
         for s in done:
-            print(f"{s}: already finished in {job_dir} (resumed job); skipped", flush=True)
+            note(f"{s}: already finished in {job_dir} (resumed job); skipped")
     return Plan(stages, [s for s in stages if s not in done], config, previous, metrics)
 
 

@@ -5,8 +5,9 @@ load the data, check the data against the stages, start the job (its files, run 
 tracker), run each stage from :data:`sdclr.cli.stages.STAGES`, finish (status, report,
 summary). One job directory per run holds the resolved config, checkpoints, ``metrics.jsonl``
 (every logged record), ``metrics.json`` (the results of each finished stage) and
-``status.json`` (:mod:`sdclr.cli.job`). Stages: ``pretrain``, ``linear``, ``fewshot``, or
-``all`` (the three in order).
+``status.json`` (:mod:`sdclr.cli.job`). Stages: ``pretrain``, ``linear``, ``fewshot``, ``knn``,
+or ``all`` (pretrain, linear, fewshot in order; with ``stage.knn`` the kNN classifier after
+pretraining).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
+from sdclr.cli.hydra_errors import config_errors_reported
 from sdclr.cli.job import Job, Plan, check_writable, plan_job, read_status, write_status
 from sdclr.cli.stages import STAGES, StageInputs, check_inputs
 from sdclr.cli.summary import job_report, print_summary, run_record
@@ -41,6 +43,7 @@ from sdclr.utils.io import CONF_DIR
 from sdclr.utils.joblock import JobLock, busy_message, holder
 from sdclr.utils.memory import keep_freed_memory
 from sdclr.utils.rng import seed_everything
+from sdclr.utils.runlog import append_to, job_log
 from sdclr.utils.signals import Interrupted, StopSignal
 from sdclr.utils.tracking import Tracker
 from sdclr.utils.tracking import sweep_group as sweep_group_of
@@ -69,8 +72,10 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
             f"out after {cfg.distributed.timeout_min:g} min (distributed.timeout_min)",
             flush=True,
         )
-    # one writer per job directory: rank 0 holds it until the run ends, however it ends
-    with JobLock(job_dir) if is_main_process() else nullcontext():
+    # one writer per job directory: rank 0 holds it until the run ends, however it ends, and
+    # (once it holds it) writes the job's run.log as the run goes (sdclr/utils/runlog.py)
+    main_process = is_main_process()
+    with JobLock(job_dir) if main_process else nullcontext(), job_log(job_dir, main_process):
         seed_everything(cfg.seed)
         plan = plan_job(cfg, job_dir)
         data = load_run_data(cfg, device)
@@ -166,6 +171,8 @@ def _hydra_job(cfg: DictConfig) -> None:
             },
         )
         print(f"interrupted: {e}", file=sys.stderr, flush=True)
+        if is_main_process():
+            append_to(job_dir, f"interrupted: {e}")
         # USR2 under submitit (hydra/launcher=slurm): its handler requeues the job, which
         # resumes from the checkpoint just written, and exits
         e.pass_on()
@@ -184,6 +191,8 @@ def _hydra_job(cfg: DictConfig) -> None:
                 )
             except OSError:
                 pass
+            if is_main_process():  # the line below (or the traceback), in the job's run.log
+                append_to(job_dir, f"error: {message}")
         if cfg.get("debug", False) or (not handled and not multirun):
             raise
         print(f"error: {message}", file=sys.stderr, flush=True)
@@ -193,25 +202,15 @@ def _hydra_job(cfg: DictConfig) -> None:
 
 
 def _precheck_output_dir(argv: list[str]) -> None:
-    """Hydra creates the job directory before any of our code runs and fails with a
-    traceback when it cannot; check the requested (or default) location first."""
+    """Hydra writes its files into the job directory before any of our code runs: stop
+    first when another run holds the requested one. (Whether the directory can be created
+    at all is checked once the config is resolved: sdclr/cli/hydra_errors.py.)"""
     target = Path("outputs")
     for arg in argv:
         for key in ("hydra.run.dir=", "hydra.sweep.dir="):
             if arg.startswith(key):
                 target = Path(arg[len(key) :])
-    probe = target.expanduser().absolute()
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        what = "is not a directory" if not probe.is_dir() else "is not writable"
-        print(
-            f"error: cannot create the output directory {target}: {probe} {what}; choose "
-            f"another with hydra.run.dir=PATH (hydra.sweep.dir=PATH for -m)",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    # before Hydra writes its files into another run's job (rank 0: the one that holds it)
+    # rank 0: the one that holds it
     held = holder(target.expanduser()) if os.environ.get("RANK", "0") == "0" else None
     if held is not None:
         print(f"error: {busy_message(target, held)}", file=sys.stderr)
@@ -245,7 +244,8 @@ def main() -> None:
     )
     t0 = time.time()
     try:
-        entry()
+        with config_errors_reported(sys.argv[1:]):  # one line for what Hydra cannot compose
+            entry()
     finally:
         import torch.distributed as dist
 

@@ -7,7 +7,7 @@ started :class:`sdclr.cli.job.Job` and stores its result in ``job.metrics``.
 
 from __future__ import annotations
 
-import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +24,7 @@ from sdclr.data.run_data import RunData
 from sdclr.errors import ConfigError
 from sdclr.eval.collapse import collapse_reason
 from sdclr.eval.features import EvalSettings
+from sdclr.eval.knn import knn_monitor
 from sdclr.eval.metrics import class_groups
 from sdclr.eval.monitor import (
     Diagnostics,
@@ -44,6 +45,7 @@ from sdclr.report.jobs import RANDOM_INIT_SUFFIX
 from sdclr.train.loop import pretrain
 from sdclr.utils.distributed import convert_sync_batchnorm, world_size
 from sdclr.utils.precision import step_settings
+from sdclr.utils.runlog import note, warn
 from sdclr.utils.signals import StopSignal
 
 
@@ -78,6 +80,11 @@ def check_inputs(cfg: DictConfig, data: RunData, stages: list[str]) -> StageInpu
         raise ConfigError(
             "config key 'stage.name': the few-shot probe needs the split's S_b images and it has "
             "none (with list files, give data.lists.S_b, or run stage=pretrain / linear)"
+        )
+    if "knn" in stages and len(split.pool) == 0:
+        raise ConfigError(
+            "config key 'stage.name': the kNN classifier's bank is the split's probe pool and "
+            "it has none (with list files, give data.lists.pool)"
         )
     if "pretrain" in stages and len(pretrain_idx) == 0:
         raise ConfigError(
@@ -176,7 +183,7 @@ def training_monitor(job: Job, pretrain_bank: TensorImages | FileImages) -> Trai
                 temperature=float(mon.knn_t),
             )
         elif job.main_process:
-            print("kNN monitor off: the data has no labels or no test images", flush=True)
+            note("kNN monitor off: the data has no labels or no test images")
     if diagnostics_on(cfg):
         if labelled:
             labels = data.train_labels[torch.as_tensor(job.pretrain_idx, device=device)]
@@ -190,7 +197,7 @@ def training_monitor(job: Job, pretrain_bank: TensorImages | FileImages) -> Trai
                 settings,
             )
         elif job.main_process:
-            print("diagnostics off: the data has no labels", flush=True)
+            note("diagnostics off: the data has no labels")
     if knn is None and diag is None:
         return None
     return TrainingMonitor(knn, diag)
@@ -206,11 +213,7 @@ def run_probe(job: Job, stage: str, stop: StopSignal) -> None:
     if not job.main_process:
         return
     cfg = job.cfg
-    source = cfg.stage.checkpoint or job.checkpoint
-    model, payload = load_encoder(source, cfg.backbone.name)
-    check_input_normalisation(payload["spec"], list(cfg.data.mean), list(cfg.data.std), source)
-    if payload.get("source"):  # another code's checkpoint: say what of it is evaluated
-        print(f"{stage}: {source} is a {payload['source']}", flush=True)
+    model, payload, source = evaluated_encoder(job, stage)
     result = probe_encoder(job, stage, model, stop, stage)
     result["checkpoint"] = str(source)
     if payload.get("source"):
@@ -228,6 +231,18 @@ def run_probe(job: Job, stage: str, stop: StopSignal) -> None:
         baseline["checkpoint"] = None
         job.metrics[key] = baseline
         job.tracker.summary({f"{key}/{k}": baseline[k] for k in ("acc", "many", "medium", "few")})
+
+
+def evaluated_encoder(job: Job, stage: str) -> tuple[torch.nn.Module, dict[str, Any], Any]:
+    """The model an evaluation stage evaluates (``stage.checkpoint``, default the job's own),
+    its checkpoint payload and path, after checking backbone and input normalisation."""
+    cfg = job.cfg
+    source = cfg.stage.checkpoint or job.checkpoint
+    model, payload = load_encoder(source, cfg.backbone.name)
+    check_input_normalisation(payload["spec"], list(cfg.data.mean), list(cfg.data.std), source)
+    if payload.get("source") and job.main_process:  # another code's: say what is evaluated
+        note(f"{stage}: {source} is a {payload['source']}")
+    return model, payload, source
 
 
 def probe_encoder(
@@ -265,7 +280,78 @@ def probe_encoder(
     reason = collapse_reason(result, data.train_y[split.val], stage)
     result["collapsed"], result["collapse_reason"] = reason is not None, reason
     if reason is not None:
-        print(f"warning: {name} probe collapsed: {reason}", file=sys.stderr, flush=True)
+        warn(f"{name} probe collapsed: {reason}")
+    return result
+
+
+# --- the kNN classifier -----------------------------------------------------------------
+
+
+def knn_settings(cfg: DictConfig) -> tuple[int, float, int]:
+    """k, temperature and images per forward of the kNN stage: ``knn.*``, where null the
+    monitor's (``monitor.knn_k``, ``monitor.knn_t``, ``monitor.batch_size``)."""
+    knn, mon = cfg.knn, cfg.monitor
+    return (
+        int(mon.knn_k if knn.k is None else knn.k),
+        float(mon.knn_t if knn.temperature is None else knn.temperature),
+        int(mon.batch_size if knn.batch_size is None else knn.batch_size),
+    )
+
+
+def run_knn(job: Job, stage: str, stop: StopSignal) -> None:
+    """The kNN classifier of the job's encoder, or of ``stage.checkpoint``: the kNN monitor's
+    (:func:`sdclr.eval.knn.knn_monitor`) with ``knn.k`` and ``knn.temperature``; with
+    ``stage.random_init`` again on the same architecture at a seeded random initialisation.
+    Every rank takes part (under torchrun they share the encoding); rank 0 writes."""
+    cfg = job.cfg
+    model, payload, source = evaluated_encoder(job, stage)
+    result = knn_encoder(job, model)
+    result["checkpoint"] = str(source)
+    if payload.get("source"):
+        result["checkpoint_source"] = payload["source"]
+    job.metrics[stage] = result
+    job.tracker.summary(
+        {f"{stage}/{k}": result[k] for k in ("acc", "many", "medium", "few", "std")}
+    )
+    if cfg.stage.random_init:
+        with torch.random.fork_rng(devices=[]):  # the run's own draws go on untouched
+            torch.manual_seed(int(cfg.seed))
+            fresh = build_from_spec(payload["spec"])
+        key = f"{stage}{RANDOM_INIT_SUFFIX}"
+        baseline = knn_encoder(job, fresh)
+        baseline["checkpoint"] = None
+        job.metrics[key] = baseline
+        job.tracker.summary({f"{key}/{k}": baseline[k] for k in ("acc", "many", "medium", "few")})
+
+
+def knn_encoder(job: Job, model: torch.nn.Module) -> dict[str, Any]:
+    """kNN accuracy of ``model``'s backbone as the kNN monitor measures it: the probe pool
+    (evaluation views) as the bank, the test set as the queries, Many / Medium / Few from
+    the split; in the probes' format plus k, temperature and the image counts."""
+    cfg, device, data = job.cfg, job.device, job.data
+    k, temperature, batch_size = knn_settings(cfg)
+    backbone = model.to(device).backbone
+    if step_settings(cfg, device).channels_last:  # as in pretraining, where the monitor runs
+        backbone.to(memory_format=torch.channels_last)
+    pool = torch.as_tensor(data.split.pool, device=device)
+    t0 = time.time()
+    result = knn_monitor(
+        backbone,
+        data.train,
+        data.train_labels[pool],
+        data.test,
+        data.test_labels,
+        eval_settings(job, batch_size),
+        k,
+        temperature,
+        bank_idx=pool,
+    )
+    result.update(
+        bank_images=len(pool),
+        test_images=len(data.test_labels),
+        class_counts=job.counts["D_i"],
+        seconds=time.time() - t0,
+    )
     return result
 
 
@@ -274,4 +360,5 @@ STAGES: dict[str, Callable[[Job, str, StopSignal], None]] = {
     "pretrain": run_pretrain,
     "linear": run_probe,
     "fewshot": run_probe,
+    "knn": run_knn,
 }

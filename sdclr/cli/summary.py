@@ -13,10 +13,11 @@ from sdclr.config.derived import bn_mode, head_depth, method_label, method_title
 from sdclr.data.run_data import RunData
 from sdclr.data.splits import paper_split_note
 from sdclr.report.build import build_report, read_tables
-from sdclr.report.jobs import RANDOM_INIT_SUFFIX, STAGES
+from sdclr.report.jobs import EVAL_STAGES, RANDOM_INIT_SUFFIX
 from sdclr.report.paired import accuracy_gain
 from sdclr.report.plots import DIAGNOSTICS_PLOT, KNN_PLOT, write_pretrain_plots
 from sdclr.report.render import format_job_metrics
+from sdclr.utils.runlog import note
 from sdclr.utils.tracking import Tracker
 
 
@@ -73,7 +74,7 @@ def protocol_record(cfg: DictConfig) -> dict[str, Any]:
 def job_report(job_dir: Path, metrics: dict[str, Any], tracker: Tracker) -> None:
     """This job's table and plots in ``job_dir/report`` (and W&B)."""
     out = job_dir / "report"
-    if "linear" not in metrics and "fewshot" not in metrics:
+    if not any(s in metrics for s, _ in EVAL_STAGES):
         # a pretrain-only job: its learning curve and diagnostics, if it has them
         plots = write_pretrain_plots(metrics, out)
         tracker.log_files(images=plots)
@@ -119,18 +120,18 @@ def print_summary(cfg: DictConfig, metrics: dict[str, Any], job_dir: Path) -> No
             if len(pre["knn"]) > 1:
                 curve = ", ".join(f"{p['epoch']}: {p['acc']:.2f}" for p in pre["knn"])
                 lines.append(f"kNN accuracy by epoch (0 = random init): {curve}")
-    if "linear" in metrics or "fewshot" in metrics:
+    if any(s in metrics for s, _ in EVAL_STAGES):
         lines.append(format_job_metrics(metrics))
         lines += baseline_lines(metrics)
     lines.append(f"job directory: {job_dir}")
-    print("\n".join(lines), flush=True)
+    note("\n".join(lines))  # stdout, and the end of the job's run.log
 
 
 def baseline_lines(metrics: dict[str, Any]) -> list[str]:
     """Pretrained minus random init, per probe, when the job ran the baseline: the line that
     says whether pretraining helped."""
     out = []
-    for stage, title in STAGES:
+    for stage, title in EVAL_STAGES:
         ours, base = metrics.get(stage), metrics.get(stage + RANDOM_INIT_SUFFIX)
         if not (isinstance(ours, dict) and isinstance(base, dict)):
             continue

@@ -32,6 +32,7 @@ NON_RESULT_KEYS = (
     "distributed",
     "linear.eval_batch_size",
     "fewshot.eval_batch_size",
+    "knn.batch_size",
     # the kNN monitor and the diagnostics measure in eval mode without a random draw
     "monitor",
 )

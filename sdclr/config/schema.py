@@ -237,11 +237,26 @@ class ProbeConfig:
 
 
 @dataclass
+class KnnConfig:
+    """The kNN classifier stage (``stage=knn``, or ``stage=all`` with ``stage.knn=true``):
+    the monitor's weighted kNN (probe pool as bank, test set as queries) on a checkpoint.
+    null: the monitor's setting, so the stage on a run's final checkpoint repeats the kNN
+    monitor's last point."""
+
+    k: int | None = None  # null: monitor.knn_k
+    temperature: float | None = None  # null: monitor.knn_t
+    batch_size: int | None = None  # images per forward; null: monitor.batch_size
+
+
+@dataclass
 class StageConfig:
-    name: str = "all"  # pretrain | linear | fewshot | all
-    checkpoint: str | None = None  # a pretrain checkpoint to evaluate (linear / fewshot)
-    # also run each probe on the same architecture at its random initialisation (seeded by
-    # ``seed``), the baseline pretraining has to beat: ``<stage>_random_init`` in metrics.json
+    name: str = "all"  # pretrain | linear | fewshot | knn | all
+    checkpoint: str | None = None  # a pretrain checkpoint to evaluate (linear / fewshot / knn)
+    # stage=all also runs the kNN classifier (after pretraining, before the probes)
+    knn: bool = False
+    # also run each probe (and the kNN classifier) on the same architecture at its random
+    # initialisation (seeded by ``seed``), the baseline pretraining has to beat:
+    # ``<stage>_random_init`` in metrics.json
     random_init: bool = False
 
 
@@ -297,6 +312,7 @@ class Config:
     fewshot: ProbeConfig = field(
         default_factory=lambda: ProbeConfig(epochs=100, milestones=[40, 60], val_every=5)
     )
+    knn: KnnConfig = field(default_factory=KnnConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)

@@ -28,7 +28,7 @@ CHOICES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "method.name": (METHODS, None),
     "loss.name": (("ntxent", "debiased", "hard"), None),
     "temperature.schedule": (("constant", "cosine"), None),
-    "stage.name": (("pretrain", "linear", "fewshot", "all"), None),
+    "stage.name": (("pretrain", "linear", "fewshot", "knn", "all"), None),
     "linear.lr_step": (("epoch_start", "epoch_end"), None),
     "linear.select_metric": (("top1", "top5"), None),
     "fewshot.lr_step": (("epoch_start", "epoch_end"), None),
@@ -51,6 +51,7 @@ def validate(cfg: DictConfig) -> None:
         _check_method,
         _check_objective,
         _check_monitor,
+        _check_knn,
         _check_probes,
         _check_runtime,
     ):
@@ -231,6 +232,15 @@ def _check_pretrain(cfg: DictConfig) -> None:
     _check(p.lr > 0 and math.isfinite(p.lr), "pretrain.lr", f"must be > 0, got {p.lr}")
     _check(p.temperature > 0, "pretrain.temperature", f"must be > 0, got {p.temperature}")
     _check(p.warmup_epochs >= 0, "pretrain.warmup_epochs", f"must be >= 0, got {p.warmup_epochs}")
+    # a warm-up longer than the run never reaches pretrain.lr and never decays (equal: the
+    # ramp takes the whole run)
+    _check(
+        p.warmup_epochs <= p.epochs,
+        "pretrain.warmup_epochs",
+        f"{p.warmup_epochs} is more than pretrain.epochs={p.epochs}: the learning rate would "
+        f"never reach pretrain.lr; set it to at most {p.epochs} (e.g. "
+        f"pretrain.warmup_epochs={1 if p.epochs > 1 else 0}) or raise pretrain.epochs",
+    )
     _check(0 <= p.min_lr <= p.lr, "pretrain.min_lr", f"must be in [0, lr], got {p.min_lr}")
     _check(p.log_every >= 1, "pretrain.log_every", f"must be >= 1, got {p.log_every}")
 
@@ -318,6 +328,21 @@ def _check_monitor(cfg: DictConfig) -> None:
     )
 
 
+def _check_knn(cfg: DictConfig) -> None:
+    knn = cfg.knn
+    _check(knn.k is None or knn.k >= 1, "knn.k", f"must be >= 1 (or null), got {knn.k}")
+    _check(
+        knn.temperature is None or knn.temperature > 0,
+        "knn.temperature",
+        f"must be > 0 (or null), got {knn.temperature}",
+    )
+    _check(
+        knn.batch_size is None or knn.batch_size >= 1,
+        "knn.batch_size",
+        f"must be >= 1 (or null), got {knn.batch_size}",
+    )
+
+
 def _check_probes(cfg: DictConfig) -> None:
     for name in ("linear", "fewshot"):
         _check_choices(cfg, name)
@@ -350,7 +375,13 @@ def _check_runtime(cfg: DictConfig) -> None:
         not (cfg.stage.random_init and cfg.stage.name == "pretrain"),
         "stage.random_init",
         "probes the random-init encoder beside the pretrained one, and stage=pretrain runs no "
-        "probe; use stage=all, linear or fewshot, or drop stage.random_init",
+        "probe; use stage=all, linear, fewshot or knn, or drop stage.random_init",
+    )
+    _check(
+        not cfg.stage.knn or cfg.stage.name in ("all", "knn"),
+        "stage.knn",
+        f"adds the kNN classifier to stage=all, and stage={cfg.stage.name} is one stage; use "
+        f"stage=knn for the kNN classifier alone, or drop stage.knn",
     )
     _check(
         cfg.checkpoint.every >= 1, "checkpoint.every", f"must be >= 1, got {cfg.checkpoint.every}"

@@ -19,16 +19,17 @@ import io
 import os
 import pickle
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import yaml
 from PIL import Image, UnidentifiedImageError
 
-from sdclr.errors import DataError
-from sdclr.utils.io import natural_key
+from sdclr.errors import ConfigError, DataError
+from sdclr.utils.io import CONF_DIR, natural_key
 from sdclr.utils.progress import progress_bar
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -142,9 +143,15 @@ def load_image_data(
     image_size: int | None = None,
     cache_dir: str | None = None,
     progress: bool = True,
+    num_classes: int | None = None,
 ) -> ImageData:
-    """Load (from the decode cache when possible) the train and test images of a dataset."""
+    """Load (from the decode cache when possible) the train and test images of a dataset;
+    with ``num_classes``, refuse data with another number of classes (before decoding it)."""
     source = find_source(root, dataset, fmt, archive, download)
+
+    def check_classes(classes: list[str]) -> None:
+        check_class_count(dataset, num_classes, classes, source.path)
+
     order_path = _resolve_order_labels(order_labels, source)
     cache_file = None
     if cache_dir and source.kind != "torchvision":
@@ -152,13 +159,17 @@ def load_image_data(
         cache_file = Path(cache_dir).expanduser() / f"{base_name(dataset)}-{key}.npz"
         if cache_file.is_file():
             try:
-                return _read_cache(cache_file, source)
+                cached = _read_cache(cache_file, source)
             except (OSError, ValueError, KeyError):
-                pass  # a damaged cache is rebuilt below
+                cached = None  # a damaged cache is rebuilt below
+            if cached is not None:
+                check_classes(cached.classes)
+                return cached
     if source.kind == "torchvision":
         data = _load_torchvision(source.path, base_name(dataset), download)
+        check_classes(data.classes)
     else:
-        data = _load_folder(source, image_size, progress)
+        data = _load_folder(source, image_size, progress, check_classes)
         if order_path is not None:
             data = _apply_original_order(data, order_path)
     if image_size is not None and data.train_x.shape[-1] != image_size:
@@ -275,8 +286,41 @@ def _load_torchvision(root: Path, base: str, download: bool) -> ImageData:
     return ImageData(train_x, train_y, test_x, test_y, classes, f"{folder} (torchvision)")
 
 
-def _load_folder(source: Source, image_size: int | None, progress: bool) -> ImageData:
-    """Read train/ and test/ image folders (directory or archive) and decode them."""
+def check_class_count(dataset: str, expected: int | None, classes: list[str], where: Path) -> None:
+    """Refuse data whose number of classes is not the config's ``data.num_classes`` (for
+    example ``data=cifar100_lt`` with data.root at a CIFAR-10 copy)."""
+    if expected is None or len(classes) == expected:
+        return
+    found = len(classes)
+    names = ", ".join(classes[:3]) + (", ..." if found > 3 else "")
+    fits = [name for name, n in data_configs().items() if n == found]
+    other = f"choose data={' or data='.join(fits)}" if fits else f"set data.num_classes={found}"
+    raise ConfigError(
+        f"config key 'data.num_classes': the data at {where} has {found} classes ({names}), "
+        f"but data.name={dataset} expects data.num_classes={expected}; point data.root (or "
+        f"SDCLR_DATA) at the {dataset} data, or {other} for this data"
+    )
+
+
+def data_configs() -> dict[str, int | None]:
+    """The ``data=`` options (conf/data/*.yaml) and their ``data.num_classes``."""
+    out = {}
+    for path in sorted((CONF_DIR / "data").glob("*.yaml")):
+        try:
+            out[path.stem] = (yaml.safe_load(path.read_text()) or {})["data"].get("num_classes")
+        except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+            continue
+    return out
+
+
+def _load_folder(
+    source: Source,
+    image_size: int | None,
+    progress: bool,
+    check_classes: Callable[[list[str]], None] | None = None,
+) -> ImageData:
+    """Read train/ and test/ image folders (directory or archive) and decode them
+    (``check_classes`` sees the class names first)."""
     if source.kind == "folder_dir":
         entries = _list_dir(source.path)
         reader = _DirReader(source.path)
@@ -302,6 +346,8 @@ def _load_folder(source: Source, image_size: int | None, progress: bool) -> Imag
             f"images in both train/ and test/"
         )
     classes = train_classes
+    if check_classes is not None:
+        check_classes(classes)
     arrays = {}
     for split in ("train", "test"):
         names, labels = [], []
@@ -466,4 +512,5 @@ def load_arrays(cfg) -> ImageData:
         d.image_size,
         d.cache_dir,
         progress=True,
+        num_classes=d.num_classes,
     )

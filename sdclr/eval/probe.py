@@ -31,7 +31,7 @@ from sdclr.augment.views import probe_train_view
 from sdclr.data.banks import FileImages, TensorImages, as_images
 from sdclr.eval.features import EvalSettings, encode, extract_bank_features
 from sdclr.eval.metrics import summarize
-from sdclr.utils.progress import progress_bar
+from sdclr.utils.progress import EpochLines, progress_bar
 from sdclr.utils.signals import Interrupted
 
 
@@ -255,7 +255,9 @@ def train_probe(
     train_norms: list[torch.Tensor] = []  # the first epoch's training feature norms
     t_train = time.time()
     bar = progress_bar(range(cfg.epochs), desc=desc, enabled=progress)
+    lines = EpochLines(desc, cfg.epochs, enabled=progress)  # without a terminal: the bar's lines
     for epoch in bar:
+        t_epoch = time.time()
         sched.begin_epoch()
         rates = sched.rates()  # what this epoch trains at
         perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
@@ -285,6 +287,7 @@ def train_probe(
             loss_sums += torch.stack([v.detach() for v in losses]) * len(sel)
         sched.end_epoch()
         train_losses = [v / n for v in loss_sums.tolist()]  # one host sync per epoch
+        train_seconds = time.time() - t_epoch
         # the reference validates every test_freq epochs and after the last
         validated = (epoch + 1) % val_every == 0 or epoch + 1 == cfg.epochs
         for head, train_loss in zip(heads, train_losses):
@@ -306,6 +309,7 @@ def train_probe(
             val=f"{val_acc:.2f}" if val_acc is not None else ("nan" if validated else "-"),
             **({"lr": f"{heads[lead].lr:g}"} if len(heads) > 1 else {}),
         )
+        lines(epoch + 1, n, train_seconds, loss=train_losses[lead], val=val_acc, lr=rates[lead])
         if log is not None:
             record = {"epoch": epoch + 1, "loss": train_losses[lead], "lr": rates[lead]}
             if validated:

@@ -29,7 +29,6 @@ import io
 import os
 import pickle
 import re
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from sdclr.config.derived import bn_mode, cifar_stem, head_depth
 from sdclr.errors import CheckpointError
 from sdclr.models.contrastive import ContrastiveModel, build_model
 from sdclr.models.reference import from_reference, is_reference_checkpoint
+from sdclr.utils.runlog import warn
 
 
 def model_spec(cfg) -> dict[str, Any]:
@@ -129,13 +129,49 @@ def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     _fsync_dir(path.parent)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
+def check_checkpoint_file(path: str | Path) -> Path:
+    """``path``, after checking (from its first bytes, without loading it) that it is a file
+    torch.save could have written: a zip archive, or the legacy pickle or tar format."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(
             f"checkpoint {path} not found; pass the pretrain checkpoint of "
             f"a finished job (its checkpoints/pretrain.pt)"
         )
+    with open(path, "rb") as f:
+        head = f.read(512)
+    # zip (torch.save since 1.6), a pickle's PROTO opcode (the legacy format), a tar archive
+    if head.startswith((b"PK\x03\x04", b"\x80")) or head[257:262] == b"ustar":
+        return path
+    if not head:
+        what = f"{path} is empty, not a checkpoint"
+    elif (text := _as_text(head)) is not None:
+        start = " ".join(text.split())[:40]
+        what = f"{path} is a text file (it starts {start!r}), not a checkpoint"
+    else:
+        what = (
+            f"{path} is not a checkpoint (it starts with the bytes {head[:8].hex(' ')}, not "
+            f"those of the zip archive torch.save writes)"
+        )
+    raise CheckpointError(
+        f"{what}; pass a finished job's checkpoints/pretrain.pt (or the reference code's "
+        f"model_<epoch>.pt)"
+    )
+
+
+def _as_text(head: bytes) -> str | None:
+    """``head`` (a file's first bytes) as text, or None when they are not UTF-8 text."""
+    for cut in range(4):  # the last character may be cut off
+        try:
+            text = head[: len(head) - cut].decode("utf-8")
+        except UnicodeDecodeError:
+            continue
+        return text if all(c.isprintable() or c in "\t\n\r\f\v" for c in text) else None
+    return None
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = check_checkpoint_file(path)
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             payload = torch.load(path, map_location="cpu", weights_only=True)
@@ -187,11 +223,9 @@ def load_latest(path: Path) -> tuple[dict[str, Any], Path] | None:
             raise
         payload = load_checkpoint(prev)
         why = "is missing" if not path.exists() else "cannot be read (corrupt or truncated)"
-        print(
-            f"warning: {path} {why}; resuming from the previous checkpoint {prev} "
-            f"(epoch {payload.get('epoch')})",
-            file=sys.stderr,
-            flush=True,
+        warn(
+            f"{path} {why}; resuming from the previous checkpoint {prev} "
+            f"(epoch {payload.get('epoch')})"
         )
         return payload, prev
 

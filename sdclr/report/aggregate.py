@@ -1,10 +1,12 @@
-"""Aggregate the completed jobs per method: mean ± std of each probe stage, pretraining, kNN.
+"""Aggregate the completed jobs per method: mean ± std of each probe stage, the kNN classifier
+stage, pretraining, the kNN monitor.
 
 Completed jobs are grouped by ``metrics["run"]["label"]`` (one entry per method); for the
-full-shot linear probe (``metrics["linear"]``) and the few-shot probe (``metrics["fewshot"]``)
-the report gives mean ± std over the jobs (one per split) of ``acc``, ``many``, ``medium``,
-``few`` and ``std``. The ± is the population standard deviation (numpy ``ddof=0``). Failed,
-running and incomplete jobs are never averaged in, nor is a probe that collapsed
+full-shot linear probe (``metrics["linear"]``), the few-shot probe (``metrics["fewshot"]``)
+and the kNN classifier (``metrics["knn"]``, under the entry's ``knn_stage``) the report gives
+mean ± std over the jobs (one per split) of ``acc``, ``many``, ``medium``, ``few`` and ``std``.
+The ± is the population standard deviation (numpy ``ddof=0``). Failed, running and
+incomplete jobs are never averaged in, nor is a probe that collapsed
 (``collapsed: true`` in its stage, :mod:`sdclr.eval.collapse`): it is listed apart, with its
 reason, under the stage's ``collapsed``.
 
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from sdclr.report.jobs import STAGES, as_float, overrides_dict
+from sdclr.report.jobs import KNN_STAGE, STAGES, as_float, overrides_dict
 
 #: Metric keys aggregated per stage, with their column titles.
 METRICS: tuple[tuple[str, str], ...] = (
@@ -30,6 +32,9 @@ METRICS: tuple[tuple[str, str], ...] = (
     ("few", "Few"),
     ("std", "Std"),
 )
+#: Key of a method entry holding its kNN classifier results (``stage=knn``); ``knn`` is the
+#: kNN monitor's (the last point of ``metrics["pretrain"]["knn"]``).
+KNN_KEY = "knn_stage"
 #: Degrees of freedom used for every ± in the report (population std).
 STD_DDOF = 0
 
@@ -123,42 +128,12 @@ def aggregate(jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
             "warnings": [],
         }
         for stage, _title in STAGES:
-            present = [j for j in members if isinstance(j["metrics"].get(stage), dict)]
-            collapsed = [j for j in present if j["metrics"][stage].get("collapsed") is True]
-            with_stage = [j for j in present if j not in collapsed]
-            res: dict[str, Any] = {
-                "n": len(with_stage),
-                "jobs": [j["name"] for j in with_stage],
-                "splits": [_split_of(j) for j in with_stage],
-                "collapsed": [
-                    {
-                        "job": j["name"],
-                        "split": _split_of(j),
-                        "reason": j["metrics"][stage].get("collapse_reason"),
-                    }
-                    for j in collapsed
-                ],
-            }
-            for key, _col in METRICS + (("seconds", "Seconds"),):
-                vals = [as_float(j["metrics"][stage].get(key)) for j in with_stage]
-                res[key] = _stats([v for v in vals if v is not None])
-            pairs = []
-            for j in with_stage:
-                pc = j["metrics"][stage].get("per_class")
-                cc = j["metrics"][stage].get("class_counts")
-                if isinstance(pc, list) and isinstance(cc, list) and len(pc) == len(cc):
-                    try:
-                        pairs.append((np.asarray(cc, float), np.asarray(pc, float)))
-                    except (TypeError, ValueError):
-                        pass
-            res["per_class_trend"] = rank_trend(pairs)
-            splits = [s for s in res["splits"] if s is not None]
-            if len(splits) != len(set(map(str, splits))):
-                entry["warnings"].append(
-                    f"{label}: {stage} averages several jobs with the same split "
-                    f"({', '.join(map(str, res['splits']))})"
-                )
-            entry[stage] = res
+            entry[stage] = stage_summary(label, members, stage, entry["warnings"])
+        # the kNN classifier stage: apart from "knn", the kNN monitor's summary below
+        entry[KNN_KEY] = stage_summary(label, members, KNN_STAGE[0], entry["warnings"])
+        knn_res = [j["metrics"][KNN_STAGE[0]] for j in members if _has(j, KNN_STAGE[0])]
+        for key in ("k", "temperature"):  # the settings its numbers were measured with
+            entry[KNN_KEY][key] = sorted({as_float(r.get(key)) for r in knn_res} - {None})
         pre = [j["metrics"].get("pretrain") for j in members]
         pre = [p for p in pre if isinstance(p, dict)]
         entry["pretrain"] = {
@@ -175,6 +150,54 @@ def aggregate(jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         methods.append(entry)
     methods.sort(key=lambda m: (_method_rank(m["label"], m["method"]), m["label"]))
     return methods
+
+
+def _has(job: Mapping[str, Any], stage: str) -> bool:
+    return isinstance(job["metrics"].get(stage), dict)
+
+
+def stage_summary(
+    label: str, members: Sequence[Mapping[str, Any]], stage: str, warnings: list[str]
+) -> dict[str, Any]:
+    """Mean ± std over ``members`` (completed jobs of one method) of each metric of
+    ``stage``, its collapsed results apart, and the per-class trend; a warning when two jobs
+    share a split."""
+    present = [j for j in members if _has(j, stage)]
+    collapsed = [j for j in present if j["metrics"][stage].get("collapsed") is True]
+    with_stage = [j for j in present if j not in collapsed]
+    res: dict[str, Any] = {
+        "n": len(with_stage),
+        "jobs": [j["name"] for j in with_stage],
+        "splits": [_split_of(j) for j in with_stage],
+        "collapsed": [
+            {
+                "job": j["name"],
+                "split": _split_of(j),
+                "reason": j["metrics"][stage].get("collapse_reason"),
+            }
+            for j in collapsed
+        ],
+    }
+    for key, _col in METRICS + (("seconds", "Seconds"),):
+        vals = [as_float(j["metrics"][stage].get(key)) for j in with_stage]
+        res[key] = _stats([v for v in vals if v is not None])
+    pairs = []
+    for j in with_stage:
+        pc = j["metrics"][stage].get("per_class")
+        cc = j["metrics"][stage].get("class_counts")
+        if isinstance(pc, list) and isinstance(cc, list) and len(pc) == len(cc):
+            try:
+                pairs.append((np.asarray(cc, float), np.asarray(pc, float)))
+            except (TypeError, ValueError):
+                pass
+    res["per_class_trend"] = rank_trend(pairs)
+    splits = [s for s in res["splits"] if s is not None]
+    if len(splits) != len(set(map(str, splits))):
+        warnings.append(
+            f"{label}: {stage} averages several jobs with the same split "
+            f"({', '.join(map(str, res['splits']))})"
+        )
+    return res
 
 
 def knn_curve(pretrain: Mapping[str, Any]) -> list[Mapping[str, Any]]:

@@ -31,6 +31,13 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("fewshot", "Few-shot"),
 )
 
+#: The kNN classifier stage (``stage=knn``, ``metrics["knn"]``), reported in a table of its
+#: own after the probes. Not the kNN *monitor*, whose points are ``metrics["pretrain"]["knn"]``.
+KNN_STAGE: tuple[str, str] = ("knn", "kNN classifier")
+
+#: Every evaluation stage whose results make a job's ``metrics.json`` a result.
+EVAL_STAGES: tuple[tuple[str, str], ...] = (*STAGES, KNN_STAGE)
+
 #: ``metrics.json`` key of a probe of the random-init encoder: ``linear_random_init`` etc.
 #: (``stage.random_init=true``), the baseline a pretrained encoder has to beat.
 RANDOM_INIT_SUFFIX = "_random_init"
@@ -113,7 +120,7 @@ def load_job(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
 
     ``state`` is ``completed`` (usable for averaging), ``failed`` or ``incomplete``.
     Fields relied on: ``status.json``: ``status``, ``error``, ``stage``; ``metrics.json``:
-    ``run``, ``pretrain``, ``linear``, ``fewshot``.
+    ``run``, ``pretrain``, ``linear``, ``fewshot``, ``knn``.
     """
     rel = job_dir.relative_to(sweep_dir).as_posix()
     job: dict[str, Any] = {
@@ -133,7 +140,7 @@ def load_job(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         status, status_err = None, "status.json is not a JSON object"
     job["metrics"] = metrics
     has_probe = isinstance(metrics, dict) and any(
-        isinstance(metrics.get(s), dict) for s, _ in STAGES
+        isinstance(metrics.get(s), dict) for s, _ in EVAL_STAGES
     )
     declared = str(status.get("status")) if isinstance(status, dict) else None
     if isinstance(status, dict):
@@ -152,7 +159,7 @@ def load_job(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     elif metrics is None:
         job["error"] = "no metrics.json"
     elif not has_probe:
-        job["error"] = "metrics.json has no linear or fewshot results" + (
+        job["error"] = "metrics.json has no linear, fewshot or knn results" + (
             " (pretrain-only job)" if isinstance(metrics.get("pretrain"), dict) else ""
         )
     elif declared not in (None, "completed"):

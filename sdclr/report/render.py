@@ -11,8 +11,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sdclr.report.aggregate import METRICS
-from sdclr.report.jobs import RANDOM_INIT_SUFFIX, STAGES, as_float
+from sdclr.report.aggregate import KNN_KEY, METRICS
+from sdclr.report.jobs import EVAL_STAGES, KNN_STAGE, RANDOM_INIT_SUFFIX, STAGES, as_float
 from sdclr.report.plots import DIAGNOSTICS_PLOT, GROUP_PLOT, KNN_PLOT, PER_CLASS_PLOT
 from sdclr.report.tables import stage_entries
 
@@ -72,18 +72,21 @@ def format_table(
 
 
 def format_job_metrics(metrics: Mapping[str, Any]) -> str:
-    """A small markdown table of one job's ``linear``/``fewshot`` results, each followed by
-    the same probe of the random-init encoder when the job ran it (``stage.random_init``).
+    """A small markdown table of one job's ``linear``/``fewshot``/``knn`` results, each
+    followed by the same evaluation of the random-init encoder when the job ran it
+    (``stage.random_init``).
 
     Columns: Stage, Acc, Many, Medium, Few, Std, Seconds (and Collapsed when a probe did).
-    Returns a one-line note when the job has neither probe.
+    Returns a one-line note when the job has none of them.
     """
     rows = []
-    for stage, title in STAGES:
+    for stage, title in EVAL_STAGES:
         for key_, what in ((stage, title), (stage + RANDOM_INIT_SUFFIX, f"{title}, random init")):
             res = metrics.get(key_)
             if not isinstance(res, Mapping):
                 continue
+            if stage == KNN_STAGE[0] and res.get("k") is not None:
+                what += f" (k={res['k']}, t={res.get('temperature')})"
             row: dict[str, Any] = {"Stage": what}
             for key, col in METRICS:
                 row[col] = as_float(res.get(key))
@@ -95,7 +98,7 @@ def format_job_metrics(metrics: Mapping[str, Any]) -> str:
         for row in rows:
             del row["Collapsed"]
     if not rows:
-        return "(no linear or few-shot results)"
+        return "(no linear, few-shot or kNN results)"
     return format_table(rows)
 
 
@@ -186,6 +189,26 @@ def _why_not_published(methods: Sequence[Mapping[str, Any]]) -> list[str]:
     return ["", "No published row beside: " + "; ".join(reasons) + "."]
 
 
+def _knn_stage_section(methods: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The kNN classifier's table (``stage=knn``, or ``stage.knn``), when a job ran it."""
+    if not any(m.get(KNN_KEY, {}).get("n") for m in methods):
+        return []
+    rows = _stage_rows(methods, KNN_KEY, {})
+    for row, (m, _) in zip(rows, stage_entries(methods, KNN_KEY, {})):
+        res = m[KNN_KEY]
+        row["k"] = ", ".join(f"{v:g}" for v in res.get("k") or []) or "-"
+        row["t"] = ", ".join(f"{v:g}" for v in res.get("temperature") or []) or "-"
+    return [
+        "",
+        f"## {KNN_STAGE[1]}",
+        "",
+        "The kNN monitor's weighted kNN (probe pool as the bank, the test set as queries) on "
+        "each job's checkpoint; no training, so a cheap third reading beside the probes.",
+        "",
+        format_table(rows),
+    ]
+
+
 def _fmt_p(p: float | None) -> str:
     return "-" if p is None else f"{p:.4g}"
 
@@ -250,6 +273,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             out += ["", f"Rows marked {PUBLISHED_MARK}: {published['source']}."]
         if stage == "linear" and rows:
             out += _why_not_published(methods)
+    out += _knn_stage_section(methods)
     out += _paired_section(summary.get("paired") or [])
     pre_rows = [
         {

@@ -3,9 +3,10 @@
 :func:`per_class_rows` is the long-format per-class accuracy of every job (one row per job,
 stage and class), stored in ``report.json``; :func:`report_tables` turns a report summary
 (``report.json``) into ``{name: {"columns": [...], "data": [[...], ...]}}``: one results
-table per probe stage (ours and, where the setting is the paper's, the published row), the
-paired differences, the per-class accuracy, and the jobs that failed or collapsed; every
-name starts with ``results/`` (the plots keep their own names).
+table per probe stage and for the kNN classifier (ours and, where the setting is the
+paper's, the published row), the paired differences, the per-class accuracy, and the jobs
+that failed or collapsed; every name starts with ``results/`` (the plots keep their own
+names).
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
-from sdclr.report.aggregate import METRICS, label_of
-from sdclr.report.jobs import STAGES, as_float
+from sdclr.report.aggregate import KNN_KEY, METRICS, label_of
+from sdclr.report.jobs import EVAL_STAGES, KNN_STAGE, STAGES, as_float
 
 
 def per_class_rows(jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -25,7 +26,7 @@ def per_class_rows(jobs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if job["state"] != "completed" or not isinstance(metrics, Mapping):
             continue
         run = metrics.get("run") if isinstance(metrics.get("run"), Mapping) else {}
-        for stage, _title in STAGES:
+        for stage, _title in EVAL_STAGES:
             res = metrics.get(stage)
             if not isinstance(res, Mapping) or not isinstance(res.get("per_class"), list):
                 continue
@@ -73,10 +74,14 @@ def report_tables(summary: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
     """The summary's tables, each ``{"columns", "data"}``; empty tables are left out."""
     published = (summary.get("published") or {}).get("values") or {}
     tables: dict[str, dict[str, Any]] = {}
-    for stage, _title in STAGES:
+    # the kNN classifier's results sit under the entry's KNN_KEY (its "knn" is the monitor's)
+    entry_keys = [(stage, stage) for stage, _title in STAGES] + [(KNN_STAGE[0], KNN_KEY)]
+    for stage, key_ in entry_keys:
         rows = []
-        for m, paper in stage_entries(summary["methods"], stage, published):
-            res = m[stage]
+        if not all(key_ in m for m in summary["methods"]):
+            continue  # a report.json from before the key
+        for m, paper in stage_entries(summary["methods"], key_, published):
+            res = m[key_]
             if paper is None:
                 row: dict[str, Any] = {"method": m["label"], "source": "ours", "n": res["n"]}
                 for key, _col in METRICS:

@@ -50,7 +50,7 @@ from sdclr.train.step import (
 from sdclr.utils.distributed import any_rank, barrier, global_mean, world_size
 from sdclr.utils.distributed import rank as get_rank
 from sdclr.utils.precision import StepSettings, step_settings
-from sdclr.utils.progress import progress_bar
+from sdclr.utils.progress import EpochLines, progress_bar
 from sdclr.utils.schedule import warmup_cosine
 from sdclr.utils.signals import Interrupted, StopSignal
 
@@ -174,7 +174,10 @@ def pretrain(
         initial=state.epoch,
         total=p.epochs,
     )
+    # without a terminal, one line per epoch in place of the bar (and in the job's run.log)
+    lines = EpochLines("pretrain", p.epochs, done=state.epoch, enabled=progress and rank == 0)
     for epoch in bar:
+        t_epoch = time.time()
         resuming_mid_epoch = perm is not None
         temperature = epoch_temperature(cfg, epoch) if has_temperature else None
         if has_temperature:
@@ -196,6 +199,7 @@ def pretrain(
         window_sum = torch.zeros((), device=device)
         window = 0
         idx_batches = [perm[s:e] for s, e in batches[start_batch:]]
+        images = sum(e - s for s, e in batches[start_batch:])
         # under torchrun each rank decodes and augments only its chunk of the global batch
         local = [i.chunk(world)[rank] for i in idx_batches] if shard else idx_batches
         pending = bank.batches(local)
@@ -241,6 +245,7 @@ def pretrain(
         start_batch, carried_loss, perm = 0, 0.0, None
         epoch_loss = global_mean(loss_sum) / len(batches)
         _check_finite(epoch_loss, epoch, state.step, lr)
+        train_seconds = time.time() - t_epoch  # the epoch's steps, synchronised by the mean
         state.epoch_losses.append(epoch_loss)
         record = {"epoch": epoch + 1, "epoch_loss": epoch_loss, "lr": lr}
         if density is not None:
@@ -251,8 +256,10 @@ def pretrain(
             record["momentum"] = float(method.momentum)
         emit(record)
         done = epoch + 1
+        knn_acc = None
         if knn is not None and knn.due(done):  # on every rank, each encoding its share
             entry = {"epoch": done, **knn(model.backbone)}
+            knn_acc = entry["acc"]
             state.knn.append(entry)
             emit(entry, "knn")
         if diag is not None and diag.due(done):
@@ -262,6 +269,8 @@ def pretrain(
                 emit(entry, "diagnostics")
             barrier()
         bar.set_postfix(loss=f"{epoch_loss:.4f}", lr=f"{lr:.3g}")
+        mask = density if density is not None or not state.mask_density else state.mask_density[-1]
+        lines(done, images, train_seconds, loss=epoch_loss, lr=lr, mask=mask, knn=knn_acc)
         last = epoch + 1 == p.epochs
         interrupted = stop is not None and any_rank(stop.requested, device)
         if (epoch + 1) % cfg.checkpoint.every == 0 or last or interrupted:

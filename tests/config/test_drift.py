@@ -19,3 +19,16 @@ def test_older_checkpoints_without_the_new_keys_still_resume():
     # the monitor never changes what is trained
     quiet = to_container(compose_config(["monitor.knn_every=0", "monitor.diagnostics=false"]))
     assert config_differences(current, quiet) == []
+
+
+def test_the_knn_classifiers_settings_are_drift_but_not_its_batch_size():
+    from sdclr.config.derived import to_container
+
+    current = to_container(compose_config([]))
+    saved = {k: v for k, v in current.items() if k != "knn"}  # from before the knn stage
+    assert config_differences(saved, current) == []
+    assert config_differences(current, to_container(compose_config(["knn.batch_size=64"]))) == []
+    assert config_differences(current, to_container(compose_config(["stage.knn=true"]))) == []
+    assert config_differences(current, to_container(compose_config(["knn.k=20"]))) == [
+        "knn.k: None -> 20"
+    ]

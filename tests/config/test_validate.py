@@ -38,6 +38,10 @@ from sdclr.errors import ConfigError
         ("fewshot.select_metric=top3", "fewshot.select_metric"),
         ("linear.val_every=0", "linear.val_every"),
         ("stage=pretrain stage.random_init=true", "stage.random_init"),
+        ("stage=linear stage.knn=true", "stage.knn"),  # stage.knn adds it to stage=all
+        ("knn.k=0", "knn.k"),
+        ("knn.temperature=0", "knn.temperature"),
+        ("knn.batch_size=0", "knn.batch_size"),
         ("distributed.timeout_min=0", "distributed.timeout_min"),
         ("distributed.timeout_min=-5", "distributed.timeout_min"),
     ],
@@ -46,6 +50,12 @@ def test_out_of_range_values_name_the_key(override, key):
     cfg = compose_config(override.split())
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg)
+
+
+def test_a_warmup_may_take_the_whole_pretraining_but_not_more():
+    validate(compose_config(["pretrain.epochs=2", "pretrain.warmup_epochs=2"]))
+    with pytest.raises(ConfigError, match=r"'pretrain\.warmup_epochs': 3 is more than pretrain"):
+        validate(compose_config(["pretrain.epochs=2", "pretrain.warmup_epochs=3"]))
 
 
 def test_torchrun_needs_a_global_batch_that_splits_evenly():

@@ -34,6 +34,9 @@ def test_torchrun_pretrain_probe_and_resume(tmp_path, env):
         )
     )
     assert "process group: 2 ranks over gloo, collectives time out after 45 min" in out.stdout
+    # one line per epoch, from rank 0 alone, on stdout and in the job's run.log
+    assert out.stdout.count("pretrain epoch 2/2") == 1, out.stdout
+    assert (job / "run.log").read_text().count("pretrain epoch 2/2") == 1
     m = json.loads((job / "metrics.json").read_text())
     assert m["pretrain"]["epochs"] == 2 and "linear" not in m
     # the kNN monitor at the random initialisation: each rank encoded its share of the pool
@@ -42,14 +45,28 @@ def test_torchrun_pretrain_probe_and_resume(tmp_path, env):
     ok(sdclr([*TINY, "stage=pretrain", "pretrain.epochs=1", f"hydra.run.dir={single}"], env))
     alone = json.loads((single / "metrics.json").read_text())["pretrain"]["knn"]
     assert m["pretrain"]["knn"] == alone and alone[0]["epoch"] == 0
-    # the same job continued with stage=all: the finished pretrain is not redone
+    # the same job continued with stage=all: the finished pretrain is not redone; the kNN
+    # classifier (stage.knn) runs on every rank before the probes rank 0 runs alone
     out = ok(
-        subprocess.run([*cmd, "stage=all"], capture_output=True, text=True, env=env, timeout=600)
+        subprocess.run(
+            [*cmd, "stage=all", "stage.knn=true"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
     )
     assert out.stdout.count("pretrain: already finished") == 1  # printed by rank 0 only
     m = json.loads((job / "metrics.json").read_text())
-    assert {"pretrain", "linear", "fewshot"} <= set(m)
+    assert {"pretrain", "knn", "linear", "fewshot"} <= set(m)
     assert json.loads((job / "status.json").read_text())["status"] == "completed"
+    # shared over the ranks, the kNN classifier gives the single process's numbers
+    knn = tmp_path / "knn"
+    ckpt = f"stage.checkpoint={job}/checkpoints/pretrain.pt"
+    ok(sdclr([*TINY, "stage=knn", ckpt, f"hydra.run.dir={knn}"], env))
+    alone = json.loads((knn / "metrics.json").read_text())["knn"]
+    keys = ("acc", "many", "medium", "few", "std", "per_class", "k", "bank_images")
+    assert {k: m["knn"][k] for k in keys} == {k: alone[k] for k in keys}
 
 
 def test_torchrun_refuses_compile_true_before_any_work(tmp_path, env):

@@ -64,6 +64,7 @@ def test_a_truncated_latest_checkpoint_resumes_from_the_previous_one(finished, t
     assert len(warnings) == 1, out.stderr
     assert "pretrain.pt cannot be read" in warnings[0] and "pretrain.prev.pt" in warnings[0]
     assert "(epoch 1)" in warnings[0]
+    assert warnings[0] in (job / "run.log").read_text()  # and in the job's log
     # epoch 2 trained again from epoch 1's state: the uninterrupted run's weights, exactly
     again, reference = checkpoint(job)["model"], checkpoint(finished)["model"]
     assert again.keys() == reference.keys()
@@ -279,6 +280,7 @@ def test_a_corrupt_image_met_by_a_probe_is_one_line_and_keeps_the_pretraining(
         "data.eval_resize=36",
         "backbone.channels=[8,16,32,64]",
         "pretrain.epochs=1",
+        "pretrain.warmup_epochs=0",
         "pretrain.batch_size=16",
         "linear.epochs=1",
         "fewshot.epochs=1",

@@ -25,6 +25,7 @@ SMALL_RUN = [
     "data.image_size=32",
     "data.eval_resize=36",
     "pretrain.epochs=1",
+    "pretrain.warmup_epochs=0",
     "pretrain.batch_size=16",
     "linear.epochs=1",
     "fewshot.epochs=1",

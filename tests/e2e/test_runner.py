@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,9 @@ from runs import TINY, ok, sdclr, subprocess_env
 def sdclr_job(tmp_path_factory, data_root, cache_dir):
     env = subprocess_env(data_root, cache_dir)
     job = tmp_path_factory.mktemp("job") / "sdclr"
-    out = ok(sdclr(["stage=all", "prune=p90", "split=split1", *TINY, f"hydra.run.dir={job}"], env))
+    # the kNN monitor at the last epoch too: the knn stage on the checkpoint must repeat it
+    args = ["stage=all", "prune=p90", "split=split1", *TINY, "monitor.knn_every=2"]
+    out = ok(sdclr([*args, f"hydra.run.dir={job}"], env))
     return job, out
 
 
@@ -113,6 +116,51 @@ def test_linear_stage_on_a_given_checkpoint(sdclr_job, tmp_path, env):
     assert lin["collapsed"] == (lin["collapse_reason"] is not None)
 
 
+KNN_KEYS = ("acc", "many", "medium", "few", "std")
+
+
+def test_knn_stage_on_a_given_checkpoint_repeats_the_monitors_last_point(sdclr_job, tmp_path, env):
+    job, _ = sdclr_job
+    ckpt = job / "checkpoints" / "pretrain.pt"
+    out = ok(
+        sdclr(["stage=knn", f"stage.checkpoint={ckpt}", *TINY, f"hydra.run.dir={tmp_path}"], env)
+    )
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert set(m) == {"run", "knn"}
+    r = m["knn"]
+    for key in (*KNN_KEYS, "per_class", "groups", "k", "temperature", "checkpoint", "seconds"):
+        assert key in r, key
+    assert len(r["per_class"]) == 10 and 0 <= r["acc"] <= 100
+    assert [len(r["groups"][g]) for g in ("many", "medium", "few")] == [4, 3, 3]
+    assert r["k"] == min(200, r["bank_images"]) and r["temperature"] == 0.1
+    assert r["checkpoint"] == str(ckpt) and r["test_images"] > 0
+    assert len(r["class_counts"]) == 10
+    # the monitor's classifier with the monitor's settings, on the weights it last measured
+    last = json.loads((job / "metrics.json").read_text())["pretrain"]["knn"][-1]
+    assert last["epoch"] == 2 and {k: r[k] for k in KNN_KEYS} == {k: last[k] for k in KNN_KEYS}
+    assert f"kNN classifier (k={r['k']}, t=0.1)" in out.stdout
+
+
+def test_stage_all_adds_the_knn_classifier_when_asked(sdclr_job, tmp_path, env):
+    """On a copy of the finished stage=all job: pretraining and the probes are done, so the
+    same command with stage.knn=true runs the kNN classifier alone, on the job's own
+    checkpoint."""
+    job, _ = sdclr_job
+    copy = tmp_path / "job"
+    shutil.copytree(job, copy)
+    before = json.loads((copy / "metrics.json").read_text())
+    args = ["stage=all", "stage.knn=true", "prune=p90", "split=split1", *TINY]
+    out = ok(sdclr([*args, f"hydra.run.dir={copy}"], env))
+    m = json.loads((copy / "metrics.json").read_text())
+    assert set(m) == set(before) | {"knn"}
+    assert all(m[s] == before[s] for s in ("pretrain", "linear", "fewshot"))
+    assert m["knn"]["checkpoint"] == str(copy / "checkpoints" / "pretrain.pt")
+    last = m["pretrain"]["knn"][-1]
+    assert {k: m["knn"][k] for k in KNN_KEYS} == {k: last[k] for k in KNN_KEYS}
+    assert "linear: already finished" in out.stdout and "kNN classifier (k=" in out.stdout
+    assert json.loads((copy / "status.json").read_text())["status"] == "completed"
+
+
 def test_probe_without_checkpoint_or_with_another_backbone_is_refused(sdclr_job, tmp_path, env):
     job, _ = sdclr_job
     out = sdclr(["stage=fewshot", *TINY, f"hydra.run.dir={tmp_path / 'x'}"], env)
@@ -151,6 +199,10 @@ def test_two_split_two_method_sweep_and_report(tmp_path, env):
     )
     jobs = sorted(p for p in sweep.iterdir() if (p / "metrics.json").is_file())
     assert len(jobs) == 4
+    for job in jobs:  # each job's own run.log, with its epoch lines and summary alone
+        log = (job / "run.log").read_text()
+        assert log.count("pretrain epoch ") == 2 and log.count("job directory:") == 1, log
+        assert f"job directory: {job}" in log, log
     out = subprocess.run(
         [sys.executable, "-m", "sdclr.report", str(sweep)],
         capture_output=True,

@@ -72,7 +72,10 @@ def test_a_missing_latest_beside_a_previous_one_falls_back(tmp_path):
 def test_an_unreadable_latest_without_a_previous_is_an_error(tmp_path):
     path = tmp_path / "pretrain.pt"
     path.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="is a text file .*, not a checkpoint"):
+        load_latest(path)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(CheckpointError, match="starts with the bytes 89 50 4e 47"):
         load_latest(path)
 
 

@@ -143,3 +143,57 @@ def test_plots_are_png(sweep: Path):
         data = (sweep / name).read_bytes()
         assert data[:8] == PNG_MAGIC and len(data) > 1000
         assert f"]({name})" in md
+
+
+def test_the_knn_classifier_stage_gets_its_own_table_apart_from_the_monitor(tmp_path):
+    """metrics["knn"] (stage=knn) is reported beside the probes, and metrics["pretrain"]["knn"]
+    (the monitor's points) stays the monitor's; a job with only the kNN classifier is a
+    completed job."""
+    from sdclr.report.tables import report_tables
+
+    for i, split in enumerate((1, 2)):
+        fake_job(tmp_path, str(i), "SDCLR p=0.9 dual-BN head3", "SDCLR", split, 50.0 + i)
+        metrics = json.loads((tmp_path / str(i) / "metrics.json").read_text())
+        metrics["knn"] = {
+            "acc": 40.0 + 2 * i,
+            "many": 50.0,
+            "medium": 40.0,
+            "few": 30.0,
+            "std": 8.0,
+            "per_class": [40.0] * 10,
+            "class_counts": metrics["linear"]["class_counts"],
+            "k": 200,
+            "temperature": 0.1,
+        }
+        (tmp_path / str(i) / "metrics.json").write_text(json.dumps(metrics))
+    only = tmp_path / "2"  # stage=knn stage.checkpoint=...: nothing else
+    only.mkdir()
+    knn_only = {"acc": 30.0, "many": 40.0, "medium": 30.0, "few": 20.0, "std": 8.0}
+    run = {"method": "SimCLR", "label": "SimCLR shared-BN head2", "split": 1}
+    (only / "metrics.json").write_text(json.dumps({"run": run, "knn": {**knn_only, "k": 20}}))
+    (only / "status.json").write_text(json.dumps({"status": "completed"}))
+
+    md = build_report(tmp_path)
+    summary = json.loads((tmp_path / "report.json").read_text())
+    assert summary["counts"]["completed"] == 3
+    simclr, sdclr = summary["methods"]
+    assert sdclr["knn_stage"]["n"] == 2 and sdclr["knn_stage"]["acc"]["mean"] == pytest.approx(41)
+    assert sdclr["knn_stage"]["k"] == [200] and sdclr["knn_stage"]["temperature"] == [0.1]
+    assert sdclr["knn"]["epoch"] == [4]  # the monitor's summary, as before
+    assert simclr["knn_stage"]["n"] == 1 and simclr["linear"]["n"] == 0
+    section = md[md.index("## kNN classifier") :]
+    rows = {c[0]: c for c in map(cells, section.splitlines()[:10]) if c}
+    assert rows["SimCLR shared-BN head2"][1:3] == ["1", "30.00 ± 0.00"]
+    assert rows["SDCLR p=0.9 dual-BN head3"][1:3] == ["2", "41.00 ± 1.00"]
+    assert rows["SDCLR p=0.9 dual-BN head3"][-2:] == ["200", "0.1"]
+    assert "## kNN monitor (last monitored epoch)" in md
+    tables = report_tables(summary)
+    assert tables["results/knn"]["data"][1][:4] == ["SDCLR p=0.9 dual-BN head3", "ours", 2, 41.0]
+    assert {r["stage"] for r in summary["per_class"]} == {"linear", "fewshot", "knn"}
+
+
+def test_a_sweep_without_the_knn_classifier_has_no_knn_table(sweep: Path):
+    md = build_report(sweep)
+    assert "## kNN classifier" not in md
+    summary = json.loads((sweep / "report.json").read_text())
+    assert all(m["knn_stage"]["n"] == 0 for m in summary["methods"])
