@@ -24,13 +24,14 @@ TINY = [
 ]
 
 
-def sdclr(args, env, timeout=600):
+def sdclr(args, env, timeout=600, cwd=None):
     return subprocess.run(
         [sys.executable, "-m", "sdclr", *args],
         capture_output=True,
         text=True,
         env=env,
         timeout=timeout,
+        cwd=cwd,
     )
 
 

@@ -212,22 +212,38 @@ def run_probe(job: Job, stage: str, stop: StopSignal) -> None:
     architecture at a seeded random initialisation. Rank 0 alone runs it."""
     if not job.main_process:
         return
+    evaluate(
+        job,
+        stage,
+        lambda model, name: probe_encoder(job, stage, model, stop, name),
+        ("acc", "many", "medium", "few", "std", "collapsed"),
+    )
+
+
+def evaluate(
+    job: Job,
+    stage: str,
+    measure: Callable[[torch.nn.Module, str], dict[str, Any]],
+    summary_keys: tuple[str, ...],
+) -> None:
+    """One evaluation stage: ``measure(model, name)`` of the evaluated encoder
+    (:func:`evaluated_encoder`) into ``job.metrics[stage]`` with the checkpoint it came from;
+    with ``stage.random_init`` again on the same architecture at a seeded random
+    initialisation, into ``<stage>_random_init``."""
     cfg = job.cfg
     model, payload, source = evaluated_encoder(job, stage)
-    result = probe_encoder(job, stage, model, stop, stage)
+    result = measure(model, stage)
     result["checkpoint"] = str(source)
     if payload.get("source"):
         result["checkpoint_source"] = payload["source"]
     job.metrics[stage] = result
-    job.tracker.summary(
-        {f"{stage}/{k}": result[k] for k in ("acc", "many", "medium", "few", "std", "collapsed")}
-    )
+    job.tracker.summary({f"{stage}/{k}": result[k] for k in summary_keys})
     if cfg.stage.random_init:
         with torch.random.fork_rng(devices=[]):  # the run's own draws go on untouched
             torch.manual_seed(int(cfg.seed))
             fresh = build_from_spec(payload["spec"])
         key = f"{stage}{RANDOM_INIT_SUFFIX}"
-        baseline = probe_encoder(job, stage, fresh, stop, key)
+        baseline = measure(fresh, key)
         baseline["checkpoint"] = None
         job.metrics[key] = baseline
         job.tracker.summary({f"{key}/{k}": baseline[k] for k in ("acc", "many", "medium", "few")})
@@ -303,25 +319,12 @@ def run_knn(job: Job, stage: str, stop: StopSignal) -> None:
     (:func:`sdclr.eval.knn.knn_monitor`) with ``knn.k`` and ``knn.temperature``; with
     ``stage.random_init`` again on the same architecture at a seeded random initialisation.
     Every rank takes part (under torchrun they share the encoding); rank 0 writes."""
-    cfg = job.cfg
-    model, payload, source = evaluated_encoder(job, stage)
-    result = knn_encoder(job, model)
-    result["checkpoint"] = str(source)
-    if payload.get("source"):
-        result["checkpoint_source"] = payload["source"]
-    job.metrics[stage] = result
-    job.tracker.summary(
-        {f"{stage}/{k}": result[k] for k in ("acc", "many", "medium", "few", "std")}
+    evaluate(
+        job,
+        stage,
+        lambda model, _name: knn_encoder(job, model),
+        ("acc", "many", "medium", "few", "std"),
     )
-    if cfg.stage.random_init:
-        with torch.random.fork_rng(devices=[]):  # the run's own draws go on untouched
-            torch.manual_seed(int(cfg.seed))
-            fresh = build_from_spec(payload["spec"])
-        key = f"{stage}{RANDOM_INIT_SUFFIX}"
-        baseline = knn_encoder(job, fresh)
-        baseline["checkpoint"] = None
-        job.metrics[key] = baseline
-        job.tracker.summary({f"{key}/{k}": baseline[k] for k in ("acc", "many", "medium", "few")})
 
 
 def knn_encoder(job: Job, model: torch.nn.Module) -> dict[str, Any]:

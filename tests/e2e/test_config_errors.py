@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from runs import TINY
+from runs import TINY, sdclr
 
 
 def test_cli_rejects_bad_values_before_any_work(tmp_path, env):
@@ -20,13 +19,7 @@ def test_cli_rejects_bad_values_before_any_work(tmp_path, env):
         (["pretrain.epoch=3"], "epoch"),
         (["prune=p95"], "p95"),
     ]:
-        out = subprocess.run(
-            [sys.executable, "-m", "sdclr", *args, f"hydra.run.dir={tmp_path / 'run'}"],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=120,
-        )
+        out = sdclr([*args, f"hydra.run.dir={tmp_path / 'run'}"], env, timeout=120)
         assert out.returncode != 0
         assert key in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
@@ -39,14 +32,7 @@ def test_cli_rejects_bad_values_before_any_work(tmp_path, env):
 
 
 def _run(args, env, cwd=None):
-    return subprocess.run(
-        [sys.executable, "-m", "sdclr", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=cwd,
-        timeout=300,
-    )
+    return sdclr(args, env, timeout=300, cwd=cwd)
 
 
 def _one_error(out: subprocess.CompletedProcess, code: int = 2) -> str:

@@ -8,10 +8,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from imagetree import TREE_COUNTS, write_list
+from runs import sdclr
 
 from sdclr.data.files import scan_folder
 
@@ -36,14 +36,7 @@ SMALL_RUN = [
 
 
 def _run(args: list[str], env: dict, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sdclr", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return sdclr(args, env, cwd=cwd)
 
 
 def test_folder_and_list_file_runs_end_to_end(tree, tmp_path, env):

@@ -6,39 +6,16 @@ from __future__ import annotations
 import json
 
 import torch
+from reference_layout import write_reference_checkpoint
 from runs import TINY, ok, sdclr
 
 from sdclr.models.contrastive import build_model
 
 
-def _reference_key(key: str) -> str:
-    key = key.replace("backbone.", "", 1).replace(".bn.0.", ".bn_list.0.")
-    key = key.replace(".bn.1.", ".bn_list.1.")
-    key = key.replace("downsample.0.", "downsample.conv.").replace(
-        "downsample.1.", "downsample.bn."
-    )
-    head = {
-        "0": "fc.fc1",
-        "1": "fc.bn1",
-        "3": "fc.fc2",
-        "4": "fc.bn2",
-        "6": "fc.fc3",
-        "7": "fc.bn3",
-    }
-    if key.startswith("head."):
-        _, index, rest = key.split(".", 2)
-        key = f"{head[index]}.{rest}"
-    return f"module.{key}"
-
-
 def test_the_probe_evaluates_a_reference_checkpoint(tmp_path, env):
     torch.manual_seed(0)
     model = build_model("resnet18", True, [8, 16, 32, 64], 3, 128, True)
-    state = {_reference_key(k): v for k, v in model.state_dict().items()}
-    state["module.normalize.mean"] = torch.tensor([0.485, 0.456, 0.406])
-    state["module.normalize.std"] = torch.tensor([0.229, 0.224, 0.225])
-    ckpt = tmp_path / "model_2000.pt"
-    torch.save({"epoch": 2000, "state_dict": state, "optim": {}}, ckpt)
+    ckpt = write_reference_checkpoint(model, tmp_path / "model_2000.pt")
     job = tmp_path / "eval"
     out = ok(
         sdclr([*TINY, "stage=linear", f"stage.checkpoint={ckpt}", f"hydra.run.dir={job}"], env)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from reference_layout import IMAGENET_MEAN, IMAGENET_STD, write_reference_checkpoint
 
 from sdclr.errors import CheckpointError
 from sdclr.models.checkpoint import build_from_spec, load_checkpoint, load_encoder
@@ -16,7 +17,6 @@ from sdclr.models.contrastive import build_model
 from sdclr.models.reference import from_reference, is_reference_checkpoint
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "reference_checkpoints"
-IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 
 
 def _reference_payload(name: str) -> dict:
@@ -59,28 +59,6 @@ def test_every_reference_key_maps_onto_our_model(name, backbone, cifar_stem, hea
     assert "the dense branch" in ours["source"]
 
 
-def _to_reference_key(key: str) -> str:
-    """Our dual-BN key -> the reference's name for it, written out from its models
-    (resnet_prune_multibn.py: batch_norm_multiple, Downsample_multiple, proj_head)."""
-    key = key.replace("backbone.", "", 1)
-    key = key.replace(".bn.0.", ".bn_list.0.").replace(".bn.1.", ".bn_list.1.")
-    key = key.replace("downsample.0.", "downsample.conv.").replace(
-        "downsample.1.", "downsample.bn."
-    )
-    head = {
-        "0": "fc.fc1",
-        "1": "fc.bn1",
-        "3": "fc.fc2",
-        "4": "fc.bn2",
-        "6": "fc.fc3",
-        "7": "fc.bn3",
-    }
-    if key.startswith("head."):
-        _, index, rest = key.split(".", 2)
-        key = f"{head[index]}.{rest}"
-    return f"module.{key}"
-
-
 def _randomised_dual_model() -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model("resnet18", True, [8, 16, 32, 64], 3, 128, True)  # float32, as saved
@@ -95,11 +73,7 @@ def _randomised_dual_model() -> torch.nn.Module:
 
 def test_a_reference_layout_checkpoint_evaluates_its_dense_branch(tmp_path: Path):
     model = _randomised_dual_model()
-    state = {_to_reference_key(k): v.clone() for k, v in model.state_dict().items()}
-    state["module.normalize.mean"] = torch.tensor(IMAGENET_MEAN)
-    state["module.normalize.std"] = torch.tensor(IMAGENET_STD)
-    path = tmp_path / "model_2000.pt"
-    torch.save({"epoch": 2000, "state_dict": state, "optim": {}}, path)
+    path = write_reference_checkpoint(model, tmp_path / "model_2000.pt")
     model = model.double()  # computed in float64 from the same (float32) weights
 
     loaded, payload = load_encoder(path, "resnet18")
