@@ -4,11 +4,10 @@ glibc's malloc serves every block of 32 MiB or more (its dynamic mmap threshold'
 with a fresh ``mmap`` and returns it to the kernel on ``free``. A CPU training step allocates
 and frees the same large activations every step (SimCLR's 2B-image batch at full width: 64 MiB
 per stage-1 activation at B=128), so each step page-faults all of them in again, zeroed by the
-kernel. Measured on a 2-core Xeon (AVX-512), full-width ResNet-18, B=128, fp32: SimCLR
-4476 ms/step with the default allocator, 3735 ms/step with the settings below (BENCHMARKS.md,
-"CPU allocator"). Keeping freed memory in the process makes the second step reuse the pages
-of the first. The cost is a resident set that stays at the step's peak, which a training
-process reaches anyway.
+kernel: SimCLR's epoch took 1.4-1.7x as long with the default allocator as with the
+settings below (BENCHMARKS.md, "CPU allocator", with its command and device). Keeping freed
+memory in the process makes the second step reuse the pages of the first. The cost is a
+resident set that stays at the step's peak, which a training process reaches anyway.
 """
 
 from __future__ import annotations
