@@ -15,7 +15,13 @@ from sdclr.data.splits import paper_split_note
 from sdclr.report.build import build_report, read_tables
 from sdclr.report.jobs import EVAL_STAGES, RANDOM_INIT_SUFFIX
 from sdclr.report.paired import accuracy_gain
-from sdclr.report.plots import DIAGNOSTICS_PLOT, KNN_PLOT, write_pretrain_plots
+from sdclr.report.plots import (
+    DIAGNOSTICS_PLOT,
+    GROUP_PLOT,
+    KNN_PLOT,
+    PER_CLASS_PLOT,
+    write_pretrain_plots,
+)
 from sdclr.report.render import format_job_metrics
 from sdclr.utils.runlog import note
 from sdclr.utils.tracking import Tracker
@@ -83,8 +89,8 @@ def job_report(job_dir: Path, metrics: dict[str, Any], tracker: Tracker) -> None
     tracker.log_files(
         tables=read_tables(out),
         images={
-            "group_accuracy": out / "group_accuracy.png",
-            "per_class_accuracy": out / "per_class_accuracy.png",
+            "group_accuracy": out / GROUP_PLOT,
+            "per_class_accuracy": out / PER_CLASS_PLOT,
             "knn_curves": out / KNN_PLOT,
             "diagnostics": out / DIAGNOSTICS_PLOT,
         },
