@@ -8,8 +8,8 @@
   decodes ahead. A batch is a list of uint8 ``[3, H_i, W_i]`` tensors on the device, which
   :mod:`sdclr.augment.views` turns into fixed-size float batches.
 
-Both yield the same thing for the same indices, so the training loop and the probes do not
-care which one they get.
+Both yield the same thing for the same indices and both are :class:`Images`, so the training
+loop, the probes and the monitors do not care which one they get.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from queue import Full, Queue
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -37,6 +38,37 @@ warnings.filterwarnings(
 )
 
 
+class Images(Protocol):
+    """An image bank: what the training loop, the probes and the monitors read images from
+    (:class:`TensorImages` or :class:`FileImages`)."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device:
+        """Where its batches are delivered."""
+        ...
+
+    @property
+    def image_size(self) -> int | None:
+        """The side of every (square) image, or None when the sizes vary (image files)."""
+        ...
+
+    def batches(self, idx_batches: Sequence[Tensor]) -> Iterator[Tensor | list[Tensor]]:
+        """The images at each index batch, in order: a uint8 ``[B, 3, H, W]`` tensor, or a list
+        of uint8 ``[3, H_i, W_i]`` tensors (:mod:`sdclr.augment.views` takes both)."""
+        ...
+
+    def subset(self, idx: np.ndarray | Tensor) -> Images:
+        """The images at positions ``idx``, in that order, as a bank of their own."""
+        ...
+
+
+def _positions(idx: np.ndarray | Tensor) -> np.ndarray:
+    """Positions as a host array, from a tensor on any device or an array."""
+    return np.asarray(idx.cpu() if isinstance(idx, Tensor) else idx)
+
+
 class TensorImages:
     """A decoded dataset held on the device."""
 
@@ -50,6 +82,10 @@ class TensorImages:
     def device(self) -> torch.device:
         return self.images.device
 
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[-1])
+
     def take(self, idx: Tensor) -> Tensor:
         return self.images[idx.to(self.images.device)]
 
@@ -57,8 +93,12 @@ class TensorImages:
         for idx in idx_batches:
             yield self.take(idx)
 
+    def subset(self, idx: np.ndarray | Tensor) -> TensorImages:
+        """A gathered copy of the images at ``idx``."""
+        return TensorImages(self.take(torch.as_tensor(idx, device=self.device)))
 
-def as_images(images: Tensor | TensorImages | FileImages) -> TensorImages | FileImages:
+
+def as_images(images: Tensor | Images) -> Images:
     return TensorImages(images) if isinstance(images, Tensor) else images
 
 
@@ -135,6 +175,15 @@ class FileImages:
     def __len__(self) -> int:
         return len(self.paths)
 
+    @property
+    def image_size(self) -> None:
+        return None  # decoded at their own sizes
+
+    def subset(self, idx: np.ndarray | Tensor) -> FileImages:
+        """A view of the files at ``idx`` (nothing is read)."""
+        paths = [self.paths[i] for i in _positions(idx).tolist()]
+        return FileImages(self.root, paths, self.device, self.workers)
+
     def _decode_batch(self, blobs: list[bytes], names: list[str]) -> list[Tensor]:
         """The batch's JPEGs decoded together on ``self.device`` (nvJPEG on CUDA); anything
         else (PNG, a JPEG the batched decoder refuses, e.g. CMYK on nvJPEG) via the CPU
@@ -189,7 +238,7 @@ class FileImages:
 
     def batches(self, idx_batches: Sequence[Tensor]) -> Iterator[list[Tensor]]:
         """Decoded batches in order, prepared ahead of the consumer."""
-        plain = [np.asarray(i.cpu() if isinstance(i, Tensor) else i) for i in idx_batches]
+        plain = [_positions(i) for i in idx_batches]
         if not plain:
             return iter(())
         if self.device.type == "cuda":

@@ -15,7 +15,7 @@ from torch import nn
 
 from sdclr.augment.ops import normalize
 from sdclr.augment.views import eval_view
-from sdclr.data.banks import FileImages, TensorImages
+from sdclr.data.banks import Images
 from sdclr.utils.precision import autocast, input_dtype
 
 FILE_IMAGE_SIZE = 224  # the evaluation size of decoded image files when none is given
@@ -37,13 +37,12 @@ class EvalSettings:
     batch_size: int = 512
     amp_dtype: torch.dtype | None = None
 
-    def sized_for(self, bank: TensorImages | FileImages) -> EvalSettings:
+    def sized_for(self, bank: Images) -> EvalSettings:
         """These settings with ``size`` filled in from ``bank`` where it was left None."""
         if self.size is not None:
             return self
-        if isinstance(bank, TensorImages):
-            return replace(self, size=int(bank.images.shape[-1]))
-        return replace(self, size=FILE_IMAGE_SIZE)
+        size = bank.image_size
+        return replace(self, size=FILE_IMAGE_SIZE if size is None else size)
 
     def view(self, x: torch.Tensor) -> torch.Tensor:
         """The normalised evaluation view of uint8 images ``x`` (``size`` must be set)."""
@@ -64,7 +63,7 @@ def encode(backbone: nn.Module, x: torch.Tensor, amp_dtype: torch.dtype | None) 
 @torch.no_grad()
 def extract_bank_features(
     backbone: nn.Module,
-    bank: TensorImages | FileImages,
+    bank: Images,
     idx: torch.Tensor,
     settings: EvalSettings,
 ) -> torch.Tensor:

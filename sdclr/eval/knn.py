@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sdclr.data.banks import FileImages, TensorImages, as_images
+from sdclr.data.banks import Images, as_images
 from sdclr.eval.features import EvalSettings, extract_bank_features
 from sdclr.eval.metrics import summarize
 from sdclr.models.contrastive import evaluating
@@ -159,7 +159,7 @@ def rank_shares(n: int, batch_size: int, world: int) -> list[tuple[int, int]]:
 @torch.no_grad()
 def shared_bank_features(
     backbone: nn.Module,
-    bank: TensorImages | FileImages,
+    bank: Images,
     idx: Tensor,
     settings: EvalSettings,
 ) -> Tensor | None:
@@ -185,9 +185,9 @@ def shared_bank_features(
 @torch.no_grad()
 def knn_monitor(
     backbone: nn.Module,
-    bank_images: Tensor | TensorImages | FileImages,
+    bank_images: Tensor | Images,
     bank_labels: Tensor,
-    test_images: Tensor | TensorImages | FileImages,
+    test_images: Tensor | Images,
     test_labels: Tensor,
     settings: EvalSettings,
     k: int = 200,

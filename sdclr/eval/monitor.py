@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sdclr.data.banks import FileImages, TensorImages
+from sdclr.data.banks import Images
 from sdclr.eval.features import EvalSettings
 from sdclr.eval.knn import knn_monitor
 from sdclr.models.contrastive import evaluating
@@ -52,10 +52,10 @@ class KnnMonitor:
     def __init__(
         self,
         every: int,
-        bank: TensorImages | FileImages,
+        bank: Images,
         bank_idx: torch.Tensor,
         bank_labels: torch.Tensor,
-        test: TensorImages | FileImages,
+        test: Images,
         test_labels: torch.Tensor,
         settings: EvalSettings,
         k: int = 200,
@@ -90,7 +90,7 @@ class Diagnostics:
     def __init__(
         self,
         every: int,
-        bank: TensorImages | FileImages,
+        bank: Images,
         sample: torch.Tensor,
         labels: torch.Tensor,
         settings: EvalSettings,

@@ -21,6 +21,8 @@ import copy
 import math
 import time
 import warnings
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,7 +30,7 @@ from torch import nn
 
 from sdclr.augment.ops import normalize
 from sdclr.augment.views import probe_train_view
-from sdclr.data.banks import FileImages, TensorImages, as_images
+from sdclr.data.banks import Images, as_images
 from sdclr.eval.features import EvalSettings, encode, extract_bank_features
 from sdclr.eval.metrics import summarize
 from sdclr.utils.progress import EpochLines, progress_bar
@@ -164,14 +166,48 @@ class _Head:
         }
 
 
+@dataclass(frozen=True)
+class ProbeData:
+    """What a probe learns from and is scored on: the image bank ``images`` with its
+    ``labels`` (on its device), the positions in it of the training set (``train_idx``: the
+    pool, or S_b for the few-shot probe) and of the validation set that picks the epoch and
+    rate (``val_idx``), and the test bank ``test_images`` with ``test_labels``, all of which is
+    scored."""
+
+    images: Images
+    labels: torch.Tensor
+    train_idx: np.ndarray
+    val_idx: np.ndarray
+    test_images: Images
+    test_labels: torch.Tensor
+
+
 def train_probe(
     backbone: nn.Module,
-    images: torch.Tensor | TensorImages | FileImages,
+    images: torch.Tensor | Images,
     labels: torch.Tensor,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
-    test_images: torch.Tensor | TensorImages | FileImages,
+    test_images: torch.Tensor | Images,
     test_labels: torch.Tensor,
+    cfg,
+    settings: EvalSettings,
+    generator: torch.Generator,
+    **options: Any,
+) -> dict:
+    """:func:`fit_probe` on loose arrays: ``images`` and ``test_images`` are uint8
+    ``[N, 3, H, W]`` tensors or image banks, ``train_idx`` and ``val_idx`` positions in
+    ``images``; ``options`` are :func:`fit_probe`'s keywords (crop, desc, progress, log,
+    stop)."""
+    data = ProbeData(
+        as_images(images), labels, train_idx, val_idx, as_images(test_images), test_labels
+    )
+    return fit_probe(backbone, data, cfg, settings, generator, **options)
+
+
+def fit_probe(
+    backbone: nn.Module,
+    data: ProbeData,
     cfg,
     settings: EvalSettings,
     generator: torch.Generator,
@@ -182,16 +218,16 @@ def train_probe(
     log=None,
     stop=None,
 ) -> dict:
-    """Train a linear probe, or one per learning rate of the grid ``cfg.lrs`` on the same
-    features in the same pass; returns the metrics of :func:`sdclr.eval.metrics.summarize` for
-    the head and validated epoch with the best ``cfg.select_metric`` over rates and epochs,
-    plus ``select_metric``, ``lr`` (its rate), ``best_epoch``, ``best_val_acc`` and
-    ``best_val_top5`` (its validation top-1 and top-5), ``val_epochs`` (the validated
-    epochs), ``val_acc`` and ``val_top5`` (its curves there), ``grid`` (every rate's
-    :meth:`_Head.summary`), ``diverged_epoch`` (of the chosen head: the first epoch whose
-    training loss was non-finite, or None), ``feature_norm`` (mean, std, min and max of the
-    L2 norms of the training features of the first epoch and of the validation features,
-    before ``normalize``), the schedule settings and timings.
+    """Train a linear probe of ``backbone`` on ``data``, or one per learning rate of the grid
+    ``cfg.lrs`` on the same features in the same pass; returns the metrics of
+    :func:`sdclr.eval.metrics.summarize` for the head and validated epoch with the best
+    ``cfg.select_metric`` over rates and epochs, plus ``select_metric``, ``lr`` (its rate),
+    ``best_epoch``, ``best_val_acc`` and ``best_val_top5`` (its validation top-1 and top-5),
+    ``val_epochs`` (the validated epochs), ``val_acc`` and ``val_top5`` (its curves there),
+    ``grid`` (every rate's :meth:`_Head.summary`), ``diverged_epoch`` (of the chosen head: the
+    first epoch whose training loss was non-finite, or None), ``feature_norm`` (mean, std, min
+    and max of the L2 norms of the training features of the first epoch and of the validation
+    features, before ``normalize``), the schedule settings and timings.
 
     ``cfg`` is the probe's section (epochs, batch_size, lr or lrs, momentum, weight_decay,
     milestones, gamma, lr_step, val_every, select_metric, normalize, augment); ``settings``
@@ -207,143 +243,218 @@ def train_probe(
     With ``normalize`` the heads share one affine-free BatchNorm (no parameters: it updates
     its running statistics once per batch, in training mode; a batch of one image is
     normalised by them)."""
-    lr_step, metric = str(cfg.lr_step), str(cfg.select_metric)
-    val_every, normalize_feats = int(cfg.val_every), bool(cfg.normalize)
-    if metric not in SELECT_METRICS:
-        raise ValueError(f"select_metric must be one of {SELECT_METRICS}, got {metric!r}")
-    if val_every < 1:
-        raise ValueError(f"val_every must be >= 1, got {val_every}")
+    _check_section(cfg)
     t0 = time.time()
-    bank, test_bank = as_images(images), as_images(test_images)
-    settings = settings.sized_for(bank)
-    device = bank.device
-    backbone.eval()
-    for p in backbone.parameters():
-        p.requires_grad_(False)
-    train_idx_t = torch.as_tensor(train_idx, device=device)
-    val_idx_t = torch.as_tensor(val_idx, device=device)
-
-    def features(b, idx: torch.Tensor) -> torch.Tensor:
-        return extract_bank_features(backbone, b, idx, settings)
-
-    val_feats = features(bank, val_idx_t)
-    val_labels = labels[val_idx_t]
-    test_feats = features(test_bank, torch.arange(len(test_bank), device=device))
-    fixed_train = None
-    if not cfg.augment:  # no augmentation: the frozen features never change
-        fixed_train = features(bank, train_idx_t)
-
-    dim = val_feats.shape[1]
-    # no parameters, so nothing of the optimiser's and no draw: normalize=false is unchanged
-    norm = nn.BatchNorm1d(dim, eps=1e-6, affine=False).to(device) if normalize_feats else None
-    heads = []
-    for lr in probe_rates(cfg):
-        linear = nn.Linear(dim, settings.num_classes).to(device)
-        # drawn from the probe's own generator, not the global RNG: a probe rerun after an
-        # interruption starts exactly as the uninterrupted one did
-        nn.init.normal_(linear.weight, 0.0, 0.01, generator=generator)
-        nn.init.zeros_(linear.bias)
-        heads.append(_Head(lr, linear, norm, metric))
-    opt = torch.optim.SGD(
-        [{"params": list(h.linear.parameters()), "lr": h.lr} for h in heads],
-        lr=heads[0].lr,
-        momentum=cfg.momentum,
-        weight_decay=cfg.weight_decay,
-    )
-    sched = ProbeSchedule(opt, cfg.milestones, cfg.gamma, lr_step)
-    n = len(train_idx_t)
-    train_norms: list[torch.Tensor] = []  # the first epoch's training feature norms
+    probe = _Probe(backbone, data, cfg, settings.sized_for(data.images), generator, crop)
     t_train = time.time()
-    bar = progress_bar(range(cfg.epochs), desc=desc, enabled=progress)
-    lines = EpochLines(desc, cfg.epochs, enabled=progress)  # without a terminal: the bar's lines
-    for epoch in bar:
+    shown = _EpochReport(desc, int(cfg.epochs), progress, log)
+    for epoch in shown.bar:
         t_epoch = time.time()
-        sched.begin_epoch()
-        rates = sched.rates()  # what this epoch trains at
-        perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
-        loss_sums = torch.zeros(len(heads), device=device)
-        sels = [perm[s : s + cfg.batch_size] for s in range(0, n, cfg.batch_size)]
-        raw = bank.batches([train_idx_t[sel] for sel in sels]) if fixed_train is None else sels
-        for sel, x in zip(sels, raw):
-            if fixed_train is not None:
-                feats = fixed_train[sel]
-            else:
-                with torch.no_grad():
-                    x = probe_train_view(x, crop, settings.size, generator)
-                    x = normalize(x, settings.mean, settings.std)
-                    feats = encode(backbone, x, settings.amp_dtype)
-            if epoch == 0:
-                train_norms.append(_norms(feats.detach()))
-            if norm is not None:
-                with torch.no_grad():
-                    norm.train(len(sel) > 1)  # batch statistics need two samples
-                    feats = norm(feats)
-            target = labels[train_idx_t[sel]]
-            losses = [nn.functional.cross_entropy(h.linear(feats), target) for h in heads]
-            loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            loss_sums += torch.stack([v.detach() for v in losses]) * len(sel)
-        sched.end_epoch()
-        train_losses = [v / n for v in loss_sums.tolist()]  # one host sync per epoch
+        probe.sched.begin_epoch()
+        rates = probe.sched.rates()  # what this epoch trains at
+        train_losses = probe.train_epoch(epoch)
+        probe.sched.end_epoch()
         train_seconds = time.time() - t_epoch
-        # the reference validates every test_freq epochs and after the last
-        validated = (epoch + 1) % val_every == 0 or epoch + 1 == cfg.epochs
-        for head, train_loss in zip(heads, train_losses):
-            head.note_loss(epoch + 1, train_loss)
-            if validated:
-                head.validate(epoch + 1, val_feats, val_labels)
+        validated = probe.validate(epoch + 1, train_losses)
         if stop is not None and stop.requested:
             raise Interrupted(
                 f"signal received during the {desc} probe (epoch {epoch + 1}); probes restart "
                 f"from scratch on resume: run the same command again",
                 stop.signum,
             )
-        # what the bar and the log show: the rate doing best on the selection metric at the
-        # last validation (the first rate until then)
-        lead = max(range(len(heads)), key=lambda i: _last_score(heads[i]))
-        val_acc = heads[lead].val_curve[-1] if validated else None
-        bar.set_postfix(
-            loss=f"{train_losses[lead]:.3f}",
-            val=f"{val_acc:.2f}" if val_acc is not None else ("nan" if validated else "-"),
-            **({"lr": f"{heads[lead].lr:g}"} if len(heads) > 1 else {}),
-        )
-        lines(epoch + 1, n, train_seconds, loss=train_losses[lead], val=val_acc, lr=rates[lead])
-        if log is not None:
-            record = {"epoch": epoch + 1, "loss": train_losses[lead], "lr": rates[lead]}
-            if validated:
-                record["val_acc"] = val_acc
-                record["val_top5"] = heads[lead].val_top5[-1]
-            if len(heads) > 1:
-                for head, train_loss in zip(heads, train_losses):
-                    record[f"grid/{head.lr:g}/loss"] = train_loss
-                    if validated:
-                        record[f"grid/{head.lr:g}/val_acc"] = head.val_curve[-1]
-            log(record)
-    chosen = _choose(heads)
-    chosen.restore_best()
-    pred = chosen.logits(test_feats).argmax(1).cpu().numpy()
-    result = summarize(pred, test_labels.cpu().numpy(), settings.num_classes, settings.groups)
+        shown(epoch + 1, probe, train_losses, rates, validated, train_seconds)
+    result = probe.evaluate()
     result.update(
-        select_metric=metric,
-        **chosen.summary(),  # lr, val_epochs, val_acc/val_top5 (its curves), best_val_acc,
-        # best_val_top5, best_epoch, diverged_epoch
-        grid=[h.summary() for h in heads],
-        lr_step=lr_step,
-        val_every=val_every,
-        normalize=normalize_feats,
-        feature_norm={
-            "train": _norm_stats(torch.cat(train_norms)) if train_norms else None,
-            "val": _norm_stats(_norms(val_feats)) if len(val_feats) else None,
-        },
-        train_images=int(n),
-        test_images=int(len(test_labels)),
         seconds=time.time() - t0,
         setup_seconds=t_train - t0,  # frozen val/test (and fixed train) features
         train_seconds=time.time() - t_train,
     )
     return result
+
+
+def _check_section(cfg) -> None:
+    metric, val_every = str(cfg.select_metric), int(cfg.val_every)
+    if metric not in SELECT_METRICS:
+        raise ValueError(f"select_metric must be one of {SELECT_METRICS}, got {metric!r}")
+    if val_every < 1:
+        raise ValueError(f"val_every must be >= 1, got {val_every}")
+
+
+class _Probe:
+    """A probe in training: the frozen backbone, the validation and test features (computed
+    once, and the training features too when they never change), one head per rate with
+    their optimiser and schedule, and the first epoch's training feature norms."""
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        data: ProbeData,
+        cfg,
+        settings: EvalSettings,
+        generator: torch.Generator,
+        crop: str,
+    ):
+        self.backbone, self.data, self.cfg, self.settings = backbone, data, cfg, settings
+        self.generator, self.crop = generator, crop
+        device = data.images.device
+        backbone.eval()
+        for p in backbone.parameters():
+            p.requires_grad_(False)
+        self.train_idx = torch.as_tensor(data.train_idx, device=device)
+        val_idx = torch.as_tensor(data.val_idx, device=device)
+        self.val_feats = self.features(data.images, val_idx)
+        self.val_labels = data.labels[val_idx]
+        test_idx = torch.arange(len(data.test_images), device=device)
+        self.test_feats = self.features(data.test_images, test_idx)
+        self.fixed_train = None
+        if not cfg.augment:  # no augmentation: the frozen features never change
+            self.fixed_train = self.features(data.images, self.train_idx)
+        dim = self.val_feats.shape[1]
+        # no parameters, so nothing of the optimiser's and no draw: normalize=false is unchanged
+        self.norm = (
+            nn.BatchNorm1d(dim, eps=1e-6, affine=False).to(device) if cfg.normalize else None
+        )
+        self.heads = [self._head(lr, dim, device) for lr in probe_rates(cfg)]
+        self.opt = torch.optim.SGD(
+            [{"params": list(h.linear.parameters()), "lr": h.lr} for h in self.heads],
+            lr=self.heads[0].lr,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+        )
+        self.sched = ProbeSchedule(self.opt, cfg.milestones, cfg.gamma, str(cfg.lr_step))
+        self.train_norms: list[torch.Tensor] = []  # the first epoch's training feature norms
+
+    def features(self, bank: Images, idx: torch.Tensor) -> torch.Tensor:
+        return extract_bank_features(self.backbone, bank, idx, self.settings)
+
+    def _head(self, lr: float, dim: int, device: torch.device) -> _Head:
+        linear = nn.Linear(dim, self.settings.num_classes).to(device)
+        # drawn from the probe's own generator, not the global RNG: a probe rerun after an
+        # interruption starts exactly as the uninterrupted one did
+        nn.init.normal_(linear.weight, 0.0, 0.01, generator=self.generator)
+        nn.init.zeros_(linear.bias)
+        return _Head(lr, linear, self.norm, str(self.cfg.select_metric))
+
+    def train_epoch(self, epoch: int) -> list[float]:
+        """One epoch (0-based) over the training set in a fresh order; each head's mean
+        training loss."""
+        gen, batch_size, n = self.generator, self.cfg.batch_size, len(self.train_idx)
+        perm = torch.randperm(n, generator=gen, device=gen.device).to(self.train_idx.device)
+        loss_sums = torch.zeros(len(self.heads), device=self.train_idx.device)
+        sels = [perm[s : s + batch_size] for s in range(0, n, batch_size)]
+        if self.fixed_train is None:
+            raw = self.data.images.batches([self.train_idx[sel] for sel in sels])
+        else:
+            raw = sels
+        for sel, x in zip(sels, raw):
+            feats = self._train_features(sel, x)
+            if epoch == 0:
+                self.train_norms.append(_norms(feats.detach()))
+            loss_sums += self._step(feats, self.data.labels[self.train_idx[sel]]) * len(sel)
+        return [v / n for v in loss_sums.tolist()]  # one host sync per epoch
+
+    def _train_features(self, sel: torch.Tensor, x) -> torch.Tensor:
+        """The frozen features of the training batch ``sel`` (its images ``x``): fixed, or of
+        a fresh augmented view."""
+        if self.fixed_train is not None:
+            return self.fixed_train[sel]
+        s = self.settings
+        with torch.no_grad():
+            x = probe_train_view(x, self.crop, s.size, self.generator)
+            return encode(self.backbone, normalize(x, s.mean, s.std), s.amp_dtype)
+
+    def _step(self, feats: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """One SGD step of every head on ``feats``; their losses, detached."""
+        if self.norm is not None:
+            with torch.no_grad():
+                self.norm.train(len(feats) > 1)  # batch statistics need two samples
+                feats = self.norm(feats)
+        losses = [nn.functional.cross_entropy(h.linear(feats), target) for h in self.heads]
+        loss = losses[0] if len(losses) == 1 else torch.stack(losses).sum()
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        return torch.stack([v.detach() for v in losses])
+
+    def validate(self, epoch: int, train_losses: list[float]) -> bool:
+        """Note each head's training loss of ``epoch`` (1-based) and, on a validation epoch,
+        score it on the validation set; whether it was one."""
+        # the reference validates every test_freq epochs and after the last
+        validated = epoch % int(self.cfg.val_every) == 0 or epoch == self.cfg.epochs
+        for head, train_loss in zip(self.heads, train_losses):
+            head.note_loss(epoch, train_loss)
+            if validated:
+                head.validate(epoch, self.val_feats, self.val_labels)
+        return validated
+
+    def evaluate(self) -> dict:
+        """The chosen head (:func:`_choose`) at its best epoch on the test set, and what the
+        probe learned on the way."""
+        cfg, s = self.cfg, self.settings
+        chosen = _choose(self.heads)
+        chosen.restore_best()
+        pred = chosen.logits(self.test_feats).argmax(1).cpu().numpy()
+        result = summarize(pred, self.data.test_labels.cpu().numpy(), s.num_classes, s.groups)
+        result.update(
+            select_metric=str(cfg.select_metric),
+            **chosen.summary(),  # lr, val_epochs, val_acc/val_top5 (its curves), best_val_acc,
+            # best_val_top5, best_epoch, diverged_epoch
+            grid=[h.summary() for h in self.heads],
+            lr_step=str(cfg.lr_step),
+            val_every=int(cfg.val_every),
+            normalize=bool(cfg.normalize),
+            feature_norm={
+                "train": _norm_stats(torch.cat(self.train_norms)) if self.train_norms else None,
+                "val": _norm_stats(_norms(self.val_feats)) if len(self.val_feats) else None,
+            },
+            train_images=int(len(self.train_idx)),
+            test_images=int(len(self.data.test_labels)),
+        )
+        return result
+
+
+class _EpochReport:
+    """What the probe shows and logs after each epoch: the progress bar (iterated over the
+    epochs), the epoch lines (without a terminal: the bar's lines) and the ``log`` record."""
+
+    def __init__(self, desc: str, epochs: int, progress: bool, log):
+        self.bar = progress_bar(range(epochs), desc=desc, enabled=progress)
+        self.lines = EpochLines(desc, epochs, enabled=progress)
+        self.log = log
+
+    def __call__(
+        self,
+        epoch: int,
+        probe: _Probe,
+        train_losses: list[float],
+        rates: list[float],
+        validated: bool,
+        seconds: float,
+    ) -> None:
+        heads = probe.heads
+        # the rate doing best on the selection metric at the last validation (the first
+        # rate until then)
+        lead = max(range(len(heads)), key=lambda i: _last_score(heads[i]))
+        val_acc = heads[lead].val_curve[-1] if validated else None
+        self.bar.set_postfix(
+            loss=f"{train_losses[lead]:.3f}",
+            val=f"{val_acc:.2f}" if val_acc is not None else ("nan" if validated else "-"),
+            **({"lr": f"{heads[lead].lr:g}"} if len(heads) > 1 else {}),
+        )
+        n = len(probe.train_idx)
+        self.lines(epoch, n, seconds, loss=train_losses[lead], val=val_acc, lr=rates[lead])
+        if self.log is None:
+            return
+        record = {"epoch": epoch, "loss": train_losses[lead], "lr": rates[lead]}
+        if validated:
+            record["val_acc"] = val_acc
+            record["val_top5"] = heads[lead].val_top5[-1]
+        if len(heads) > 1:
+            for head, train_loss in zip(heads, train_losses):
+                record[f"grid/{head.lr:g}/loss"] = train_loss
+                if validated:
+                    record[f"grid/{head.lr:g}/val_acc"] = head.val_curve[-1]
+        self.log(record)
 
 
 def _last_score(head: _Head) -> float:

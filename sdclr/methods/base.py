@@ -13,6 +13,7 @@ per epoch) and ``fuses`` (whether the two branches run as one fused pass).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -66,6 +67,22 @@ class Method(Protocol):
     def state_dict(self) -> dict[str, Any]: ...
 
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass(frozen=True)
+class Objective:
+    """The loss of a method with negatives (SimCLR / SDCLR, MoCo): ``kind`` ntxent,
+    debiased or hard (:data:`sdclr.losses.contrastive.KINDS`), the class prior ``tau_plus``
+    (debiased, hard) and the hardness ``beta`` (hard)."""
+
+    kind: str = "ntxent"
+    tau_plus: float = 0.1
+    beta: float = 1.0
+
+    @classmethod
+    def from_config(cls, cfg) -> Objective:
+        """The ``loss`` keys."""
+        return cls(str(cfg.loss.name), float(cfg.loss.tau_plus), float(cfg.loss.beta))
 
 
 class PrunedBranch:

@@ -33,6 +33,7 @@ from sdclr.losses.byol import byol_loss
 from sdclr.methods.momentum import MomentumMethod, broadcast_, head_out_dim
 from sdclr.models.backbone import convert_dual_bn, set_bn_branch
 from sdclr.models.contrastive import ContrastiveModel
+from sdclr.models.pruning import SelfCompetitor, build_competitor
 
 
 def predictor_mlp(dim: int, hidden: int) -> nn.Sequential:
@@ -52,15 +53,11 @@ class BYOL(MomentumMethod):
         hidden_dim: int = 512,
         tau: float = 0.99,
         cosine_tau: bool = False,
-        prune_ratio: float | None = None,
-        random_ratio: float = 0.0,
+        prune_ratio: SelfCompetitor | float | None = None,
         dual_bn: bool = False,
         generator: torch.Generator | None = None,
-        random_rule: str = "on_top",
     ):
-        super().__init__(
-            tau, cosine_tau, prune_ratio, random_ratio, dual_bn, generator, random_rule
-        )
+        super().__init__(tau, cosine_tau, prune_ratio, dual_bn, generator)
         self.hidden_dim = int(hidden_dim)
         self.predictor: nn.Module | None = None
 
@@ -130,9 +127,7 @@ class BYOL(MomentumMethod):
             hidden_dim=int(m.predictor_hidden),
             tau=float(m.momentum),
             cosine_tau=bool(m.cosine_momentum),
-            prune_ratio=cfg.prune.ratio,
-            random_ratio=float(cfg.prune.random_ratio),
+            prune_ratio=build_competitor(cfg, generator),
             dual_bn=bn_mode(cfg) == "dual",
             generator=generator,
-            random_rule=str(cfg.prune.random_rule),
         )

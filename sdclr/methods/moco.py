@@ -17,7 +17,7 @@ place for both branches).
 
 Without a prune ratio and without dual BN, both views go through the online network in one
 forward (one BN batch of 2B, as SimCLR here does); with dual BN view 2 uses BN copy 1, as in
-:class:`ContrastiveMethod`.
+:class:`SimCLR`.
 
 Distributed: under torch.distributed the keys of all ranks are gathered before they are
 enqueued (every rank keeps the same queue; the initial queue is broadcast from rank 0); this
@@ -39,8 +39,10 @@ from sdclr.config.derived import bn_mode
 from sdclr.errors import ConfigError
 from sdclr.losses.contrastive import KINDS, debiased_from_logits
 from sdclr.losses.moco import info_nce, moco_logits
+from sdclr.methods.base import Objective
 from sdclr.methods.momentum import MomentumMethod, broadcast_, head_out_dim
 from sdclr.models.contrastive import ContrastiveModel
+from sdclr.models.pruning import SelfCompetitor, build_competitor
 from sdclr.utils.distributed import gather_with_grad
 from sdclr.utils.precision import upcast_half
 
@@ -70,9 +72,10 @@ class MoCo(MomentumMethod):
     the batch does not divide ``queue_size``). The queue starts as random unit vectors (as in
     the reference code). ``mochi``: None, or a dict with ``N`` (hardest negatives to mix
     from), ``s`` (pair mixtures), ``s_prime`` (query mixtures); defaults 1024, 1024, 256.
-    ``loss``: ``ntxent`` (InfoNCE), or ``debiased`` / ``hard`` (the estimator of
-    :func:`sdclr.losses.contrastive.debiased_from_logits` over the queue's (and MoCHi's)
-    negatives, with ``tau_plus`` and ``beta``).
+    ``objective``: its ``kind`` ``ntxent`` (InfoNCE), or ``debiased`` / ``hard`` (the
+    estimator of :func:`sdclr.losses.contrastive.debiased_from_logits` over the queue's (and
+    MoCHi's) negatives, with ``tau_plus`` and ``beta``). ``prune_ratio``: the
+    self-competitor, as :class:`sdclr.methods.momentum.MomentumMethod` takes it.
     """
 
     def __init__(
@@ -83,26 +86,22 @@ class MoCo(MomentumMethod):
         symmetric: bool = True,
         mochi: dict[str, Any] | None = None,
         cosine_momentum: bool = False,
-        prune_ratio: float | None = None,
-        random_ratio: float = 0.0,
+        prune_ratio: SelfCompetitor | float | None = None,
         dual_bn: bool = False,
         generator: torch.Generator | None = None,
-        loss: str = "ntxent",
-        tau_plus: float = 0.1,
-        beta: float = 1.0,
-        random_rule: str = "on_top",
+        objective: Objective | None = None,
     ):
-        super().__init__(
-            momentum, cosine_momentum, prune_ratio, random_ratio, dual_bn, generator, random_rule
-        )
+        super().__init__(momentum, cosine_momentum, prune_ratio, dual_bn, generator)
+        objective = objective or Objective()
+        loss = objective.kind
         if loss not in KINDS:
             raise ConfigError(f"unknown MoCo loss {loss!r}; use {', '.join(KINDS)}")
         self.loss_kind = loss
-        self.tau_plus = float(tau_plus) if loss != "ntxent" else 0.0
-        self.beta = float(beta) if loss == "hard" else 0.0
+        self.tau_plus = float(objective.tau_plus) if loss != "ntxent" else 0.0
+        self.beta = float(objective.beta) if loss == "hard" else 0.0
         if queue_size < 1:
             raise ConfigError(f"the MoCo queue needs at least one entry, got {queue_size}")
-        if prune_ratio is not None and not symmetric:
+        if self.pruned and not symmetric:
             raise ConfigError(
                 "MoCo with a prune ratio needs symmetric=true: view 1 goes through the dense "
                 "branch and view 2 through the pruned one, each as a query"
@@ -200,12 +199,8 @@ class MoCo(MomentumMethod):
             symmetric=bool(m.symmetric),
             mochi=mochi,
             cosine_momentum=bool(m.cosine_momentum),
-            prune_ratio=cfg.prune.ratio,
-            random_ratio=float(cfg.prune.random_ratio),
+            prune_ratio=build_competitor(cfg, generator),
             dual_bn=bn_mode(cfg) == "dual",
             generator=generator,
-            random_rule=str(cfg.prune.random_rule),
-            loss=str(cfg.loss.name),
-            tau_plus=float(cfg.loss.tau_plus),
-            beta=float(cfg.loss.beta),
+            objective=Objective.from_config(cfg),
         )

@@ -1,7 +1,7 @@
 """The momentum machinery that MoCo (:mod:`sdclr.methods.moco`) and BYOL
 (:mod:`sdclr.methods.byol`) share.
 
-Interface (that of :class:`sdclr.methods.simclr.ContrastiveMethod`, plus the calls after
+Interface (that of :class:`sdclr.methods.simclr.SimCLR`, plus the calls after
 ``loss``):
 
 - ``pruned`` (bool), ``masks`` (``{conv weight name: mask}`` or None) and
@@ -46,7 +46,7 @@ from torch import nn
 from sdclr.errors import ConfigError
 from sdclr.methods.base import PrunedBranch
 from sdclr.models.contrastive import ContrastiveModel
-from sdclr.models.pruning import SelfCompetitor
+from sdclr.models.pruning import SelfCompetitor, as_competitor
 from sdclr.utils.distributed import is_distributed, world_size
 from sdclr.utils.precision import upcast_half
 
@@ -83,7 +83,9 @@ def broadcast_(tensors: list[torch.Tensor]) -> None:
 class MomentumMethod(PrunedBranch):
     """What MoCo and BYOL share: the SDCLR self-competitor (its mask over the online
     network), the online forward with the dense / pruned branches, the momentum copy, its
-    EMA update and momentum schedule."""
+    EMA update and momentum schedule. ``prune_ratio``: the self-competitor, as
+    :class:`sdclr.methods.simclr.SimCLR` takes it (built from the config, a bare
+    ratio, or None)."""
 
     fuses = False  # the branches run on different networks
 
@@ -91,11 +93,9 @@ class MomentumMethod(PrunedBranch):
         self,
         momentum: float,
         cosine_momentum: bool = False,
-        prune_ratio: float | None = None,
-        random_ratio: float = 0.0,
+        prune_ratio: SelfCompetitor | float | None = None,
         dual_bn: bool = False,
         generator: torch.Generator | None = None,
-        random_rule: str = "on_top",
     ):
         if not 0.0 <= momentum <= 1.0:
             raise ConfigError(f"the momentum must lie in [0, 1], got {momentum}")
@@ -105,11 +105,7 @@ class MomentumMethod(PrunedBranch):
         self.dual_bn = dual_bn
         self.generator = generator  # random pruning (and MoCo's queue init / MoCHi draws)
         # the mask is exactly SDCLR's: the same self-competitor, over the online backbone
-        self.competitor = (
-            SelfCompetitor(prune_ratio, random_ratio, generator, random_rule)
-            if prune_ratio is not None
-            else None
-        )
+        self.competitor = as_competitor(prune_ratio, generator)
         self.momentum_model: ContrastiveModel | None = None
         self._pending_state: dict[str, Any] | None = None
         # BCL / diagnostics: keep what the per-sample losses of the last step need
@@ -162,7 +158,7 @@ class MomentumMethod(PrunedBranch):
     def sample_losses(self) -> torch.Tensor:
         """[B] per-sample losses of the last ``loss`` call (``track_samples`` set before it),
         each the mean over the sample's anchors (queries / predictions), as float32 (what
-        BCL's memory and the diagnostics keep), like :meth:`ContrastiveMethod.sample_losses`."""
+        BCL's memory and the diagnostics keep), like :meth:`SimCLR.sample_losses`."""
         if not self._last_terms:
             raise RuntimeError("set track_samples = True before the loss to get sample losses")
         return torch.stack([self._per_sample(t) for t in self._last_terms]).mean(0).float()

@@ -22,18 +22,23 @@ from torch import nn
 
 from sdclr.config.derived import bn_mode
 from sdclr.losses.contrastive import contrastive_loss
-from sdclr.methods.base import PrunedBranch
+from sdclr.methods.base import Objective, PrunedBranch
 from sdclr.models.contrastive import ContrastiveModel, check_fusable, warn_if_fused_on_cpu
-from sdclr.models.pruning import SelfCompetitor
+from sdclr.models.pruning import SelfCompetitor, as_competitor, build_competitor
 
 
-class ContrastiveMethod(PrunedBranch):
+class SimCLR(PrunedBranch):
+    """SimCLR, or SDCLR with a pruned branch. ``prune_ratio``: the self-competitor as
+    :func:`sdclr.models.pruning.build_competitor` makes it from the config, or a bare ratio
+    (:func:`sdclr.models.pruning.as_competitor`; ``random_ratio`` only goes with that), or
+    None (SimCLR)."""
+
     momentum = None  # no momentum network
 
     def __init__(
         self,
         temperature: float,
-        prune_ratio: float | None = None,
+        prune_ratio: SelfCompetitor | float | None = None,
         random_ratio: float = 0.0,
         dual_bn: bool = False,
         generator: torch.Generator | None = None,
@@ -41,14 +46,9 @@ class ContrastiveMethod(PrunedBranch):
         tau_plus: float = 0.1,
         beta: float = 1.0,
         fuse_branches: bool = False,
-        random_rule: str = "on_top",
     ):
         self.temperature = temperature
-        self.competitor = (
-            SelfCompetitor(prune_ratio, random_ratio, generator, random_rule)
-            if prune_ratio is not None
-            else None
-        )
+        self.competitor = as_competitor(prune_ratio, generator, random_ratio)
         self.dual_bn = dual_bn
         self.loss_kind = loss
         self.tau_plus = tau_plus
@@ -116,19 +116,22 @@ class ContrastiveMethod(PrunedBranch):
         pass
 
     @classmethod
-    def from_config(cls, cfg, generator: torch.Generator | None = None) -> ContrastiveMethod:
+    def from_config(cls, cfg, generator: torch.Generator | None = None) -> SimCLR:
         """``method=simclr``: SimCLR, or SDCLR with a prune ratio; the BN mode, the loss and
         the fused pass. ``generator`` drives random pruning (the loop's, so checkpoints
         capture it)."""
+        objective = Objective.from_config(cfg)
         return cls(
             float(cfg.pretrain.temperature),
-            cfg.prune.ratio,
-            float(cfg.prune.random_ratio),
-            bn_mode(cfg) == "dual",
-            generator,
-            loss=str(cfg.loss.name),
-            tau_plus=float(cfg.loss.tau_plus),
-            beta=float(cfg.loss.beta),
+            build_competitor(cfg, generator),
+            dual_bn=bn_mode(cfg) == "dual",
+            generator=generator,
+            loss=objective.kind,
+            tau_plus=objective.tau_plus,
+            beta=objective.beta,
             fuse_branches=bool(cfg.fuse_branches),
-            random_rule=str(cfg.prune.random_rule),
         )
+
+
+# The class's name before it was called what it is (kept for code that imports the old name).
+ContrastiveMethod = SimCLR

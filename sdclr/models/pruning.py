@@ -1,6 +1,7 @@
 """The self-competitor: SDCLR's pruned branch as a mask, one global magnitude threshold over
 all backbone convs, recomputed from the dense weights at every epoch start
-(:class:`SelfCompetitor`, held by SimCLR / SDCLR and by the momentum methods alike).
+(:class:`SelfCompetitor`, built from the config by :func:`build_competitor` and held by
+SimCLR / SDCLR and by the momentum methods alike).
 
 The rule is the reference implementation's (VITA-Group/SDCLR ``prune/mask.py``,
 ``magnitudePruning``), N being the number of conv weights and p the prune ratio:
@@ -142,3 +143,32 @@ class SelfCompetitor:
         else:
             self.masks = new
         return mask_density(masks)
+
+
+def build_competitor(cfg, generator: torch.Generator | None = None) -> SelfCompetitor | None:
+    """The config's self-competitor (the ``prune`` keys), None with ``prune=none``. The one
+    place the pruning keys are read, so every method gets the same pruned branch and a new
+    pruning option is an edit here and in :class:`SelfCompetitor`. ``generator`` draws the
+    random pruning (the loop's, so checkpoints capture it)."""
+    p = cfg.prune
+    if p.ratio is None:
+        return None
+    return SelfCompetitor(p.ratio, float(p.random_ratio), generator, str(p.random_rule))
+
+
+def as_competitor(
+    pruning: SelfCompetitor | float | None,
+    generator: torch.Generator | None = None,
+    random_ratio: float = 0.0,
+) -> SelfCompetitor | None:
+    """What a method constructor's ``prune_ratio`` names: a competitor built by
+    :func:`build_competitor` as it is, None as no pruned branch, and a bare ratio (the
+    shorthand of tests and the bench) as a competitor of that ratio, with ``random_ratio``
+    of it at random by the default rule."""
+    if pruning is None or isinstance(pruning, SelfCompetitor):
+        if random_ratio:
+            raise ValueError(
+                "random_ratio goes with a bare prune ratio; a SelfCompetitor has its own"
+            )
+        return pruning
+    return SelfCompetitor(pruning, random_ratio, generator)

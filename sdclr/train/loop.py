@@ -14,28 +14,34 @@ the next epoch start (0 in the first epoch) that drive the boosted augmentation 
 views. The kNN monitor and the diagnostics (:mod:`sdclr.eval.monitor`) run at epoch ends: the
 diagnostics on rank 0, the kNN monitor on every rank, each encoding its share of the bank.
 What a checkpoint keeps is :class:`sdclr.train.state.TrainState`; the step's parts are in
-:mod:`sdclr.train.step`.
+:mod:`sdclr.train.step`. :func:`pretrain` reads as its steps: :func:`start_run` (setup and
+resume), then per epoch :func:`start_epoch` (mask, order, strengths; or the interrupted
+epoch's :class:`sdclr.train.state.EpochPosition` restored), :func:`train_epoch` (the step
+body), :func:`end_epoch` (records, kNN monitor, diagnostics) and the checkpoint.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sdclr.augment.boost import BoostConfig
 from sdclr.augment.ops import Shard
 from sdclr.config.derived import boost_preset
-from sdclr.data.banks import FileImages, TensorImages, as_images
+from sdclr.data.banks import Images, as_images
 from sdclr.errors import TrainingError
-from sdclr.eval.monitor import TrainingMonitor
+from sdclr.eval.monitor import Diagnostics, KnnMonitor, TrainingMonitor
 from sdclr.methods.base import Method
 from sdclr.models.checkpoint import save_checkpoint
 from sdclr.models.contrastive import ContrastiveModel
 from sdclr.train.bcl import LossMemory
-from sdclr.train.state import TrainState
+from sdclr.train.state import EpochPosition, TrainState
 from sdclr.train.step import (
     augment_config,
     batches_per_epoch,
@@ -59,7 +65,7 @@ def pretrain(
     cfg,
     model: ContrastiveModel,
     method: Method,
-    images: torch.Tensor | TensorImages | FileImages,
+    images: torch.Tensor | Images,
     generator: torch.Generator,
     checkpoint_path: Path,
     extra_state: dict[str, Any],
@@ -83,26 +89,136 @@ def pretrain(
     and every RNG state. ``resume_from`` is such a checkpoint.
     """
     p = cfg.pretrain
-    bank = as_images(images)
-    device = bank.device
+    run = start_run(cfg, model, method, as_images(images), generator, resume_from, monitor)
+    run.log, run.checkpoint, run.extra_state = log, checkpoint_path, extra_state
+    state = run.state
+    position, state.position = state.position, None  # set: the run stopped inside an epoch
+    model.train()
+    run.started = time.time()
+    ddp = wrap_distributed(model, method)
+    if run.knn is not None and state.epoch == 0 and not state.knn:
+        # the curve's start: the encoder at its random initialisation, before any step. Under
+        # torchrun every rank encodes its share of the bank and gets rank 0's result
+        # (sdclr.eval.knn), so no rank waits alone for the whole pool's encoding
+        run.measure_knn(0)
+    bar = progress_bar(
+        range(state.epoch, p.epochs),
+        desc="pretrain",
+        enabled=progress,
+        initial=state.epoch,
+        total=p.epochs,
+    )
+    # without a terminal, one line per epoch in place of the bar (and in the job's run.log)
+    lines = EpochLines("pretrain", p.epochs, done=state.epoch, enabled=progress and run.rank == 0)
+    for index in bar:
+        epoch = start_epoch(run, index, position)
+        position = None
+        lr = train_epoch(run, epoch, ddp, stop)
+        epoch_loss = end_epoch(run, epoch, lr, lines)
+        bar.set_postfix(loss=f"{epoch_loss:.4f}", lr=f"{lr:.3g}")
+        done = index + 1
+        last = done == p.epochs
+        interrupted = stop is not None and any_rank(stop.requested, run.device)
+        if done % cfg.checkpoint.every == 0 or last or interrupted:
+            run.save(done)
+        if interrupted and not last:
+            raise Interrupted(run.interrupt_message(stop.signum, done), stop.signum)
+    return pretrain_result(run, resumed=resume_from is not None)
+
+
+@dataclass
+class Run:
+    """One pretraining run: the live objects (their resumable records in ``state``), the
+    epoch's global batches, BCL's preset and loss memory (None without ``boost``), the
+    monitors, and where it reports (``log``) and checkpoints."""
+
+    cfg: Any
+    model: ContrastiveModel
+    method: Method
+    bank: Images
+    generator: torch.Generator
+    settings: StepSettings
+    opt: torch.optim.Optimizer
+    state: TrainState
+    batches: list[tuple[int, int]]
+    boost: BoostConfig | None = None
+    memory: LossMemory | None = None
+    knn: KnnMonitor | None = None
+    diag: Diagnostics | None = None
+    log: Callable[..., None] | None = None
+    checkpoint: Path | None = None
+    extra_state: dict[str, Any] = field(default_factory=dict)
+    started: float = 0.0  # time.time() when this process began training
+
+    @property
+    def device(self) -> torch.device:
+        return self.bank.device
+
+    @property
+    def rank(self) -> int:
+        return get_rank()
+
+    def seconds(self) -> float:
+        """The run's training time so far, the processes before this one included."""
+        return self.state.seconds + time.time() - self.started
+
+    def emit(self, record: dict[str, Any], kind: str = "pretrain") -> None:
+        if self.log is not None:
+            if kind == "pretrain":
+                self.log(record, self.state.step)
+            else:
+                self.log(record, self.state.step, kind)
+
+    def save(self, epoch: int, position: EpochPosition | None = None) -> None:
+        """Checkpoint (on rank 0) after ``epoch`` epochs, or inside epoch ``epoch`` (0-based)
+        at ``position``."""
+        self.state.epoch, self.state.position = epoch, position
+        if self.rank != 0:
+            return
+        payload = self.state.to_payload(
+            model=self.model,
+            optimizer=self.opt,
+            method=self.method,
+            memory=self.memory,
+            generator=self.generator,
+            finished=epoch == self.cfg.pretrain.epochs and position is None,
+            seconds=self.seconds(),
+        )
+        save_checkpoint(self.checkpoint, {**payload, **self.extra_state})
+
+    def measure_knn(self, epochs_done: int) -> float:
+        """The kNN monitor's entry after ``epochs_done`` epochs (on every rank, each encoding
+        its share of the bank), recorded and logged; returns its accuracy."""
+        entry = {"epoch": epochs_done, **self.knn(self.model.backbone)}
+        self.state.knn.append(entry)
+        self.emit(entry, "knn")
+        return entry["acc"]
+
+    def interrupt_message(self, signum: int | None, epoch: int) -> str:
+        return _interrupt_message(signum, epoch, self.state.step, self.checkpoint)
+
+
+def start_run(
+    cfg,
+    model: ContrastiveModel,
+    method: Method,
+    bank: Images,
+    generator: torch.Generator,
+    resume_from: dict[str, Any] | None,
+    monitor: TrainingMonitor | None,
+) -> Run:
+    """Set a run up: the model in the run's numerics, the method's own networks, the
+    optimiser, BCL's loss memory and the monitors; with ``resume_from``, everything that
+    checkpoint restores (its mid-epoch position in ``state.position``)."""
+    p = cfg.pretrain
+    device, n = bank.device, len(bank)
     settings = step_settings(cfg, device)
-    n = len(bank)
-    world, rank = world_size(), get_rank()
-    shard = Shard(rank, world) if world > 1 else None
-    batches = batches_per_epoch(n, p.batch_size, p.drop_last, world)
-    total_steps = len(batches) * p.epochs
-    warmup_steps = len(batches) * p.warmup_epochs
-    aug = augment_config(cfg.data)
-    mean, std = list(cfg.data.mean), list(cfg.data.std)
-    boost_cfg = boost_preset(cfg) if cfg.boost else None
-    memory = LossMemory(n, float(cfg.bcl.momentum), device) if boost_cfg is not None else None
-    strength = torch.zeros(n, device=device) if boost_cfg is not None else None
+    batches = batches_per_epoch(n, p.batch_size, p.drop_last, world_size())
+    boost = boost_preset(cfg) if cfg.boost else None
+    memory = LossMemory(n, float(cfg.bcl.momentum), device) if boost is not None else None
     knn = monitor.knn if monitor is not None else None
     diag = monitor.diagnostics if monitor is not None else None
-    track = memory is not None or diag is not None
-    method.track_samples = track
-    has_temperature = method.temperature is not None
-
+    method.track_samples = memory is not None or diag is not None
     if resume_from is not None:
         model.load_state_dict(resume_from["model"])
     prepare_model(model, settings)
@@ -120,199 +236,200 @@ def pretrain(
             generator=generator,
             device=device,
         )
-    perm: torch.Tensor | None = None
-    carried_loss = 0.0
-    start_batch = 0
-    position = state.position
-    if position is not None:  # interrupted inside an epoch
-        start_batch = int(position["batch"])
-        perm = position["perm"].to(device)
-        carried_loss = float(position["loss_sum"])
-        if strength is not None and position.get("strength") is not None:
-            strength = position["strength"].to(device)
-        if diag is not None and position.get("class_loss") is not None:
-            diag.load_epoch_state(position["class_loss"])
-    model.train()
-    t0 = time.time()
-    lr = p.lr
+    return Run(
+        cfg=cfg,
+        model=model,
+        method=method,
+        bank=bank,
+        generator=generator,
+        settings=settings,
+        opt=opt,
+        state=state,
+        batches=batches,
+        boost=boost,
+        memory=memory,
+        knn=knn,
+        diag=diag,
+    )
 
-    ddp = wrap_distributed(model, method)
 
-    def save(epoch: int, position: dict[str, Any] | None = None) -> None:
-        state.epoch, state.position = epoch, position
-        if rank != 0:
-            return
-        payload = state.to_payload(
-            model=model,
-            optimizer=opt,
-            method=method,
-            memory=memory,
-            generator=generator,
-            finished=epoch == p.epochs and position is None,
-            seconds=state.seconds + time.time() - t0,
+@dataclass
+class Epoch:
+    """The epoch in progress: its 0-based ``index``, its order of the dataset (``perm``), the
+    first batch to run (0, or where an interrupted epoch stopped), the sum of its batch
+    losses so far (on the device), BCL's per-sample strengths, and what its start recorded
+    (``density`` None: no pruned branch, or a resumed epoch whose density is recorded)."""
+
+    index: int
+    perm: torch.Tensor
+    first: int
+    loss_sum: torch.Tensor
+    strength: torch.Tensor | None
+    density: float | None
+    temperature: float | None
+    started: float  # time.time() at its start
+
+    def capture(self, batch: int, loss_sum: float, diag: Diagnostics | None) -> EpochPosition:
+        """The position to resume from before ``batch``; ``loss_sum``: the epoch's loss sum
+        so far, averaged over ranks."""
+        return EpochPosition(
+            batch,
+            self.perm.cpu(),
+            loss_sum,
+            self.strength.cpu() if self.strength is not None else None,
+            diag.epoch_state() if diag is not None else None,
         )
-        save_checkpoint(checkpoint_path, {**payload, **extra_state})
 
-    def emit(record: dict[str, Any], kind: str = "pretrain") -> None:
-        if log is not None:
-            if kind == "pretrain":
-                log(record, state.step)
-            else:
-                log(record, state.step, kind)
-
-    if knn is not None and state.epoch == 0 and not state.knn:
-        # the curve's start: the encoder at its random initialisation, before any step. Under
-        # torchrun every rank encodes its share of the bank and gets rank 0's result
-        # (sdclr.eval.knn), so no rank waits alone for the whole pool's encoding
-        entry = {"epoch": 0, **knn(model.backbone)}
-        state.knn.append(entry)
-        emit(entry, "knn")
-    bar = progress_bar(
-        range(state.epoch, p.epochs),
-        desc="pretrain",
-        enabled=progress,
-        initial=state.epoch,
-        total=p.epochs,
-    )
-    # without a terminal, one line per epoch in place of the bar (and in the job's run.log)
-    lines = EpochLines("pretrain", p.epochs, done=state.epoch, enabled=progress and rank == 0)
-    for epoch in bar:
-        t_epoch = time.time()
-        resuming_mid_epoch = perm is not None
-        temperature = epoch_temperature(cfg, epoch) if has_temperature else None
-        if has_temperature:
-            method.temperature = temperature
-        if resuming_mid_epoch:
-            density = None  # this epoch's mask was restored, its density already recorded
-        else:
-            density = method.on_epoch_start(model)
-            if density is not None:
-                state.mask_density.append(density)
-            if temperature is not None:
-                state.temperatures.append(temperature)
-            perm = torch.randperm(n, generator=generator, device=generator.device).to(device)
-            if memory is not None:  # BCL: strengths fixed for the epoch, 0 in the first one
-                strength = memory.strengths() if epoch > 0 else torch.zeros(n, device=device)
-            if diag is not None:
-                diag.reset_epoch()
-        loss_sum = torch.zeros((), device=device) + carried_loss
-        window_sum = torch.zeros((), device=device)
-        window = 0
-        idx_batches = [perm[s:e] for s, e in batches[start_batch:]]
-        images = sum(e - s for s, e in batches[start_batch:])
-        # under torchrun each rank decodes and augments only its chunk of the global batch
-        local = [i.chunk(world)[rank] for i in idx_batches] if shard else idx_batches
-        pending = bank.batches(local)
-        for b, idx, x in zip(range(start_batch, len(batches)), idx_batches, pending):
-            lr = warmup_cosine(state.step, total_steps, warmup_steps, p.lr, p.min_lr)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            method.set_progress(state.step / total_steps)
-            boost = (strength[idx], boost_cfg) if memory is not None else None
-            v1, v2 = make_views(x, aug, generator, mean, std, settings, boost, shard)
-            loss = train_step(model, method, opt, v1, v2, settings, ddp)
-            if track:  # per-sample losses of the global batch, on the device
-                per_sample = gather_samples(method.sample_losses(), world)
-                if memory is not None:
-                    memory.update(idx, per_sample)
-                if diag is not None:
-                    diag.add_losses(idx, per_sample)
-            loss_sum += loss
-            window_sum += loss
-            window += 1
-            state.step += 1
-            if state.step % p.log_every == 0:
-                value = global_mean(window_sum) / window  # the only host sync in the loop
-                _check_finite(value, epoch, state.step, lr)
-                emit({"step": state.step, "epoch": epoch + 1, "loss": value, "lr": lr})
-                window_sum.zero_()
-                window = 0
-            # ranks agree on stopping at the same step: checked at every step in one process,
-            # at the logging steps (which synchronise anyway) under torchrun
-            check = stop is not None and (world == 1 or state.step % p.log_every == 0)
-            if check and any_rank(stop.requested, device) and b + 1 < len(batches):
-                so_far = global_mean(loss_sum)
-                _check_finite(so_far, epoch, state.step, lr)
-                position = {"batch": b + 1, "perm": perm.cpu(), "loss_sum": so_far}
-                if strength is not None:
-                    position["strength"] = strength.cpu()
-                if diag is not None:
-                    position["class_loss"] = diag.epoch_state()
-                save(epoch, position)
-                raise Interrupted(
-                    _interrupt_message(stop.signum, epoch, state.step, checkpoint_path), stop.signum
-                )
-        start_batch, carried_loss, perm = 0, 0.0, None
-        epoch_loss = global_mean(loss_sum) / len(batches)
-        _check_finite(epoch_loss, epoch, state.step, lr)
-        train_seconds = time.time() - t_epoch  # the epoch's steps, synchronised by the mean
-        state.epoch_losses.append(epoch_loss)
-        record = {"epoch": epoch + 1, "epoch_loss": epoch_loss, "lr": lr}
-        if density is not None:
-            record["mask_density"] = density
-        if temperature is not None:
-            record["temperature"] = temperature
-        if method.momentum is not None:
-            record["momentum"] = float(method.momentum)
-        emit(record)
-        done = epoch + 1
-        knn_acc = None
-        if knn is not None and knn.due(done):  # on every rank, each encoding its share
-            entry = {"epoch": done, **knn(model.backbone)}
-            knn_acc = entry["acc"]
-            state.knn.append(entry)
-            emit(entry, "knn")
-        if diag is not None and diag.due(done):
-            if rank == 0:
-                entry = diag(model, method, done)
-                state.diagnostics.append(entry)
-                emit(entry, "diagnostics")
-            barrier()
-        bar.set_postfix(loss=f"{epoch_loss:.4f}", lr=f"{lr:.3g}")
-        mask = density if density is not None or not state.mask_density else state.mask_density[-1]
-        lines(done, images, train_seconds, loss=epoch_loss, lr=lr, mask=mask, knn=knn_acc)
-        last = epoch + 1 == p.epochs
-        interrupted = stop is not None and any_rank(stop.requested, device)
-        if (epoch + 1) % cfg.checkpoint.every == 0 or last or interrupted:
-            save(epoch + 1)
-        if interrupted and not last:
-            raise Interrupted(
-                _interrupt_message(stop.signum, epoch + 1, state.step, checkpoint_path), stop.signum
-            )
-    return pretrain_result(
-        cfg,
-        state,
-        method,
-        settings,
-        images=n,
-        seconds=state.seconds + time.time() - t0,
-        resumed=resume_from is not None,
-        monitored=(knn is not None, diag is not None),
-    )
+    @classmethod
+    def restore(
+        cls,
+        run: Run,
+        index: int,
+        position: EpochPosition,
+        temperature: float | None,
+        started: float,
+    ) -> Epoch:
+        """Epoch ``index`` where it stopped at ``position`` (its mask was restored with the
+        checkpoint; its density and temperature are recorded already)."""
+        device = run.device
+        strength = None
+        if run.memory is not None:
+            strength = torch.zeros(len(run.bank), device=device)
+            if position.strength is not None:
+                strength = position.strength.to(device)
+        if run.diag is not None and position.class_loss is not None:
+            run.diag.load_epoch_state(position.class_loss)
+        loss_sum = torch.zeros((), device=device) + position.loss_sum
+        perm = position.perm.to(device)
+        return cls(index, perm, position.batch, loss_sum, strength, None, temperature, started)
 
 
-def pretrain_result(
-    cfg,
-    state: TrainState,
-    method: Method,
-    settings: StepSettings,
-    *,
-    images: int,
-    seconds: float,
-    resumed: bool,
-    monitored: tuple[bool, bool],
-) -> dict[str, Any]:
+def start_epoch(run: Run, index: int, position: EpochPosition | None = None) -> Epoch:
+    """Set the epoch's temperature (constant or scheduled). A fresh epoch recomputes the
+    mask, draws the dataset order, fixes BCL's strengths (0 in the first epoch) and clears
+    the diagnostics' class losses; an interrupted one (``position``) is restored instead."""
+    started = time.time()
+    method, state, device, n = run.method, run.state, run.device, len(run.bank)
+    temperature = epoch_temperature(run.cfg, index) if method.temperature is not None else None
+    if temperature is not None:
+        method.temperature = temperature
+    if position is not None:
+        return Epoch.restore(run, index, position, temperature, started)
+    density = method.on_epoch_start(run.model)
+    if density is not None:
+        state.mask_density.append(density)
+    if temperature is not None:
+        state.temperatures.append(temperature)
+    perm = torch.randperm(n, generator=run.generator, device=run.generator.device).to(device)
+    strength = None
+    if run.memory is not None:  # BCL: strengths fixed for the epoch, 0 in the first one
+        strength = run.memory.strengths() if index > 0 else torch.zeros(n, device=device)
+    if run.diag is not None:
+        run.diag.reset_epoch()
+    loss_sum = torch.zeros((), device=device)
+    return Epoch(index, perm, 0, loss_sum, strength, density, temperature, started)
+
+
+def train_epoch(
+    run: Run, epoch: Epoch, ddp: torch.nn.Module | None, stop: StopSignal | None
+) -> float:
+    """The epoch's steps from ``epoch.first`` on; returns the last step's learning rate. A
+    stop signal inside the epoch checkpoints its position and raises
+    :class:`sdclr.utils.signals.Interrupted`."""
+    cfg, model, method, state, opt = run.cfg, run.model, run.method, run.state, run.opt
+    p, batches, device, settings = cfg.pretrain, run.batches, run.device, run.settings
+    generator, world, rank = run.generator, world_size(), run.rank
+    shard = Shard(rank, world) if world > 1 else None
+    total_steps, warmup_steps = len(batches) * p.epochs, len(batches) * p.warmup_epochs
+    aug, mean, std = augment_config(cfg.data), list(cfg.data.mean), list(cfg.data.std)
+    window_sum, window, lr = torch.zeros((), device=device), 0, p.lr
+    idx_batches = [epoch.perm[s:e] for s, e in batches[epoch.first :]]
+    # under torchrun each rank decodes and augments only its chunk of the global batch
+    local = [i.chunk(world)[rank] for i in idx_batches] if shard else idx_batches
+    pending = run.bank.batches(local)
+    for b, idx, x in zip(range(epoch.first, len(batches)), idx_batches, pending):
+        lr = warmup_cosine(state.step, total_steps, warmup_steps, p.lr, p.min_lr)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        method.set_progress(state.step / total_steps)
+        boost = (epoch.strength[idx], run.boost) if run.memory is not None else None
+        v1, v2 = make_views(x, aug, generator, mean, std, settings, boost, shard)
+        loss = train_step(model, method, opt, v1, v2, settings, ddp)
+        if run.memory is not None or run.diag is not None:  # per-sample losses, on the device
+            per_sample = gather_samples(method.sample_losses(), world)
+            if run.memory is not None:
+                run.memory.update(idx, per_sample)
+            if run.diag is not None:
+                run.diag.add_losses(idx, per_sample)
+        epoch.loss_sum += loss
+        window_sum += loss
+        window += 1
+        state.step += 1
+        if state.step % p.log_every == 0:
+            value = global_mean(window_sum) / window  # the only host sync in the loop
+            _check_finite(value, epoch.index, state.step, lr)
+            run.emit({"step": state.step, "epoch": epoch.index + 1, "loss": value, "lr": lr})
+            window_sum.zero_()
+            window = 0
+        # ranks agree on stopping at the same step: checked at every step in one process,
+        # at the logging steps (which synchronise anyway) under torchrun
+        check = stop is not None and (world == 1 or state.step % p.log_every == 0)
+        if check and any_rank(stop.requested, device) and b + 1 < len(batches):
+            so_far = global_mean(epoch.loss_sum)
+            _check_finite(so_far, epoch.index, state.step, lr)
+            run.save(epoch.index, epoch.capture(b + 1, so_far, run.diag))
+            raise Interrupted(run.interrupt_message(stop.signum, epoch.index), stop.signum)
+    return lr
+
+
+def end_epoch(run: Run, epoch: Epoch, lr: float, lines: EpochLines) -> float:
+    """The epoch's record (loss, lr, mask density, temperature, momentum), then where due
+    the kNN monitor (on every rank, each encoding its share) and the diagnostics (rank 0),
+    and the epoch's line; returns the epoch loss."""
+    state, method = run.state, run.method
+    epoch_loss = global_mean(epoch.loss_sum) / len(run.batches)
+    _check_finite(epoch_loss, epoch.index, state.step, lr)
+    train_seconds = time.time() - epoch.started  # the epoch's steps, synchronised by the mean
+    state.epoch_losses.append(epoch_loss)
+    record = {"epoch": epoch.index + 1, "epoch_loss": epoch_loss, "lr": lr}
+    if epoch.density is not None:
+        record["mask_density"] = epoch.density
+    if epoch.temperature is not None:
+        record["temperature"] = epoch.temperature
+    if method.momentum is not None:
+        record["momentum"] = float(method.momentum)
+    run.emit(record)
+    done = epoch.index + 1
+    knn_acc = None
+    if run.knn is not None and run.knn.due(done):
+        knn_acc = run.measure_knn(done)
+    if run.diag is not None and run.diag.due(done):
+        if run.rank == 0:
+            entry = run.diag(run.model, method, done)
+            state.diagnostics.append(entry)
+            run.emit(entry, "diagnostics")
+        barrier()
+    mask = epoch.density
+    if mask is None and state.mask_density:
+        mask = state.mask_density[-1]
+    images = sum(e - s for s, e in run.batches[epoch.first :])
+    lines(done, images, train_seconds, loss=epoch_loss, lr=lr, mask=mask, knn=knn_acc)
+    return epoch_loss
+
+
+def pretrain_result(run: Run, resumed: bool) -> dict[str, Any]:
     """``metrics["pretrain"]``: the schedule, the curves and what ran (numerics, fused
-    branches, BCL preset); ``monitored``: whether the kNN monitor and the diagnostics ran."""
+    branches, BCL preset, the kNN monitor and the diagnostics where they ran)."""
+    cfg, state, method, settings = run.cfg, run.state, run.method, run.settings
     p = cfg.pretrain
     result: dict[str, Any] = {
         "epochs": p.epochs,
         "steps": state.step,
         "final_loss": state.epoch_losses[-1],
         "epoch_loss": state.epoch_losses,
-        "images": images,
+        "images": len(run.bank),
         "batch_size": p.batch_size,
-        "seconds": seconds,
+        "seconds": run.seconds(),
         "precision": "bf16" if settings.amp_dtype else "fp32",
         "channels_last": settings.channels_last,
         "compile": settings.compile,
@@ -324,18 +441,17 @@ def pretrain_result(
         result["mask_density"] = state.mask_density
     if state.temperatures:
         result["temperature"] = state.temperatures
-    if cfg.boost:
-        boost_cfg = boost_preset(cfg)
+    if run.boost is not None:
         result["boost"] = {
-            "k": boost_cfg.k,
-            "base": boost_cfg.base,
-            "span": boost_cfg.span,
-            "random_scale": boost_cfg.random_scale,
+            "k": run.boost.k,
+            "base": run.boost.base,
+            "span": run.boost.span,
+            "random_scale": run.boost.random_scale,
             "momentum": float(cfg.bcl.momentum),
         }
-    if monitored[0]:
+    if run.knn is not None:
         result["knn"] = state.knn
-    if monitored[1]:
+    if run.diag is not None:
         result["diagnostics"] = state.diagnostics
     return result
 

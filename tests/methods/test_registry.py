@@ -34,7 +34,7 @@ def test_one_step_of_each_method_through_the_factory(overrides):
     cfg = tiny_cfg(*overrides)
     model = tiny_model(cfg, dtype=torch.float64)  # the identities below: tests/numerics.py
     method = build_method(cfg, torch.Generator().manual_seed(0))
-    assert type(method).__name__ == {"simclr": "ContrastiveMethod", "moco": "MoCo"}.get(
+    assert type(method).__name__ == {"simclr": "SimCLR", "moco": "MoCo"}.get(
         cfg.method.name, "BYOL"
     )
     assert method.pruned == (cfg.prune.ratio is not None)
