@@ -46,24 +46,51 @@ is the start before the first row (config, data, the copy to the device).
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
 import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch import nn
 
+from sdclr.augment.ops import ContrastiveAugmentConfig
+from sdclr.config.compose import compose_config
 from sdclr.config.schema import COMPILE_MODES
+from sdclr.config.validate import validate
+from sdclr.data.arrays import ImageData, load_arrays
+from sdclr.data.banks import FileImages
+from sdclr.data.splits import Split, resolve_split
+from sdclr.errors import SdclrError
+from sdclr.eval.features import EvalSettings
+from sdclr.eval.probe import train_probe
+from sdclr.methods.simclr import SimCLR
+from sdclr.models.backbone import create_backbone
+from sdclr.models.contrastive import build_model
+from sdclr.train.step import (
+    augment_config,
+    batches_per_epoch,
+    make_optimizer,
+    make_views,
+    prepare_model,
+    train_step,
+)
+from sdclr.utils.distributed import resolve_device
 from sdclr.utils.io import REPO
-from sdclr.utils.precision import autocast
+from sdclr.utils.memory import keep_freed_memory
+from sdclr.utils.precision import StepSettings, autocast, step_settings
 
 # Row groups of ``--rows``: the methods with the model-only ceiling, the step ratio, the
 # augmentation alone, the CPU gradient-error check, the linear probe, the 224-px file path.
@@ -76,6 +103,7 @@ METHOD_ROWS = {
 }
 # the rows of the ``methods`` group (``--methods``): the three methods and the model-only ceiling
 METHODS = (*METHOD_ROWS, "ceiling")
+EXTRAPOLATED = " (extrapolated)"
 
 
 class Timer:
@@ -112,7 +140,99 @@ class Timer:
         return time.perf_counter() - t0
 
 
+@dataclass(frozen=True)
+class BenchOptions:
+    """What the command line asks for; None: the mode's default (``quick`` or full)."""
+
+    quick: bool = False
+    device: str = "auto"
+    batch_size: int | None = None
+    steps: int | None = None  # timed steps per row
+    compile: bool | None = None
+    compile_mode: str | None = None
+    rows: tuple[str, ...] = ROWS
+    methods: tuple[str, ...] = METHODS
+    warmup: int | None = None
+    probe_epochs: int | None = None
+    channels: list[int] | None = None
+
+
+@dataclass
+class Bench:
+    """What every row reads: the run's config and numerics, the data on the device, the
+    sizes and repetitions, the augmentation, the generator and the timer."""
+
+    cfg: DictConfig
+    device: torch.device
+    settings: StepSettings
+    batch: int
+    data: ImageData
+    split: Split
+    images: torch.Tensor  # the training images, on the device
+    d_i: torch.Tensor  # split 1's D_i, on the device
+    batches: list[tuple[int, int]]  # (start, end) of each batch of an epoch of D_i
+    timed_steps: int
+    warmup: int
+    channels: list[int] | None
+    aug: ContrastiveAugmentConfig
+    mean: list[float]
+    std: list[float]
+    gen: torch.Generator
+    timer: Timer
+    quick: bool
+    probe_epochs: int | None
+    kept_freed: bool  # the CPU's host allocator keeps freed memory (utils/memory.py)
+
+
+def load_bench(options: BenchOptions) -> Bench:
+    """The config (the defaults at the benchmark's batch and numerics), validated, and the
+    data on the device: the context every row reads."""
+    quick = options.quick
+    device = resolve_device("cpu" if quick and options.device == "auto" else options.device)
+    # as the runner does on the CPU (utils/memory.py); SDCLR_DEFAULT_MALLOC=1 times without it
+    kept_freed = device.type == "cpu" and keep_freed_memory()
+    batch = options.batch_size or (16 if quick else 512)
+    overrides = [f"device={device}", f"pretrain.batch_size={batch}"]
+    if options.compile is not None:
+        overrides.append(f"compile={str(options.compile).lower()}")
+    if options.compile_mode is not None:
+        overrides.append(f"compile_mode={options.compile_mode}")
+    cfg = compose_config(overrides)
+    validate(cfg)
+    torch.manual_seed(0)
+    torch.backends.cudnn.benchmark = True
+    data = load_arrays(cfg)
+    split = resolve_split(cfg.split, cfg.data, data.train_y)
+    images = torch.from_numpy(data.train_x).to(device)
+    d_i = images[torch.as_tensor(split.D_i, device=device)]
+    batches = batches_per_epoch(len(d_i), batch, False)
+    return Bench(
+        cfg=cfg,
+        device=device,
+        settings=step_settings(cfg, device),
+        batch=batch,
+        data=data,
+        split=split,
+        images=images,
+        d_i=d_i,
+        batches=batches,
+        timed_steps=options.steps or (2 if quick else len(batches)),
+        warmup=max(1, options.warmup or (1 if quick else 15)),
+        channels=list(options.channels) if options.channels else None,
+        aug=augment_config(cfg.data),
+        mean=list(cfg.data.mean),
+        std=list(cfg.data.std),
+        gen=torch.Generator(device=device).manual_seed(0),
+        timer=Timer(device),
+        quick=quick,
+        probe_epochs=options.probe_epochs,
+        kept_freed=kept_freed,
+    )
+
+
 def _git(*args: str) -> str | None:
+    if REPO is None:  # an installed wheel: no checkout to name a commit of
+        return None
     try:
         out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
@@ -140,64 +260,60 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
-def _training_setup(ctx: dict[str, Any], ratio: float | None, fuse: bool = False) -> tuple:
+# --- the rows ---------------------------------------------------------------------------------
+
+
+def _training_setup(bench: Bench, ratio: float | None, fuse: bool = False) -> tuple:
     """(model, method, optimiser) of SimCLR (``ratio`` None) or SDCLR with dual BN, ResNet-18
     with the CIFAR stem, prepared with the run's numerics, in training mode with its mask."""
-    from sdclr.methods.simclr import ContrastiveMethod
-    from sdclr.models.contrastive import build_model
-    from sdclr.train.step import make_optimizer, prepare_model
-
     dual = ratio is not None
-    model = build_model("resnet18", True, ctx["channels"], 3 if dual else 2, 128, dual)
-    model = model.to(ctx["device"])
-    model = prepare_model(model, ctx["settings"])
-    method = ContrastiveMethod(0.2, ratio, 0.0, dual, ctx["gen"], fuse_branches=fuse)
+    model = build_model("resnet18", True, bench.channels, 3 if dual else 2, 128, dual)
+    model = model.to(bench.device)
+    model = prepare_model(model, bench.settings)
+    method = SimCLR(0.2, ratio, 0.0, dual, bench.gen, fuse_branches=fuse)
     with warnings.catch_warnings():  # the fused pass's CPU warning: the table's note says it
         warnings.simplefilter("ignore")
         method.setup(model)
-    opt = make_optimizer(model, ctx["cfg"].pretrain)
+    opt = make_optimizer(model, bench.cfg.pretrain)
     model.train()
     method.on_epoch_start(model)
     return model, method, opt
 
 
-def _time_method(ctx: dict[str, Any], ratio: float | None, fuse: bool = False) -> dict[str, Any]:
+def _time_method(bench: Bench, ratio: float | None, fuse: bool = False) -> dict[str, Any]:
     """Augmentation + training step, as pretrain() runs them, after warm-up."""
-    from sdclr.train.step import make_views, train_step
-
-    device, settings, gen = ctx["device"], ctx["settings"], ctx["gen"]
-    d_i, batches = ctx["d_i"], ctx["batches"]
-    model, method, opt = _training_setup(ctx, ratio, fuse)
-    perm = torch.randperm(len(d_i), generator=gen, device=device)
+    d_i, batches = bench.d_i, bench.batches
+    model, method, opt = _training_setup(bench, ratio, fuse)
+    perm = torch.randperm(len(d_i), generator=bench.gen, device=bench.device)
     cursor = [0]
 
     def step() -> None:
         start, end = batches[cursor[0] % len(batches)]
         cursor[0] += 1
         v1, v2 = make_views(
-            d_i[perm[start:end]], ctx["aug"], gen, ctx["mean"], ctx["std"], settings
+            d_i[perm[start:end]], bench.aug, bench.gen, bench.mean, bench.std, bench.settings
         )
-        train_step(model, method, opt, v1, v2, settings)
+        train_step(model, method, opt, v1, v2, bench.settings)
 
-    timer = ctx["timer"]
+    timer = bench.timer
     # warm-up (compilation, cuDNN autotuning) on full batches, then on the epoch's last batch,
     # which may be shorter: its recompile must not land in the timed steps
     first = timer.wall(step, 1)
-    rest = timer.wall(step, ctx["warmup"] - 1)
+    rest = timer.wall(step, bench.warmup - 1)
     cursor[0] = len(batches) - 1
     last = timer.wall(step, 1)
     cursor[0] = 0
-    per_step = timer.measure(step, ctx["timed_steps"])
+    per_step = timer.measure(step, bench.timed_steps)
     mask_seconds = timer.measure(lambda: method.on_epoch_start(model), 1) if method.pruned else 0.0
     epoch = per_step * len(batches) + mask_seconds
     return {
-        **_warmup_record(first, first + rest + last, ctx["warmup"] + 1, per_step),
+        **_warmup_record(first, first + rest + last, bench.warmup + 1, per_step),
         "step_seconds": per_step,
         "epoch_seconds": epoch,
         "views_per_second": 2 * len(d_i) / epoch,
         "mask_seconds": mask_seconds,
-        "timed_steps": ctx["timed_steps"],
-        "extrapolated": ctx["timed_steps"] != len(batches),
+        "timed_steps": bench.timed_steps,
+        "extrapolated": bench.timed_steps != len(batches),
     }
 
 
@@ -212,15 +328,12 @@ def _warmup_record(first: float, total: float, steps: int, per_step: float) -> d
     }
 
 
-def _time_ceiling(ctx: dict[str, Any]) -> dict[str, Any]:
+def _time_ceiling(bench: Bench) -> dict[str, Any]:
     """Forward+backward+SGD of backbone + 2-layer head on random resident views, one pass."""
-    from sdclr.models.contrastive import build_model
-    from sdclr.train.step import make_optimizer, prepare_model
-
-    device, settings, batch = ctx["device"], ctx["settings"], ctx["batch"]
-    model = build_model("resnet18", True, ctx["channels"], 2, 128, False).to(device)
+    device, settings, batch = bench.device, bench.settings, bench.batch
+    model = build_model("resnet18", True, bench.channels, 2, 128, False).to(device)
     model = prepare_model(model, settings)
-    opt = make_optimizer(model, ctx["cfg"].pretrain)
+    opt = make_optimizer(model, bench.cfg.pretrain)
     x = torch.randn(2 * batch, 3, 32, 32, device=device).contiguous(
         memory_format=settings.memory_format
     )
@@ -233,30 +346,37 @@ def _time_ceiling(ctx: dict[str, Any]) -> dict[str, Any]:
         loss.backward()
         opt.step()
 
-    first = ctx["timer"].wall(step, 1)
-    rest = ctx["timer"].wall(step, ctx["warmup"] - 1)
-    per_step = ctx["timer"].measure(step, ctx["timed_steps"])
+    first = bench.timer.wall(step, 1)
+    rest = bench.timer.wall(step, bench.warmup - 1)
+    per_step = bench.timer.measure(step, bench.timed_steps)
     return {
-        **_warmup_record(first, first + rest, ctx["warmup"], per_step),
+        **_warmup_record(first, first + rest, bench.warmup, per_step),
         "step_seconds": per_step,
         "views_per_second": 2 * batch / per_step,
     }
 
 
-def _time_step_ratio(ctx: dict[str, Any]) -> dict[str, float]:
-    """SDCLR step on ready-made views over two plain fwd+bwd passes of the same backbone, with
-    the branches as two passes and fused."""
-    from sdclr.models.backbone import create_backbone
-    from sdclr.train.step import make_views, train_step
-
-    device, settings, gen, batch = ctx["device"], ctx["settings"], ctx["gen"], ctx["batch"]
-    steps = {fuse: _training_setup(ctx, 0.9, fuse) for fuse in (False, True)}
-    v1, v2 = make_views(ctx["d_i"][:batch], ctx["aug"], gen, ctx["mean"], ctx["std"], settings)
-    plain = create_backbone("resnet18", True, ctx["channels"]).to(device)  # no BN pair/mask/head
+def _plain_backbone(bench: Bench) -> nn.Module:
+    """The step ratio's baseline: the bare backbone (no BN pair, mask or head), with the
+    run's memory format and compile."""
+    settings = bench.settings
+    plain = create_backbone("resnet18", True, bench.channels).to(bench.device)
     if settings.channels_last:
         plain.to(memory_format=torch.channels_last)
     if settings.compile:
         plain.compile(mode=settings.compile_mode)
+    return plain
+
+
+def _time_step_ratio(bench: Bench) -> dict[str, float]:
+    """SDCLR step on ready-made views over two plain fwd+bwd passes of the same backbone, with
+    the branches as two passes and fused."""
+    device, settings = bench.device, bench.settings
+    steps = {fuse: _training_setup(bench, 0.9, fuse) for fuse in (False, True)}
+    v1, v2 = make_views(
+        bench.d_i[: bench.batch], bench.aug, bench.gen, bench.mean, bench.std, settings
+    )
+    plain = _plain_backbone(bench)
     plain_opt = torch.optim.SGD(plain.parameters(), lr=0.1, momentum=0.9)
 
     def sdclr_step(fuse: bool) -> Callable[[], None]:
@@ -270,53 +390,47 @@ def _time_step_ratio(ctx: dict[str, Any]) -> dict[str, float]:
         loss.backward()
         plain_opt.step()
 
-    timer = ctx["timer"]
+    timer = bench.timer
     separate, fused = sdclr_step(False), sdclr_step(True)
     for fn in (separate, fused, two_plain):
-        timer.measure(fn, ctx["warmup"])
+        timer.measure(fn, bench.warmup)
     sd, fu, tp = [], [], []
-    for _ in range(max(2, ctx["timed_steps"])):  # interleaved: noise hits all alike
+    for _ in range(max(2, bench.timed_steps)):  # interleaved: noise hits all alike
         sd.append(timer.measure(separate, 1))
         fu.append(timer.measure(fused, 1))
         tp.append(timer.measure(two_plain, 1))
-    plain = float(np.median(tp))
+    two = float(np.median(tp))
     return {
         "sdclr_step_seconds": float(np.median(sd)),
         "sdclr_fused_step_seconds": float(np.median(fu)),
-        "two_plain_seconds": plain,
-        "sdclr_step_over_two_plain": float(np.median(sd)) / plain,
-        "sdclr_fused_step_over_two_plain": float(np.median(fu)) / plain,
+        "two_plain_seconds": two,
+        "sdclr_step_over_two_plain": float(np.median(sd)) / two,
+        "sdclr_fused_step_over_two_plain": float(np.median(fu)) / two,
     }
 
 
-def _gradient_error(ctx: dict[str, Any]) -> dict[str, Any]:
+def _gradient_error(bench: Bench) -> dict[str, Any]:
     """How far the float32 SDCLR gradients land from float64 ones on this CPU, with the
     branches as two passes and fused: each conv weight's relative gradient error (in norm),
     its median over the convs for either pass, and the largest ratio of the fused pass's
     error to the two passes' in one conv (about 1 where both only round; far above 1 where
     a kernel is inexact). The fused pass's grouped convolutions go through oneDNN, whose
     float32 backward is inexact on some CPUs (model.FUSED_ON_CPU); float64 never uses it."""
-    import copy
-
-    from sdclr.methods.simclr import ContrastiveMethod
-    from sdclr.models.contrastive import build_model
-    from sdclr.train.step import make_views
-
-    batch = min(ctx["batch"], 32)  # float64 is slow; the kernels are the same at any batch
+    batch = min(bench.batch, 32)  # float64 is slow; the kernels are the same at any batch
     torch.manual_seed(0)
-    base = build_model("resnet18", True, ctx["channels"], 3, 128, True)
+    base = build_model("resnet18", True, bench.channels, 3, 128, True)
     v1, v2 = make_views(
-        ctx["d_i"][:batch].cpu(),
-        ctx["aug"],
+        bench.d_i[:batch].cpu(),
+        bench.aug,
         torch.Generator().manual_seed(0),
-        ctx["mean"],
-        ctx["std"],
-        ctx["settings"],
+        bench.mean,
+        bench.std,
+        bench.settings,
     )
 
     def conv_grads(dtype: torch.dtype, fuse: bool) -> dict[str, torch.Tensor]:
         model = copy.deepcopy(base).to(dtype).train()
-        method = ContrastiveMethod(0.2, 0.9, 0.0, True, fuse_branches=fuse)
+        method = SimCLR(0.2, 0.9, 0.0, True, fuse_branches=fuse)
         with warnings.catch_warnings():  # the fused pass's CPU warning: measured here
             warnings.simplefilter("ignore")
             method.setup(model)
@@ -339,16 +453,12 @@ def _gradient_error(ctx: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _time_views(ctx: dict[str, Any]) -> dict[str, Any]:
+def _time_views(bench: Bench) -> dict[str, Any]:
     """The augmentation alone: both views of a resident batch (draws, crop, jitter, grayscale,
     normalisation), eager and, when the run compiles, compiled; the share of a step it costs
     shows up as the gap between the methods and the model-only ceiling."""
-    from dataclasses import replace
-
-    from sdclr.train.step import make_views
-
-    settings, batch = ctx["settings"], ctx["batch"]
-    x = ctx["d_i"][:batch]
+    settings = bench.settings
+    x = bench.d_i[: bench.batch]
     out = {}
     for name, compiled in (("eager", False), ("compiled", True)):
         if compiled and not settings.compile:
@@ -356,34 +466,30 @@ def _time_views(ctx: dict[str, Any]) -> dict[str, Any]:
         mode = replace(settings, compile=compiled)
 
         def views(mode=mode) -> None:
-            make_views(x, ctx["aug"], ctx["gen"], ctx["mean"], ctx["std"], mode)
+            make_views(x, bench.aug, bench.gen, bench.mean, bench.std, mode)
 
-        ctx["timer"].measure(views, max(2, ctx["warmup"]))
-        seconds = ctx["timer"].measure(views, max(3, ctx["timed_steps"]))
+        bench.timer.measure(views, max(2, bench.warmup))
+        seconds = bench.timer.measure(views, max(3, bench.timed_steps))
         out[f"{name}_views_per_second"] = 2 * len(x) / seconds
     return out
 
 
-def _time_probe(ctx: dict[str, Any], quick: bool, epochs: int | None = None) -> dict[str, Any]:
+def _time_probe(bench: Bench) -> dict[str, Any]:
     """The linear probe (30 epochs over the pool); quick: a slice, one epoch, extrapolated;
-    ``epochs`` fewer than 30: that many, extrapolated."""
-    from sdclr.eval.features import EvalSettings
-    from sdclr.eval.probe import train_probe
-    from sdclr.models.contrastive import build_model
-
-    device, settings, split, data = ctx["device"], ctx["settings"], ctx["split"], ctx["data"]
-    model = build_model("resnet18", True, ctx["channels"], 3, 128, True).to(device)
+    ``probe_epochs`` fewer than 30: that many, extrapolated."""
+    device, settings, split, data = bench.device, bench.settings, bench.split, bench.data
+    model = build_model("resnet18", True, bench.channels, 3, 128, True).to(device)
     if settings.channels_last:
         model.to(memory_format=torch.channels_last)
-    cfg = ctx["cfg"].linear.copy()
+    cfg = bench.cfg.linear.copy()
     pool, val_idx, test_idx = split.pool, split.val, np.arange(len(data.test_y))
-    if quick:
-        pool, val_idx, test_idx = pool[: 4 * ctx["batch"]], val_idx[:64], test_idx[:64]
+    if bench.quick:
+        pool, val_idx, test_idx = pool[: 4 * bench.batch], val_idx[:64], test_idx[:64]
         cfg.epochs = 1
-    if epochs is not None:
-        cfg.epochs = max(1, min(int(epochs), int(cfg.epochs)))
+    if bench.probe_epochs is not None:
+        cfg.epochs = max(1, min(int(bench.probe_epochs), int(cfg.epochs)))
     cfg.milestones = [m for m in cfg.milestones if m < cfg.epochs]
-    images, labels = ctx["images"], torch.from_numpy(data.train_y).to(device)
+    images, labels = bench.images, torch.from_numpy(data.train_y).to(device)
     r = train_probe(
         model.backbone,
         images,
@@ -396,15 +502,15 @@ def _time_probe(ctx: dict[str, Any], quick: bool, epochs: int | None = None) -> 
         EvalSettings(
             num_classes=10,
             groups={"many": [0], "medium": [1], "few": [2]},
-            mean=ctx["mean"],
-            std=ctx["std"],
+            mean=bench.mean,
+            std=bench.std,
             batch_size=int(cfg.eval_batch_size),
             amp_dtype=settings.amp_dtype,
         ),
         torch.Generator(device=device).manual_seed(1),
         progress=False,
     )
-    full_epochs = int(ctx["cfg"].linear.epochs)
+    full_epochs = int(bench.cfg.linear.epochs)
     # training epochs scale with pool size x epochs, the one-off val/test features with
     # the number of evaluation images
     train_scale = (len(split.pool) * full_epochs) / (len(pool) * cfg.epochs)
@@ -463,28 +569,21 @@ def _write_jpegs(images: np.ndarray, folder: Path, seed: int = 0) -> list[Path]:
     return files
 
 
-def _time_loading_224(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
+def _time_loading_224(bench: Bench) -> dict[str, Any]:
     """Images/s of the 224-px loading + two-view augmentation: suite vs DataLoader + PIL."""
-    import os
-    import tempfile
-
-    from sdclr.augment.ops import ContrastiveAugmentConfig
-    from sdclr.data.banks import FileImages
-    from sdclr.train.step import make_views
-
-    device, data = ctx["device"], ctx["data"]
-    n, batch = (32, 16) if quick else (2048, 256)
+    device = bench.device
+    n, batch = (32, 16) if bench.quick else (2048, 256)
     workers = min(8, os.cpu_count() or 1)
     aug = ContrastiveAugmentConfig(size=224, scale=(0.08, 1.0), blur_p=0.5)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory(prefix="sdclr-bench-224-") as tmp:
-        files = _write_jpegs(data.train_x[:n], Path(tmp))
+        files = _write_jpegs(bench.data.train_x[:n], Path(tmp))
         bank = FileImages(Path(tmp), [f.name for f in files], device, workers)
         idx = [torch.arange(s, min(s + batch, n)) for s in range(0, n, batch)]
 
         def suite_pass() -> None:
             for x in bank.batches(idx):
-                make_views(x, aug, ctx["gen"], ctx["mean"], ctx["std"], ctx["settings"])
+                make_views(x, aug, bench.gen, bench.mean, bench.std, bench.settings)
 
         def baseline_pass() -> None:
             loader = torch.utils.data.DataLoader(
@@ -516,6 +615,38 @@ def _time_loading_224(ctx: dict[str, Any], quick: bool) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True)
+class Row:
+    """One row of the run: what measures it, and where its numbers go in the JSON."""
+
+    measure: Callable[[Bench], dict[str, Any]]
+    key: str | None  # its entry in the results; None: its numbers go to the top level
+    compiles: bool = True  # dynamo's graph cache cleared first, its recompile limit watched
+    cpu_only: bool = False  # skipped on a GPU (whose kernels are other ones)
+
+
+#: Every row, by its name in ``--methods`` (the method rows) or ``--rows`` (the other groups).
+ROW_TABLE: dict[str, Row] = {
+    "simclr": Row(lambda b: _time_method(b, None), "simclr"),
+    "sdclr_p90": Row(lambda b: _time_method(b, 0.9), "sdclr_p90"),
+    "sdclr_p90_fused": Row(lambda b: _time_method(b, 0.9, fuse=True), "sdclr_p90_fused"),
+    "ceiling": Row(_time_ceiling, "ceiling"),
+    "step_ratio": Row(_time_step_ratio, None),
+    "augmentation": Row(_time_views, "augmentation"),
+    "gradient_error": Row(_gradient_error, "gradient_error", compiles=False, cpu_only=True),
+    "probe": Row(_time_probe, "linear_probe", compiles=False),
+    "loading_224": Row(_time_loading_224, "loading_224"),
+}
+assert set(ROW_TABLE) == set(METHODS) | (set(ROWS) - {"methods"})
+
+
+def row_plan(rows: tuple[str, ...], methods: tuple[str, ...], device: torch.device) -> list[str]:
+    """The rows to run, in order: each group of ``rows``, the ``methods`` group as its method
+    rows; the CPU-only rows left out on a GPU."""
+    names = [n for group in rows for n in (methods if group == "methods" else (group,))]
+    return [n for n in names if not (ROW_TABLE[n].cpu_only and device.type != "cpu")]
+
+
 def _recompile_limit_hit() -> bool:
     """Whether dynamo gave up compiling some frame since the last reset (it then runs eager
     with only a warning), as far as its counters tell."""
@@ -524,108 +655,64 @@ def _recompile_limit_hit() -> bool:
     return any("recompile" in str(reason).lower() for reason in counters["unimplemented"])
 
 
-def run_benchmark(
-    quick: bool,
-    device_name: str = "auto",
-    batch_size: int | None = None,
-    steps: int | None = None,
-    compile_: bool | None = None,
-    compile_mode: str | None = None,
-    rows: tuple[str, ...] = ROWS,
-    warmup: int | None = None,
-    probe_epochs: int | None = None,
-    channels: list[int] | None = None,
-    methods: tuple[str, ...] = METHODS,
-    on_row: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """The benchmark's results (the JSON); ``rows``: which row groups of :data:`ROWS`, run in
-    the order given; ``methods``: which rows of the ``methods`` group (:data:`METHODS`), in
-    the order given. ``on_row`` receives the results so far after every finished row (with
-    ``finished`` false until the last), so a run stopped part-way still leaves its numbers."""
-    from sdclr.config.compose import compose_config
-    from sdclr.config.validate import validate
-    from sdclr.data.arrays import load_arrays
-    from sdclr.data.splits import resolve_split
-    from sdclr.train.step import augment_config, batches_per_epoch
-    from sdclr.utils.distributed import resolve_device
-    from sdclr.utils.memory import keep_freed_memory
-    from sdclr.utils.precision import step_settings
+def _measure(bench: Bench, name: str, results: dict[str, Any]) -> None:
+    """Run one row and store its numbers. Every row compiles its own models; dynamo's graph
+    cache is per code object (timm's ResNet.forward for all of them), so it is cleared
+    between rows: otherwise the later rows could reach the recompile limit and silently run
+    eager."""
+    row = ROW_TABLE[name]
+    fresh = row.compiles and bench.settings.compile
+    if fresh:
+        from torch._dynamo.utils import counters
 
-    unknown = set(rows) - set(ROWS)
-    if unknown:
-        raise ValueError(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
-    if set(methods) - set(METHODS):
-        raise ValueError(
-            f"unknown methods {sorted(set(methods) - set(METHODS))}; choose from {METHODS}"
-        )
-    t_start = time.perf_counter()
-    device = resolve_device("cpu" if quick and device_name == "auto" else device_name)
-    # as the runner does on the CPU (utils/memory.py); SDCLR_DEFAULT_MALLOC=1 times without it
-    kept_freed = device.type == "cpu" and keep_freed_memory()
-    batch = batch_size or (16 if quick else 512)
-    overrides = [f"device={device}", f"pretrain.batch_size={batch}"]
-    if compile_ is not None:
-        overrides.append(f"compile={str(compile_).lower()}")
-    if compile_mode is not None:
-        overrides.append(f"compile_mode={compile_mode}")
-    cfg = compose_config(overrides)
-    validate(cfg)
-    torch.manual_seed(0)
-    torch.backends.cudnn.benchmark = True
-    data = load_arrays(cfg)
-    split = resolve_split(cfg.split, cfg.data, data.train_y)
-    images = torch.from_numpy(data.train_x).to(device)
-    d_i = images[torch.as_tensor(split.D_i, device=device)]
-    batches = batches_per_epoch(len(d_i), batch, False)
-    ctx = {
-        "cfg": cfg,
-        "device": device,
-        "settings": step_settings(cfg, device),
-        "batch": batch,
-        "data": data,
-        "split": split,
-        "images": images,
-        "d_i": d_i,
-        "batches": batches,
-        "timed_steps": steps or (2 if quick else len(batches)),
-        "warmup": max(1, warmup or (1 if quick else 15)),
-        "channels": list(channels) if channels else None,
-        "aug": augment_config(cfg.data),
-        "mean": list(cfg.data.mean),
-        "std": list(cfg.data.std),
-        "gen": torch.Generator(device=device).manual_seed(0),
-        "timer": Timer(device),
-    }
-    if compile_mode is not None and not ctx["settings"].compile:
-        print(
-            f"note: --compile-mode {compile_mode} has no effect: torch.compile is off here "
-            f"(add --compile)",
-            file=sys.stderr,
-        )
-    settings = ctx["settings"]
-    # the setup first: a JSON written after the first row already says what ran
-    results: dict[str, Any] = {
+        torch._dynamo.reset()  # the graphs; the counters it leaves, so clear what is read
+        counters["unimplemented"].clear()
+    out = row.measure(bench)
+    if fresh and _recompile_limit_hit():
+        results["recompile_limit_hit"].append(name)
+    if row.key is None:
+        results.update(out)
+    else:
+        results[row.key] = out
+    if name in METHODS:
+        _ceiling_fractions(results)
+
+
+def _ceiling_fractions(results: dict[str, Any]) -> None:
+    """Each method row's views/s over the model-only ceiling's, once both are in."""
+    if "ceiling" in results:
+        for name in METHOD_ROWS:
+            if name in results:
+                results[name]["fraction_of_ceiling"] = (
+                    results[name]["views_per_second"] / results["ceiling"]["views_per_second"]
+                )
+
+
+def _setup_record(bench: Bench, options: BenchOptions, load_seconds: float) -> dict[str, Any]:
+    """The results before the first row: a JSON written after it already says what ran."""
+    settings, rows = bench.settings, options.rows
+    return {
         "setup": {
-            "device": _device_name(device),
-            "device_type": device.type,
+            "device": _device_name(bench.device),
+            "device_type": bench.device.type,
             "torch": torch.__version__,
             "commit": _commit(),
-            "batch_size": batch,
-            "images": len(d_i),
-            "steps_per_epoch": len(batches),
+            "batch_size": bench.batch,
+            "images": len(bench.d_i),
+            "steps_per_epoch": len(bench.batches),
             "precision": "bf16" if settings.amp_dtype else "fp32",
             "channels_last": settings.channels_last,
-            "host_malloc": "keeps freed memory" if kept_freed else "default",
+            "host_malloc": "keeps freed memory" if bench.kept_freed else "default",
             "compile": settings.compile,
             "compile_mode": settings.compile_mode,
-            "quick": quick,
+            "quick": options.quick,
             "rows": list(rows),
-            "methods": list(methods) if "methods" in rows else [],
-            "warmup_steps": ctx["warmup"],
-            "timed_steps": ctx["timed_steps"],
-            "channels": ctx["channels"],
+            "methods": list(options.methods) if "methods" in rows else [],
+            "warmup_steps": bench.warmup,
+            "timed_steps": bench.timed_steps,
+            "channels": bench.channels,
             # config, data decoding (or its cache) and the copy to the device
-            "load_seconds": time.perf_counter() - t_start,
+            "load_seconds": load_seconds,
             "command": "python -m sdclr.bench " + " ".join(sys.argv[1:]),
             "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         },
@@ -635,97 +722,60 @@ def run_benchmark(
         "recompile_limit_hit": [],  # rows in which dynamo fell back to eager anyway
     }
 
-    def done(row: str, t0: float) -> None:
-        """A row finished: record it and hand the results so far on."""
-        results["rows_done"].append(row)
-        results["row_seconds"][row] = time.perf_counter() - t0
-        results["peak_memory_mb"] = _peak_memory_mb(device)
+
+def _check_choices(rows: tuple[str, ...], methods: tuple[str, ...]) -> None:
+    unknown = set(rows) - set(ROWS)
+    if unknown:
+        raise ValueError(f"unknown rows {sorted(unknown)}; choose from {', '.join(ROWS)}")
+    if set(methods) - set(METHODS):
+        raise ValueError(
+            f"unknown methods {sorted(set(methods) - set(METHODS))}; choose from {METHODS}"
+        )
+
+
+def run_benchmark(
+    options: BenchOptions, on_row: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """The benchmark's results (the JSON); ``options.rows``: which row groups of
+    :data:`ROWS`, run in the order given; ``options.methods``: which rows of the ``methods``
+    group (:data:`METHODS`), in the order given. ``on_row`` receives the results so far after
+    every finished row (with ``finished`` false until the last), so a run stopped part-way
+    still leaves its numbers."""
+    _check_choices(options.rows, options.methods)
+    t_start = time.perf_counter()
+    bench = load_bench(options)
+    if options.compile_mode is not None and not bench.settings.compile:
+        print(
+            f"note: --compile-mode {options.compile_mode} has no effect: torch.compile is off "
+            f"here (add --compile)",
+            file=sys.stderr,
+        )
+    results = _setup_record(bench, options, time.perf_counter() - t_start)
+    for name in row_plan(options.rows, options.methods, bench.device):
+        t0 = time.perf_counter()
+        _measure(bench, name, results)
+        results["rows_done"].append(name)
+        results["row_seconds"][name] = time.perf_counter() - t0
+        results["peak_memory_mb"] = _peak_memory_mb(bench.device)
         if on_row is not None:
             on_row(results)
-
-    # every row compiles its own models; dynamo's graph cache is per code object (timm's
-    # ResNet.forward for all of them), so clear it between rows: otherwise the later rows
-    # could reach the recompile limit and silently run eager
-    def fresh(row: str, fn: Callable[[], Any]) -> Any:
-        if not settings.compile:
-            return fn()
-        from torch._dynamo.utils import counters
-
-        torch._dynamo.reset()  # the graphs; the counters it leaves, so clear what is read
-        counters["unimplemented"].clear()
-        out = fn()
-        if _recompile_limit_hit():
-            results["recompile_limit_hit"].append(row)
-        return out
-
-    def ceiling_fractions() -> None:
-        if "ceiling" in results:
-            for name in METHOD_ROWS:
-                if name in results:
-                    results[name]["fraction_of_ceiling"] = (
-                        results[name]["views_per_second"] / results["ceiling"]["views_per_second"]
-                    )
-
-    timers: dict[str, Callable[[], Any]] = {
-        "simclr": lambda: _time_method(ctx, None),
-        "sdclr_p90": lambda: _time_method(ctx, 0.9),
-        "sdclr_p90_fused": lambda: _time_method(ctx, 0.9, fuse=True),
-        "ceiling": lambda: _time_ceiling(ctx),
-    }
-    for group in rows:
-        if group == "methods":
-            for name in methods:
-                t0 = time.perf_counter()
-                results[name] = fresh(name, timers[name])
-                ceiling_fractions()
-                done(name, t0)
-            continue
-        if group == "gradient_error" and device.type != "cpu":
-            continue  # a CPU check: the GPU's kernels are other ones
-        t0 = time.perf_counter()
-        if group == "step_ratio":
-            results.update(fresh("step_ratio", lambda: _time_step_ratio(ctx)))
-        elif group == "augmentation":
-            results["augmentation"] = fresh("augmentation", lambda: _time_views(ctx))
-        elif group == "gradient_error":
-            results["gradient_error"] = _gradient_error(ctx)
-        elif group == "probe":
-            results["linear_probe"] = _time_probe(ctx, quick, probe_epochs)
-        elif group == "loading_224":
-            results["loading_224"] = fresh("loading_224", lambda: _time_loading_224(ctx, quick))
-        done(group, t0)
-    results["peak_memory_mb"] = _peak_memory_mb(device)
+    results["peak_memory_mb"] = _peak_memory_mb(bench.device)
     results["finished"] = True
     return results
 
 
-def format_table(r: dict[str, Any], json_path: Path) -> str:
-    """The printed table (Markdown), with the rows that were run."""
-    s = r["setup"]
-    ex = " (extrapolated)"
-    widths = f" (stage widths {s['channels']})" if s.get("channels") else ""
-    lines = [
-        f"sdclr benchmark: {s['device']}, torch {s['torch']}, commit {s['commit']}, "
-        f"{s['precision']}, channels_last={s['channels_last']}, compile={s['compile']}"
-        + (f" ({s['compile_mode']})" if s["compile"] else "")
-        + (
-            f", host malloc {s['host_malloc']}"
-            if "host_malloc" in s and s["device_type"] == "cpu"
-            else ""
-        ),
-        f"CIFAR-10-LT split 1 D_i ({s['images']} images), ResNet-18 CIFAR stem{widths}, batch "
-        f"{s['batch_size']} ({s['steps_per_epoch']} steps/epoch)"
-        + (", QUICK: a few steps, epoch times extrapolated" if s["quick"] else ""),
-        "",
-        "| measurement | value |",
-        "|---|---:|",
-    ]
-    # whichever method rows ran (all of them, or those finished so far in a partial file)
+# --- the table ------------------------------------------------------------------------------
+
+
+def _method_lines(r: dict[str, Any]) -> list[str]:
+    """Whichever method rows ran (all of them, or those finished so far in a partial file),
+    the ceiling, and each one's warm-up."""
+    lines = []
     present = [(n, label) for n, label in METHOD_ROWS.items() if n in r]
     for name, label in present:
         m = r[name]
         lines += [
-            f"| {label}: epoch seconds{ex if m['extrapolated'] else ''} | "
+            f"| {label}: epoch seconds{EXTRAPOLATED if m['extrapolated'] else ''} | "
             f"{m['epoch_seconds']:.3f} |",
             f"| {label}: views/s | {m['views_per_second']:,.0f} |",
         ]
@@ -743,43 +793,99 @@ def format_table(r: dict[str, Any], json_path: Path) -> str:
             f"steady state): seconds | {m['warmup_seconds']:.1f} "
             f"({m['first_step_seconds']:.1f}; {m['compile_seconds']:.1f}) |"
         )
-    if "sdclr_step_over_two_plain" in r:
-        lines += [
-            f"| SDCLR step over two plain fwd+bwd passes | {r['sdclr_step_over_two_plain']:.3f} |",
-            f"| SDCLR fused step over two plain fwd+bwd passes | "
-            f"{r['sdclr_fused_step_over_two_plain']:.3f} |",
-        ]
-    if ge := r.get("gradient_error"):
-        lines += [
-            f"| SDCLR conv-weight gradients vs float64 ({ge['images']} images, CPU): "
-            f"median relative error, two passes / fused | "
-            f"{ge['separate_median']:.1e} / {ge['fused_median']:.1e} |",
-            f"| the same: largest ratio of the fused to the two-pass error in one conv | "
-            f"{ge['fused_over_separate_max']:.1f} |",
-        ]
-    lines += [
+    return lines
+
+
+def _step_ratio_lines(r: dict[str, Any]) -> list[str]:
+    if "sdclr_step_over_two_plain" not in r:
+        return []
+    return [
+        f"| SDCLR step over two plain fwd+bwd passes | {r['sdclr_step_over_two_plain']:.3f} |",
+        f"| SDCLR fused step over two plain fwd+bwd passes | "
+        f"{r['sdclr_fused_step_over_two_plain']:.3f} |",
+    ]
+
+
+def _gradient_error_lines(r: dict[str, Any]) -> list[str]:
+    if not (ge := r.get("gradient_error")):
+        return []
+    return [
+        f"| SDCLR conv-weight gradients vs float64 ({ge['images']} images, CPU): "
+        f"median relative error, two passes / fused | "
+        f"{ge['separate_median']:.1e} / {ge['fused_median']:.1e} |",
+        f"| the same: largest ratio of the fused to the two-pass error in one conv | "
+        f"{ge['fused_over_separate_max']:.1f} |",
+    ]
+
+
+def _augmentation_lines(r: dict[str, Any]) -> list[str]:
+    return [
         f"| augmentation alone, two views ({mode}): views/s | {v:,.0f} |"
         for mode in ("eager", "compiled")
         if (v := r.get("augmentation", {}).get(f"{mode}_views_per_second")) is not None
     ]
-    if lp := r.get("linear_probe"):
-        lines.append(
-            f"| linear probe, {lp['epochs']} epochs x {lp['images']} images: seconds"
-            f"{ex if lp['extrapolated'] else ''} | {lp['seconds']:.1f} |"
-        )
-    lines.append(
-        f"| peak {'device' if s['device_type'] == 'cuda' else 'host RSS'} memory (MiB) | "
-        f"{r['peak_memory_mb']:,.0f} |"
-    )
-    ld = r.get("loading_224")
-    if ld:
-        lines += [
-            f"| 224 px loading + 2 views, suite ({ld['decoder']}): images/s | "
-            f"{ld['suite_images_per_second']:,.0f} |",
-            f"| 224 px loading + 2 views, DataLoader + PIL ({ld['workers']} workers): images/s | "
-            f"{ld['dataloader_pil_images_per_second']:,.0f} |",
-            f"| 224 px loading: suite over baseline | {ld['speedup']:.2f} |",
-        ]
+
+
+def _probe_lines(r: dict[str, Any]) -> list[str]:
+    if not (lp := r.get("linear_probe")):
+        return []
+    return [
+        f"| linear probe, {lp['epochs']} epochs x {lp['images']} images: seconds"
+        f"{EXTRAPOLATED if lp['extrapolated'] else ''} | {lp['seconds']:.1f} |"
+    ]
+
+
+def _memory_lines(r: dict[str, Any]) -> list[str]:
+    where = "device" if r["setup"]["device_type"] == "cuda" else "host RSS"
+    return [f"| peak {where} memory (MiB) | {r['peak_memory_mb']:,.0f} |"]
+
+
+def _loading_224_lines(r: dict[str, Any]) -> list[str]:
+    if not (ld := r.get("loading_224")):
+        return []
+    return [
+        f"| 224 px loading + 2 views, suite ({ld['decoder']}): images/s | "
+        f"{ld['suite_images_per_second']:,.0f} |",
+        f"| 224 px loading + 2 views, DataLoader + PIL ({ld['workers']} workers): images/s | "
+        f"{ld['dataloader_pil_images_per_second']:,.0f} |",
+        f"| 224 px loading: suite over baseline | {ld['speedup']:.2f} |",
+    ]
+
+
+#: The table's lines, in the printed order: each row group's formatter (the peak memory
+#: between the probe and the 224-px rows).
+FORMATTERS: tuple[Callable[[dict[str, Any]], list[str]], ...] = (
+    _method_lines,
+    _step_ratio_lines,
+    _gradient_error_lines,
+    _augmentation_lines,
+    _probe_lines,
+    _memory_lines,
+    _loading_224_lines,
+)
+
+
+def _header(s: dict[str, Any]) -> list[str]:
+    """What ran: the device, versions and numerics; the data, model and batch."""
+    widths = f" (stage widths {s['channels']})" if s.get("channels") else ""
+    return [
+        f"sdclr benchmark: {s['device']}, torch {s['torch']}, commit {s['commit']}, "
+        f"{s['precision']}, channels_last={s['channels_last']}, compile={s['compile']}"
+        + (f" ({s['compile_mode']})" if s["compile"] else "")
+        + (
+            f", host malloc {s['host_malloc']}"
+            if "host_malloc" in s and s["device_type"] == "cpu"
+            else ""
+        ),
+        f"CIFAR-10-LT split 1 D_i ({s['images']} images), ResNet-18 CIFAR stem{widths}, batch "
+        f"{s['batch_size']} ({s['steps_per_epoch']} steps/epoch)"
+        + (", QUICK: a few steps, epoch times extrapolated" if s["quick"] else ""),
+    ]
+
+
+def _notes(r: dict[str, Any]) -> list[str]:
+    """Below the table: the fused branches on a CPU, a partial file, a recompile limit."""
+    s, lines = r["setup"], []
     if s["device_type"] == "cpu" and "sdclr_p90_fused" in r:
         lines += [
             "",
@@ -801,11 +907,19 @@ def format_table(r: dict[str, Any], json_path: Path) -> str:
             + ", ".join(r["recompile_limit_hit"])
             + ": parts of those rows ran uncompiled",
         ]
-    lines += [
-        "",
-        f"JSON: {json_path}",
-    ]
+    return lines
+
+
+def format_table(r: dict[str, Any], json_path: Path) -> str:
+    """The printed table (Markdown), with the rows that were run."""
+    lines = [*_header(r["setup"]), "", "| measurement | value |", "|---|---:|"]
+    for formatter in FORMATTERS:
+        lines += formatter(r)
+    lines += [*_notes(r), "", f"JSON: {json_path}"]
     return "\n".join(lines)
+
+
+# --- the command ----------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -880,11 +994,9 @@ def _write_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from sdclr.errors import SdclrError
-
+def parse_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> BenchOptions:
+    """The parsed command line as :class:`BenchOptions` (a bad ``--rows`` / ``--methods`` /
+    ``--channels`` stops with the parser's usage error)."""
     rows = ROWS if args.rows == "all" else tuple(r.strip() for r in args.rows.split(",") if r)
     if set(rows) - set(ROWS):
         parser.error(f"--rows: unknown {sorted(set(rows) - set(ROWS))}; choose from {ROWS}")
@@ -899,6 +1011,25 @@ def main(argv: list[str] | None = None) -> int:
         channels = [int(c) for c in args.channels.split(",")] if args.channels else None
     except ValueError:
         parser.error(f"--channels: comma-separated integers, not {args.channels!r}")
+    return BenchOptions(
+        quick=args.quick,
+        device=args.device,
+        batch_size=args.batch_size,
+        steps=args.steps,
+        compile=False if args.no_compile else (True if args.compile else None),
+        compile_mode=args.compile_mode,
+        rows=rows,
+        methods=methods,
+        warmup=args.warmup,
+        probe_epochs=args.probe_epochs,
+        channels=channels,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    options = parse_options(parser, args)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     paths: dict[str, Path] = {}
 
@@ -906,7 +1037,7 @@ def main(argv: list[str] | None = None) -> int:
         """The JSON (and the table) rewritten whole after every row: a run stopped part-way
         (a time limit, SIGTERM, a crash in a later row) leaves the rows it finished."""
         if "out" not in paths:  # the default name needs the device, known once it started
-            paths["out"] = args.out or REPO / "outputs" / "bench" / (
+            paths["out"] = args.out or (REPO or Path()) / "outputs" / "bench" / (
                 f"bench-{r['setup']['device_type']}{'-quick' if args.quick else ''}-{stamp}.json"
             )
         _write_atomic(paths["out"], json.dumps(r, indent=2))
@@ -914,20 +1045,7 @@ def main(argv: list[str] | None = None) -> int:
             _write_atomic(args.table, format_table(r, paths["out"]) + "\n")
 
     try:
-        r = run_benchmark(
-            args.quick,
-            args.device,
-            args.batch_size,
-            args.steps,
-            False if args.no_compile else (True if args.compile else None),
-            args.compile_mode,
-            rows,
-            args.warmup,
-            args.probe_epochs,
-            channels,
-            methods,
-            on_row=write,
-        )
+        r = run_benchmark(options, on_row=write)
     except SdclrError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
