@@ -23,6 +23,21 @@ TINY = [
     "device=cpu",
 ]
 
+# TINY at one epoch of everything (the sweeps' jobs)
+ONE_EPOCH = [
+    *[
+        a
+        for a in TINY
+        if not a.startswith(("pretrain.epochs", "pretrain.warmup", "linear.", "few"))
+    ],
+    "pretrain.epochs=1",
+    "pretrain.warmup_epochs=0",
+    "linear.epochs=1",
+    "linear.milestones=[1]",
+    "fewshot.epochs=1",
+    "fewshot.milestones=[1]",
+]
+
 
 def sdclr(args, env, timeout=600, cwd=None):
     return subprocess.run(

@@ -99,3 +99,22 @@ def wait_until_written(path: Path, timeout: float = 30.0) -> None:
             pass
         time.sleep(0.2)
     raise AssertionError(f"{path} has no exit record after {timeout:.0f} s")
+
+
+def artifacts(path: Path) -> dict[str, dict]:
+    """``{name: {type, aliases, metadata, files: {path in the artifact: staged copy}}}`` of
+    the artifacts the run logged (``run.log_artifact``)."""
+    import json
+
+    out = {}
+    for rec in records(path):
+        if rec.WhichOneof("record_type") != "artifact":
+            continue
+        a = rec.artifact
+        out[a.name] = {
+            "type": a.type,
+            "aliases": list(a.aliases),
+            "metadata": json.loads(a.metadata) if a.metadata else {},
+            "files": {e.path: e.local_path for e in a.manifest.contents},
+        }
+    return out

@@ -6,8 +6,8 @@ tracker), run each stage from :data:`sdclr.cli.stages.STAGES`, finish (status, r
 summary). One job directory per run holds the resolved config, checkpoints, ``metrics.jsonl``
 (every logged record), ``metrics.json`` (the results of each finished stage) and
 ``status.json`` (:mod:`sdclr.cli.job`). Stages: ``pretrain``, ``linear``, ``fewshot``, ``knn``,
-or ``all`` (pretrain, linear, fewshot in order; with ``stage.knn`` the kNN classifier after
-pretraining).
+``embed`` (a 2-D map of the test features), or ``all`` (pretrain, linear, fewshot in order;
+with ``stage.knn`` the kNN classifier after pretraining).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import sys
 import time
 import traceback
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from sdclr.cli.hydra_errors import config_errors_reported
 from sdclr.cli.job import Job, Plan, check_writable, plan_job, read_status, write_status
 from sdclr.cli.stages import STAGES, StageInputs, check_inputs
 from sdclr.cli.summary import job_report, print_summary, run_record
+from sdclr.cli.sweep import sweep_objective
 from sdclr.config.schema import register_configs
 from sdclr.config.validate import check_world_size, validate
 from sdclr.data.run_data import RunData, load_run_data
@@ -48,16 +50,26 @@ from sdclr.utils.signals import Interrupted, StopSignal
 from sdclr.utils.tracking import Tracker
 from sdclr.utils.tracking import sweep_group as sweep_group_of
 
-_FAILED_JOBS: list[str] = []
-_STATE: dict[str, bool] = {"stage_started": False}
-
-
 # --- the run --------------------------------------------------------------------------------
 
 
-def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[str, Any]:
-    """Run the configured stages in ``job_dir``; returns the metrics dict."""
-    _STATE["stage_started"] = False
+@dataclass
+class RunProgress:
+    """How far a run got, for its caller to read when it raised: ``stage_started`` once the
+    inputs are checked and the job's files are being (re)written."""
+
+    stage_started: bool = False
+
+
+def run(
+    cfg: DictConfig,
+    job_dir: Path,
+    sweep_group: str | None = None,
+    progress: RunProgress | None = None,
+) -> dict[str, Any]:
+    """Run the configured stages in ``job_dir``; returns the metrics dict. ``progress``, when
+    given, says how far the run got (the Hydra wrapper reads it when the run raises)."""
+    progress = RunProgress() if progress is None else progress
     validate(cfg)
     job_dir = Path(job_dir)
     check_writable(job_dir)
@@ -81,7 +93,7 @@ def run(cfg: DictConfig, job_dir: Path, sweep_group: str | None = None) -> dict[
         data = load_run_data(cfg, device)
         inputs = check_inputs(cfg, data, plan.stages)
         # inputs are checked: from here on this job's files are (re)written
-        _STATE["stage_started"] = True
+        progress.stage_started = True
         job = start_job(cfg, job_dir, device, plan, data, inputs, sweep_group)
         exit_code = 1
         try:
@@ -150,7 +162,9 @@ def finish_job(job: Job) -> None:
 # --- Hydra entry ----------------------------------------------------------------------------
 
 
-def _hydra_job(cfg: DictConfig) -> None:
+def _hydra_job(cfg: DictConfig, failed: list[str]) -> float | None:
+    """One job of a Hydra (multi)run; a multirun's failed job is appended to ``failed``
+    (``name: message``) and the next one runs."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -159,8 +173,12 @@ def _hydra_job(cfg: DictConfig) -> None:
     job_dir = Path(resume_path).expanduser() if resume_path else Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     group = sweep_group_of(hc.sweep.dir) if multirun else None
+    progress = RunProgress()
     try:
-        run(cfg, job_dir, sweep_group=group)
+        metrics = run(cfg, job_dir, sweep_group=group, progress=progress)
+        # the sweeper's objective (sweep.objective): hydra/sweeper=optuna searches on it
+        searching = multirun and "BasicSweeper" not in str(hc.sweeper.get("_target_"))
+        return sweep_objective(metrics, cfg.sweep.objective, searching)
     except Interrupted as e:
         write_status(
             job_dir,
@@ -177,13 +195,13 @@ def _hydra_job(cfg: DictConfig) -> None:
         # resumes from the checkpoint just written, and exits
         e.pass_on()
         sys.exit(128 + e.signum)
-    except (SdclrError, Exception) as e:
+    except Exception as e:
         handled = isinstance(e, SdclrError)
         message = str(e) if handled else f"{type(e).__name__}: {e}"
         # an error before any stage ran (config, data) leaves an earlier job's files alone,
         # and a busy job directory is another run's
         busy = isinstance(e, JobBusyError)
-        if not busy and (_STATE["stage_started"] or not (job_dir / "status.json").exists()):
+        if not busy and (progress.stage_started or not (job_dir / "status.json").exists()):
             try:
                 write_status(
                     job_dir,
@@ -198,7 +216,7 @@ def _hydra_job(cfg: DictConfig) -> None:
         print(f"error: {message}", file=sys.stderr, flush=True)
         if not multirun:
             sys.exit(2)
-        _FAILED_JOBS.append(f"{job_dir.name}: {message}")
+        failed.append(f"{job_dir.name}: {message}")
 
 
 def _precheck_output_dir(argv: list[str]) -> None:
@@ -239,9 +257,12 @@ def main() -> None:
     _precheck_output_dir(sys.argv[1:])
     _share_start_time()
     register_configs()
-    entry = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(
-        _hydra_job
-    )
+    failed: list[str] = []  # a multirun's failed jobs, reported at its end
+
+    def task(cfg: DictConfig) -> float | None:
+        return _hydra_job(cfg, failed)
+
+    entry = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(task)
     t0 = time.time()
     try:
         with config_errors_reported(sys.argv[1:]):  # one line for what Hydra cannot compose
@@ -251,10 +272,9 @@ def main() -> None:
 
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
-    if _FAILED_JOBS:
+    if failed:
         print(
-            f"{len(_FAILED_JOBS)} job(s) failed ({time.time() - t0:.0f} s):\n  "
-            + "\n  ".join(_FAILED_JOBS),
+            f"{len(failed)} job(s) failed ({time.time() - t0:.0f} s):\n  " + "\n  ".join(failed),
             file=sys.stderr,
         )
         sys.exit(1)

@@ -1,5 +1,6 @@
 """``python -m sdclr.splits [--out DIR] [overrides...]``: write the long-tailed split files (or,
-for image folders, the split lists) ahead of time."""
+for image folders, the split lists) ahead of time, by default where a run with
+``split.source=generated`` reads them (``split.dir``, else ``<data.cache_dir>/splits``)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,9 @@ import numpy as np
 from sdclr.config.compose import compose_config
 from sdclr.config.derived import uses_files
 from sdclr.data.arrays import load_arrays
-from sdclr.data.files import generate_lists, generated_lists_dir
-from sdclr.data.splits import SUBSETS, generate_split, save_split, split_path
+from sdclr.data.files import generate_lists, generated_lists_dir, scan_data_folder, scan_key
+from sdclr.data.splits import SUBSETS, generate_split, save_split, split_path, splits_dir
 from sdclr.errors import SdclrError
-from sdclr.utils.io import SPLITS_DIR
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,15 +26,21 @@ def main(argv: list[str] | None = None) -> int:
         description="Generate the five long-tailed splits for a dataset and write them as "
         ".npz files tied to the data's label fingerprint.",
     )
-    parser.add_argument("--out", default=str(SPLITS_DIR), help="splits directory")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="splits directory (default: split.dir, else <data.cache_dir>/splits, which "
+        "SDCLR_CACHE sets: where a run reads generated splits)",
+    )
     parser.add_argument("--splits", default="1,2,3,4,5", help="comma-separated split indices")
     parser.add_argument("overrides", nargs="*", help="config overrides, e.g. data=cifar10_lt")
     args = parser.parse_args(argv)
 
     try:
         cfg = compose_config(args.overrides)
-        if uses_files(cfg):  # image-file datasets: list files under <out>/<name>/split<i>/
-            return _write_file_lists(cfg, [int(s) for s in args.splits.split(",")], args.out)
+        out = Path(args.out) if args.out else splits_dir(cfg.split, cfg.data.cache_dir)
+        if uses_files(cfg):  # image folders: lists in <out>/<name>/<folder key>/split<i>/
+            return _write_file_lists(cfg, [int(s) for s in args.splits.split(",")], out)
         data = load_arrays(cfg)
         for i in [int(s) for s in args.splits.split(",")]:
             split = generate_split(
@@ -46,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.data.fewshot_per_class,
                 cfg.data.name,
             )
-            path = split_path(cfg.data.name, i, Path(args.out))
+            path = split_path(cfg.data.name, i, out)
             save_split(split, path)
             counts = {s: split.counts(s, data.train_y) for s in SUBSETS}
             order = np.argsort(-counts["D_i"], kind="stable")
@@ -62,13 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _write_file_lists(cfg, indices: list[int], out: str) -> int:
+def _write_file_lists(cfg, indices: list[int], out: Path) -> int:
+    scan = scan_data_folder(cfg.data)
     for i in indices:
-        folder = generated_lists_dir(Path(out), cfg.data.name, i)
+        folder = generated_lists_dir(out, cfg.data.name, scan_key(scan), i)
         if (folder / "meta.json").is_file():
             print(f"{folder}: exists (delete it to generate again)")
             continue
-        generate_lists(cfg.data, i, folder)
+        generate_lists(cfg.data, i, folder, scan)
         meta = json.loads((folder / "meta.json").read_text())
         print(f"{folder}: {meta['images']} training images, D_i profile {meta['profile']}")
     return 0

@@ -16,13 +16,15 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from sdclr.cli.artifacts import log_pretrain_artifacts
 from sdclr.cli.job import Job
 from sdclr.config.derived import diagnostics_on
 from sdclr.config.drift import config_hash
-from sdclr.data.banks import FileImages, TensorImages
+from sdclr.data.banks import Images
 from sdclr.data.run_data import RunData
 from sdclr.errors import ConfigError
 from sdclr.eval.collapse import collapse_reason
+from sdclr.eval.embed import embed_2d, features_of, map_measures, stratified_subsample
 from sdclr.eval.features import EvalSettings
 from sdclr.eval.knn import knn_monitor
 from sdclr.eval.metrics import class_groups
@@ -33,7 +35,7 @@ from sdclr.eval.monitor import (
     default_per_class,
     stratified_sample,
 )
-from sdclr.eval.probe import train_probe
+from sdclr.eval.probe import ProbeData, fit_probe
 from sdclr.methods.registry import build_method
 from sdclr.models.checkpoint import (
     build_from_spec,
@@ -42,10 +44,11 @@ from sdclr.models.checkpoint import (
     model_spec,
 )
 from sdclr.report.jobs import RANDOM_INIT_SUFFIX
+from sdclr.report.plots import plot_embedding
 from sdclr.train.loop import pretrain
 from sdclr.utils.distributed import convert_sync_batchnorm, world_size
 from sdclr.utils.precision import step_settings
-from sdclr.utils.runlog import note, warn
+from sdclr.utils.runlog import note, progress_line, warn
 from sdclr.utils.signals import StopSignal
 
 
@@ -81,6 +84,15 @@ def check_inputs(cfg: DictConfig, data: RunData, stages: list[str]) -> StageInpu
             "config key 'stage.name': the few-shot probe needs the split's S_b images and it has "
             "none (with list files, give data.lists.S_b, or run stage=pretrain / linear)"
         )
+    max_points = cfg.embed.max_points
+    if "embed" in stages and max_points is not None and len(data.test_labels):
+        n_classes = int(torch.unique(data.test_labels).numel())
+        if max_points < n_classes:
+            raise ConfigError(
+                f"config key 'embed.max_points': {max_points} points cannot show all "
+                f"{n_classes} classes of the test set; raise it to at least {n_classes} "
+                f"(or null for every test image)"
+            )
     if "knn" in stages and len(split.pool) == 0:
         raise ConfigError(
             "config key 'stage.name': the kNN classifier's bank is the split's probe pool and "
@@ -112,7 +124,7 @@ def run_pretrain(job: Job, stage: str, stop: StopSignal) -> None:
         convert_sync_batchnorm(model, device)
     gen = torch.Generator(device=device).manual_seed(int(cfg.seed))
     method = build_method(cfg, gen)
-    pretrain_bank = subset(job.data.train, job.pretrain_idx)
+    pretrain_bank = job.data.train.subset(job.pretrain_idx)
     result = pretrain(
         cfg,
         model,
@@ -136,13 +148,7 @@ def run_pretrain(job: Job, stage: str, stop: StopSignal) -> None:
     result["pretrain_set"] = cfg.split.pretrain_set
     result["checkpoint"] = str(job.checkpoint)
     job.metrics["pretrain"] = result
-
-
-def subset(images: TensorImages | FileImages, idx: np.ndarray) -> TensorImages | FileImages:
-    """The pretraining set: a gathered copy of resident images, or a view of the files."""
-    if isinstance(images, TensorImages):
-        return TensorImages(images.take(torch.as_tensor(idx, device=images.device)))
-    return FileImages(images.root, [images.paths[i] for i in idx], images.device, images.workers)
+    log_pretrain_artifacts(job)  # logger.artifact: the checkpoint and its export, to W&B
 
 
 def eval_settings(job: Job, batch_size: int) -> EvalSettings:
@@ -160,7 +166,7 @@ def eval_settings(job: Job, batch_size: int) -> EvalSettings:
     )
 
 
-def training_monitor(job: Job, pretrain_bank: TensorImages | FileImages) -> TrainingMonitor | None:
+def training_monitor(job: Job, pretrain_bank: Images) -> TrainingMonitor | None:
     """The kNN monitor and the diagnostics of this run (:mod:`sdclr.eval.monitor`), or None.
     Both need labels (and the kNN monitor test images); without them they are left off."""
     cfg, data, device = job.cfg, job.data, job.device
@@ -246,7 +252,8 @@ def evaluate(
         baseline = measure(fresh, key)
         baseline["checkpoint"] = None
         job.metrics[key] = baseline
-        job.tracker.summary({f"{key}/{k}": baseline[k] for k in ("acc", "many", "medium", "few")})
+        shown = [k for k in ("acc", "many", "medium", "few") if k in baseline]  # not a map's
+        job.tracker.summary({f"{key}/{k}": baseline[k] for k in shown})
 
 
 def evaluated_encoder(job: Job, stage: str) -> tuple[torch.nn.Module, dict[str, Any], Any]:
@@ -276,14 +283,9 @@ def probe_encoder(
     gen = torch.Generator(device=device).manual_seed(
         int(cfg.seed) + (1 if stage == "linear" else 2)
     )
-    result = train_probe(
+    result = fit_probe(
         backbone,
-        data.train,
-        data.train_labels,
-        train_idx,
-        split.val,
-        data.test,
-        data.test_labels,
+        ProbeData(data.train, data.train_labels, train_idx, split.val, data.test, data.test_labels),
         probe_cfg,
         eval_settings(job, probe_cfg.eval_batch_size),
         gen,
@@ -358,10 +360,84 @@ def knn_encoder(job: Job, model: torch.nn.Module) -> dict[str, Any]:
     return result
 
 
+# --- the 2-D map of the test features ----------------------------------------------------
+
+#: The numbers of a map that go to the tracker's summary (``embed/<key>``)
+EMBED_SUMMARY = ("points", "trustworthiness", "silhouette_features", "silhouette_map")
+
+
+def run_embed(job: Job, stage: str, stop: StopSignal) -> None:
+    """A 2-D map of the test features of the job's encoder, or of ``stage.checkpoint``
+    (:mod:`sdclr.eval.embed`): ``embed.png`` in the job directory (and W&B), its numbers in
+    ``job.metrics["embed"]``; with ``stage.random_init`` the map of the same architecture at
+    a seeded random initialisation too (``embed_random_init.png``). Rank 0 alone runs it."""
+    if not job.main_process:
+        return
+    evaluate(job, stage, lambda model, name: embed_encoder(job, model, name), EMBED_SUMMARY)
+
+
+def embed_encoder(job: Job, model: torch.nn.Module, name: str) -> dict[str, Any]:
+    """The map of ``model``'s backbone: the test images (a class-stratified subsample of at
+    most ``embed.max_points``, seeded by ``seed``) encoded as the kNN classifier sees them,
+    laid out by ``embed.method``, drawn by class and by Many / Medium / Few into
+    ``<name>.png``, the coordinates into ``<name>.npz``; returns what was drawn and measured."""
+    cfg, device, data = job.cfg, job.device, job.data
+    emb, seed = cfg.embed, int(cfg.seed)
+    batch_size = int(cfg.monitor.batch_size if emb.batch_size is None else emb.batch_size)
+    backbone = model.to(device).backbone
+    if step_settings(cfg, device).channels_last:  # as the kNN classifier
+        backbone.to(memory_format=torch.channels_last)
+    labels = data.test_labels.cpu().numpy().astype(np.int64)
+    idx = stratified_subsample(labels, emb.max_points, seed)
+    how = {"tsne": "t-SNE", "pca": "PCA"}[str(emb.method)]
+    progress_line(f"{name}: encoding {len(idx)} of {len(labels)} test images")
+    t0 = time.time()
+    feats = features_of(
+        backbone, data.test, torch.as_tensor(idx, device=device), eval_settings(job, batch_size)
+    )
+    t_feats = time.time() - t0
+    progress_line(f"{name}: {how} of {len(idx)} features ({feats.shape[1]}-d)")
+    coords, info = embed_2d(feats, str(emb.method), seed, float(emb.perplexity))
+    t_map = time.time() - t0 - t_feats
+    measures = map_measures(feats, coords, labels[idx])
+    png, npz = job.dir / f"{name}.png", job.dir / f"{name}.npz"
+    random_init = name.endswith(RANDOM_INIT_SUFFIX)
+    source = "random init" if random_init else (cfg.stage.checkpoint or job.checkpoint)
+    title = f"{how} of {len(idx)} of {len(labels)} {cfg.data.name} test images: {source}"
+    plot_embedding(coords, labels[idx], job.groups, png, list(data.classes), title)
+    np.savez_compressed(npz, coords=coords, test_index=idx, labels=labels[idx])
+    job.tracker.log_files(images={name: png})
+    result: dict[str, Any] = {
+        "path": str(png),
+        "coords": str(npz),
+        "method": str(emb.method),
+        "points": int(len(idx)),
+        "test_images": int(len(labels)),
+        "seed": seed,
+        "feature_dim": int(feats.shape[1]),
+        **info,
+        **measures,
+        "groups": job.groups,
+        "class_counts": job.counts["D_i"],
+        "features_seconds": t_feats,
+        "map_seconds": t_map,
+        "seconds": time.time() - t0,
+    }
+    trust = measures["trustworthiness"]
+    note(
+        f"{name}: {how} map of {len(idx)} test images in {result['seconds']:.1f} s "
+        f"(features {t_feats:.1f} s, map {t_map:.1f} s)"
+        + ("" if trust is None else f", trustworthiness {trust:.3f}")
+        + f" -> {png}"
+    )
+    return result
+
+
 #: Each stage's runner: ``STAGES[name](job, name, stop)``.
 STAGES: dict[str, Callable[[Job, str, StopSignal], None]] = {
     "pretrain": run_pretrain,
     "linear": run_probe,
     "fewshot": run_probe,
     "knn": run_knn,
+    "embed": run_embed,
 }

@@ -68,3 +68,29 @@ def build_sweep_report(sweep_dir: Path, debug: bool = False) -> tuple[str, bool]
         f"{counts[k]} {k}" for k in ("completed", "failed", "incomplete", "missing") if counts[k]
     )
     return f"sweep report ({jobs} jobs): {sweep_dir / 'report.md'}", True
+
+
+def sweep_objective(metrics: dict[str, Any], key: str | None, searching: bool) -> float | None:
+    """The number a job returns to Hydra's sweeper: ``sweep.objective``, a dotted path into
+    ``metrics.json`` (``linear.acc`` by default; ``fewshot.few``, ``knn.acc``, ...). A sweeper
+    that searches (``hydra/sweeper=optuna``) maximises it; the basic sweeper ignores it.
+
+    None when unset, or when this job's stages did not produce a number there
+    (``stage=pretrain``, say); under a searching sweeper that is one warning line, since it
+    counts the trial as failed. Never an error: the job's own results stand."""
+    if not key:
+        return None
+    value: Any = metrics
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        if searching:
+            print(
+                f"warning: sweep.objective={key} is not a number in this job's metrics.json "
+                f"(its sections: {', '.join(sorted(metrics)) or 'none'}); the sweeper gets no "
+                "objective from this job",
+                file=sys.stderr,
+                flush=True,
+            )
+        return None
+    return float(value)

@@ -30,9 +30,11 @@ NON_RESULT_KEYS = (
     "resume",
     "device",
     "distributed",
+    "sweep",
     "linear.eval_batch_size",
     "fewshot.eval_batch_size",
     "knn.batch_size",
+    "embed.batch_size",
     # the kNN monitor and the diagnostics measure in eval mode without a random draw
     "monitor",
 )

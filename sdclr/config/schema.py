@@ -20,7 +20,7 @@ from omegaconf import MISSING, OmegaConf
 @dataclass
 class ListsConfig:
     """List files of ``relative/path label`` lines (relative to data.root, or absolute).
-    All null: the lists are generated from the image folder and saved under splits/."""
+    All null: the lists are generated from the image folder and saved under split.dir."""
 
     pool: str | None = None  # the linear probe's training images (balanced)
     val: str | None = None  # null with other lists given: carved from pool (val_per_class)
@@ -89,14 +89,16 @@ class SplitConfig:
     index: int = 1
     pretrain_set: str = "D_i"  # D_i (long-tailed) | D_b (balanced control)
     # official: the reference's split files (the default of cifar10_lt, cifar100_lt and
-    # imagenet100_lt, set in their conf/data files) | generated (splits/<data>/split<i>.npz,
+    # imagenet100_lt, set in their conf/data files) | generated (<dir>/<data>/split<i>.npz,
     # or generated lists) | file
     source: str = "generated"
     file: str | None = None  # with source=file: an .npz written by `python -m sdclr.splits`
     # with source=official: the folder of the reference's .npy index files (or ImageNet-100-LT
-    # lists); null: the repository's splits/official/<cifar10|cifar100|imagenet100>
+    # lists); null: the shipped splits/official/<cifar10|cifar100|imagenet100>
     official_dir: str | None = None
-    dir: str | None = None  # where generated splits / lists live (null: the repo's splits/)
+    # where generated splits / lists are read and written (null: <data.cache_dir>/splits; the
+    # committed CIFAR-10 ones are read from the package when missing there)
+    dir: str | None = None
 
 
 @dataclass
@@ -249,9 +251,23 @@ class KnnConfig:
 
 
 @dataclass
+class EmbedConfig:
+    """The 2-D map of the test features (``stage=embed``): coloured by class and by Many /
+    Medium / Few, ``embed.png`` in the job directory (sdclr/eval/embed.py)."""
+
+    method: str = "tsne"  # tsne | pca
+    # a class-stratified, seeded (``seed``) subsample of the test set, drawn before encoding;
+    # null: every test image (t-SNE's time grows with the points)
+    max_points: int | None = 5000
+    perplexity: float = 30.0  # t-SNE's; at most (points - 1) / 3
+    batch_size: int | None = None  # images per forward; null: monitor.batch_size
+
+
+@dataclass
 class StageConfig:
-    name: str = "all"  # pretrain | linear | fewshot | knn | all
-    checkpoint: str | None = None  # a pretrain checkpoint to evaluate (linear / fewshot / knn)
+    name: str = "all"  # pretrain | linear | fewshot | knn | embed | all
+    # a pretrain checkpoint to evaluate (linear / fewshot / knn / embed)
+    checkpoint: str | None = None
     # stage=all also runs the kNN classifier (after pretraining, before the probes)
     knn: bool = False
     # also run each probe (and the kNN classifier) on the same architecture at its random
@@ -269,6 +285,9 @@ class LoggerConfig:
     group: str | None = None
     tags: list[str] = field(default_factory=list)
     dir: str | None = None  # default: the job directory
+    # logger=wandb: when pretraining finishes, log the final checkpoint and its timm export
+    # (written to <job>/export/, as sdclr-export writes it) as W&B artifacts of the run
+    artifact: bool = False
 
 
 @dataclass
@@ -294,6 +313,13 @@ class DistributedConfig:
 
 
 @dataclass
+class SweepConfig:
+    # What a job returns to Hydra's sweeper (hydra/sweeper=optuna maximises it): a dotted path
+    # into metrics.json, e.g. linear.acc (default), linear.few, fewshot.acc, knn.acc; null: none
+    objective: str | None = "linear.acc"
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
@@ -313,11 +339,13 @@ class Config:
         default_factory=lambda: ProbeConfig(epochs=100, milestones=[40, 60], val_every=5)
     )
     knn: KnnConfig = field(default_factory=KnnConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
     stage: StageConfig = field(default_factory=StageConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: ResumeConfig = field(default_factory=ResumeConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     # Step numerics; null/auto = by device: bf16 autocast, channels_last and torch.compile on
     # CUDA (compile not under torchrun, where compile=true is refused), float32 without
@@ -365,9 +393,11 @@ def _run_time(fmt: str) -> str:
     return (datetime.fromisoformat(shared) if shared else datetime.now()).strftime(fmt)
 
 
-METHODS = ("simclr", "moco", "byol")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+#: The methods, ``method.name`` -> title: the one list of them (``sdclr.methods.registry``
+#: maps each to its class and refuses to import when the two disagree).
 METHOD_NAMES = {"simclr": "SimCLR", "moco": "MoCo v2", "byol": "BYOL"}
+METHODS = tuple(METHOD_NAMES)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def slug(ratio: float | None, method: str = "simclr") -> str:

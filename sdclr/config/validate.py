@@ -28,7 +28,8 @@ CHOICES: dict[str, tuple[tuple[str, ...], str | None]] = {
     "method.name": (METHODS, None),
     "loss.name": (("ntxent", "debiased", "hard"), None),
     "temperature.schedule": (("constant", "cosine"), None),
-    "stage.name": (("pretrain", "linear", "fewshot", "knn", "all"), None),
+    "stage.name": (("pretrain", "linear", "fewshot", "knn", "embed", "all"), None),
+    "embed.method": (("tsne", "pca"), None),
     "linear.lr_step": (("epoch_start", "epoch_end"), None),
     "linear.select_metric": (("top1", "top5"), None),
     "fewshot.lr_step": (("epoch_start", "epoch_end"), None),
@@ -52,6 +53,7 @@ def validate(cfg: DictConfig) -> None:
         _check_objective,
         _check_monitor,
         _check_knn,
+        _check_embed,
         _check_probes,
         _check_runtime,
     ):
@@ -169,7 +171,7 @@ def _check_split(cfg: DictConfig) -> None:
     _check(
         s.source != "official" or bool(s.official_dir) or shipped.is_dir(),
         "split.official_dir",
-        f"split.source=official reads the reference's split files, and the repository ships "
+        f"split.source=official reads the reference's split files, and sdclr ships "
         f"them only for cifar10_lt, cifar100_lt and imagenet100_lt (splits/official/), not "
         f"for data.name={cfg.data.name}; give split.official_dir=/dir/with/split1_D_i.npy or "
         f"use split.source=generated",
@@ -343,6 +345,26 @@ def _check_knn(cfg: DictConfig) -> None:
     )
 
 
+def _check_embed(cfg: DictConfig) -> None:
+    _check_choices(cfg, "embed")
+    emb = cfg.embed
+    _check(
+        emb.max_points is None or emb.max_points >= 2,
+        "embed.max_points",
+        f"must be >= 2 (or null for every test image), got {emb.max_points}",
+    )
+    _check(
+        emb.perplexity > 0 and math.isfinite(emb.perplexity),
+        "embed.perplexity",
+        f"must be > 0, got {emb.perplexity}",
+    )
+    _check(
+        emb.batch_size is None or emb.batch_size >= 1,
+        "embed.batch_size",
+        f"must be >= 1 (or null), got {emb.batch_size}",
+    )
+
+
 def _check_probes(cfg: DictConfig) -> None:
     for name in ("linear", "fewshot"):
         _check_choices(cfg, name)
@@ -375,13 +397,19 @@ def _check_runtime(cfg: DictConfig) -> None:
         not (cfg.stage.random_init and cfg.stage.name == "pretrain"),
         "stage.random_init",
         "probes the random-init encoder beside the pretrained one, and stage=pretrain runs no "
-        "probe; use stage=all, linear, fewshot or knn, or drop stage.random_init",
+        "probe; use stage=all, linear, fewshot, knn or embed, or drop stage.random_init",
     )
     _check(
         not cfg.stage.knn or cfg.stage.name in ("all", "knn"),
         "stage.knn",
         f"adds the kNN classifier to stage=all, and stage={cfg.stage.name} is one stage; use "
         f"stage=knn for the kNN classifier alone, or drop stage.knn",
+    )
+    _check(
+        not cfg.logger.get("artifact", False) or cfg.logger.name == "wandb",
+        "logger.artifact",
+        "logs the checkpoint and its export as W&B artifacts, and needs logger=wandb (without "
+        "W&B, sdclr-export writes the export from checkpoints/pretrain.pt)",
     )
     _check(
         cfg.checkpoint.every >= 1, "checkpoint.every", f"must be >= 1, got {cfg.checkpoint.every}"

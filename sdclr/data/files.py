@@ -16,8 +16,11 @@ Where the items come from:
 * **generated lists**: an image folder is scanned (``<root>/<train_dir>/<class>/*``, with
   ``<root>/<test_dir>/<class>/*`` as test set when it exists, or ``<root>/<class>/*``, or a flat
   folder of unlabelled images), a split is generated with the configured profile, and its lists
-  are saved under ``splits/<data.name>/split<i>/`` with a ``meta.json`` holding the fingerprint
-  of the scanned training items. Later runs read the saved lists, like the CIFAR split files.
+  are saved under ``<split.dir>/<data.name>/<folder key>/split<i>/`` (split.dir defaults to
+  ``<data.cache_dir>/splits``) with a ``meta.json`` holding the fingerprint of the lists. The
+  folder key (:func:`scan_key`) is a fingerprint of the scanned folder, its classes and
+  training and test items: lists made from one folder are never read for another. Later runs
+  scan the folder again and read the saved lists, like the CIFAR split files.
 """
 
 from __future__ import annotations
@@ -383,15 +386,36 @@ def _class_names(paths: list[str], labels: np.ndarray, num_classes: int) -> list
     return out if len(set(out)) == num_classes else [str(i) for i in range(num_classes)]
 
 
-def generated_lists_dir(splits_dir: Path, dataset: str, index: int) -> Path:
-    return Path(splits_dir) / dataset / f"split{index}"
+def scan_key(scan: FolderScan) -> str:
+    """Identity of a scanned folder: a hash of its class names and its training and test items
+    (``path label``), which decide the lists generated from it. Two folders share a key only
+    when the lists of one are right for the other (the split is drawn from the items alone,
+    seeded by its index)."""
+    h = hashlib.sha256()
+    h.update(json.dumps([scan.classes, scan.labelled, scan.test is None]).encode() + b"\n")
+    for p, y in [*scan.train, ("-- test --", -1), *(scan.test or [])]:
+        h.update(f"{p} {y}\n".encode())
+    return h.hexdigest()[:16]
 
 
-def generate_lists(data_cfg, index: int, out_dir: Path) -> None:
-    """Scan the folder, generate split ``index`` with the configured profile, save its lists."""
+def scan_data_folder(data_cfg) -> FolderScan:
+    d = data_cfg
+    return scan_folder(Path(d.root).expanduser().absolute(), d.train_dir, d.test_dir, d.class_list)
+
+
+def generated_lists_dir(splits_dir: Path, dataset: str, key: str, index: int) -> Path:
+    """``<splits_dir>/<data.name>/<folder key>/split<i>``: the generated lists of split
+    ``index`` of the folder scanned as ``key`` (:func:`scan_key`)."""
+    return Path(splits_dir) / dataset / key / f"split{index}"
+
+
+def generate_lists(data_cfg, index: int, out_dir: Path, scan: FolderScan | None = None) -> None:
+    """Generate split ``index`` of the folder (``scan``, scanned here when not given) with the
+    configured profile, save its lists."""
     d = data_cfg
     root = Path(d.root).expanduser().absolute()
-    scan = scan_folder(root, d.train_dir, d.test_dir, d.class_list)
+    if scan is None:
+        scan = scan_data_folder(d)
     paths = [p for p, _ in scan.train]
     labels = np.asarray([y for _, y in scan.train], dtype=np.int64)
     num_classes = len(scan.classes)
@@ -515,10 +539,11 @@ def load_file_dataset(data_cfg, split_cfg, splits_dir: Path) -> tuple[FileData, 
         )
     if split_cfg.source == "official":
         return load_official_lists(d, split_cfg, root)
-    out = generated_lists_dir(splits_dir, d.name, int(split_cfg.index))
+    scan = scan_data_folder(d)
+    out = generated_lists_dir(splits_dir, d.name, scan_key(scan), int(split_cfg.index))
     meta_path = out / "meta.json"
     if not meta_path.is_file():
-        generate_lists(d, int(split_cfg.index), out)
+        generate_lists(d, int(split_cfg.index), out, scan)
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as e:

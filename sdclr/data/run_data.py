@@ -21,7 +21,7 @@ import torch
 
 from sdclr.config.derived import uses_files
 from sdclr.data.arrays import load_arrays
-from sdclr.data.banks import FileImages, TensorImages, decode_resized
+from sdclr.data.banks import FileImages, Images, TensorImages, decode_resized
 from sdclr.data.files import load_file_dataset
 from sdclr.data.splits import Split, apply_fraction, resolve_split, splits_dir, stratified_fraction
 from sdclr.errors import ConfigError
@@ -29,9 +29,9 @@ from sdclr.errors import ConfigError
 
 @dataclass
 class RunData:
-    train: TensorImages | FileImages  # every training item (pool, val and the subsets)
+    train: Images  # every training item (pool, val and the subsets)
     train_labels: torch.Tensor
-    test: TensorImages | FileImages
+    test: Images
     test_labels: torch.Tensor
     split: Split
     classes: list[str]
@@ -72,7 +72,7 @@ def load_run_data(cfg, device: torch.device, progress: bool = True) -> RunData:
 
 def _from_files(cfg, device: torch.device, progress: bool) -> RunData:
     d = cfg.data
-    data, split = load_file_dataset(d, cfg.split, splits_dir(cfg.split))
+    data, split = load_file_dataset(d, cfg.split, splits_dir(cfg.split, d.cache_dir))
     if d.num_classes is not None and data.labelled and data.num_classes != d.num_classes:
         raise ConfigError(
             f"config key 'data.num_classes': the lists hold {data.num_classes} classes but "

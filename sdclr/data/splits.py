@@ -257,6 +257,8 @@ def generate_split(
 
 
 def split_path(dataset: str, index: int, splits_dir: Path = SPLITS_DIR) -> Path:
+    """``<splits_dir>/<cifar10|cifar100|...>/split<i>.npz``; by default the split files sdclr
+    ships (read-only)."""
     return Path(splits_dir) / base_name(dataset) / f"split{index}.npz"
 
 
@@ -322,15 +324,16 @@ def load_split_file(path: Path, labels: np.ndarray, fix_hint: str = "") -> Split
 
 
 def official_dir(split_cfg, dataset: str) -> Path:
-    """Where ``split.source=official`` reads: ``split.official_dir``, or the repository's copy of
-    the reference's files for this dataset (``splits/official/<cifar10|cifar100|imagenet100>``)."""
+    """Where ``split.source=official`` reads: ``split.official_dir``, or the copy of the
+    reference's files for this dataset that sdclr ships (``splits/official/<cifar10|cifar100|
+    imagenet100>`` in the repository, package data of an installed wheel)."""
     if split_cfg.official_dir:
         return Path(split_cfg.official_dir).expanduser()
     return OFFICIAL_SPLITS_DIR / base_name(dataset)
 
 
 def ships_official_split(dataset: str) -> bool:
-    """Whether the repository ships the reference's split files for ``dataset`` (a data.name)."""
+    """Whether sdclr ships the reference's split files for ``dataset`` (a data.name)."""
     return (OFFICIAL_SPLITS_DIR / base_name(dataset)).is_dir()
 
 
@@ -476,15 +479,22 @@ def paper_split_note(dataset: str, source: str) -> str | None:
     )
 
 
-def splits_dir(split_cfg) -> Path:
-    """Where generated splits (and the file routes' lists) live: ``split.dir``, or the
-    repository's ``splits/``."""
-    return Path(split_cfg.dir).expanduser() if split_cfg.dir else SPLITS_DIR
+def splits_dir(split_cfg, cache_dir: str | Path) -> Path:
+    """Where generated splits (and the file routes' generated lists) are read and written:
+    ``split.dir``, or ``<cache_dir>/splits`` (``data.cache_dir``, which SDCLR_CACHE sets), a
+    folder the user can write. Never the package: the split files sdclr ships
+    (:data:`SPLITS_DIR`) are only read."""
+    if split_cfg.dir:
+        return Path(split_cfg.dir).expanduser()
+    return Path(cache_dir).expanduser() / "splits"
 
 
 def resolve_split(split_cfg, data_cfg, labels: np.ndarray) -> Split:
-    """The split a run asks for: the reference files (:func:`official_dir`), a generated file
-    in :func:`splits_dir` (made there when missing), or an explicit file."""
+    """The split a run asks for: the reference files (:func:`official_dir`), a generated file,
+    or an explicit file. A generated split is read from :func:`splits_dir`; without
+    ``split.dir``, from the split files sdclr ships when that folder lacks it (CIFAR-10's
+    committed ``cifar10/split<i>.npz``); when neither has it, it is generated and saved in
+    :func:`splits_dir`."""
     profile = profile_counts(
         data_cfg.train_per_class - data_cfg.val_per_class,
         data_cfg.num_classes,
@@ -501,10 +511,13 @@ def resolve_split(split_cfg, data_cfg, labels: np.ndarray) -> Split:
         )
     if split_cfg.source == "file":
         return load_split_file(Path(split_cfg.file).expanduser(), labels)
-    path = split_path(data_cfg.name, split_cfg.index, splits_dir(split_cfg))
+    path = split_path(data_cfg.name, split_cfg.index, splits_dir(split_cfg, data_cfg.cache_dir))
+    shipped = split_path(data_cfg.name, split_cfg.index)
+    if not path.is_file() and not split_cfg.dir and shipped.is_file():
+        path = shipped  # the committed file: what the generator makes for the canonical order
     if not path.is_file():
         # Datasets without committed files (e.g. a CIFAR-100 copy seen for the first time):
-        # generate, check against the profile, and keep the file next to the others.
+        # generate, check against the profile, and keep the file in the user's splits folder.
         split = generate_split(
             labels,
             data_cfg.num_classes,
@@ -517,7 +530,7 @@ def resolve_split(split_cfg, data_cfg, labels: np.ndarray) -> Split:
         try:
             save_split(split, path)
         except OSError:
-            pass  # read-only install: the split is deterministic, so using it unsaved is safe
+            pass  # a folder it cannot write: the split is deterministic, so unsaved is safe
         return split
     return load_split_file(path, labels, "Generate it with `python -m sdclr.splits`.")
 

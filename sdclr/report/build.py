@@ -2,19 +2,23 @@
 
 Outputs (in ``DIR`` or ``--out``): ``report.md`` (also printed), ``report.json``,
 ``group_accuracy.png`` and ``per_class_accuracy.png``; when the runs have them,
-``knn_curves.png`` and ``diagnostics.png`` (:mod:`sdclr.report.plots`).
+``knn_curves.png`` and ``diagnostics.png`` (:mod:`sdclr.report.plots`). The jobs' own maps
+of their test features (``stage=embed``) stay in the job directories; the report links them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sdclr.report.aggregate import STD_DDOF, aggregate
+from sdclr.report.aggregate import STD_DDOF, aggregate, label_of
 from sdclr.report.jobs import (
+    EMBED_STAGE,
+    RANDOM_INIT_SUFFIX,
     STAGES,
     ReportError,
     find_job_dirs,
@@ -111,6 +115,7 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
         "sweep_overrides": spec,
         "warnings": warnings,
         "plots": {"group_accuracy": GROUP_PLOT, "per_class_accuracy": PER_CLASS_PLOT},
+        "embed_maps": embed_maps(jobs, out_dir),
     }
     plot_group_accuracy(methods, out_dir / GROUP_PLOT)
     plot_per_class(methods, by_name, out_dir / PER_CLASS_PLOT)
@@ -123,6 +128,40 @@ def build_report(sweep_dir: Path, out_dir: Path | None = None) -> str:
     (out_dir / "report.md").write_text(markdown, encoding="utf-8")
     (out_dir / "report.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return markdown
+
+
+def embed_maps(jobs: list[dict[str, Any]], out_dir: Path) -> list[dict[str, Any]]:
+    """Each job's map of its test features (``metrics["embed"]``, and ``embed_random_init``),
+    whose PNG is there: ``image`` relative to ``out_dir`` (looked for in the job directory
+    first, so a moved sweep keeps its links), with what the map shows."""
+    maps = []
+    for job in jobs:
+        metrics = job["metrics"]
+        if not isinstance(metrics, Mapping):
+            continue
+        for key in (EMBED_STAGE[0], EMBED_STAGE[0] + RANDOM_INIT_SUFFIX):
+            rec = metrics.get(key)
+            if not isinstance(rec, Mapping):
+                continue
+            recorded = Path(str(rec.get("path") or f"{key}.png"))
+            png = Path(job["path"]) / recorded.name
+            png = png if png.is_file() else recorded
+            if not png.is_file():
+                continue
+            maps.append(
+                {
+                    "job": job["name"],
+                    "stage": key,
+                    "method": label_of(job)[0],
+                    "image": Path(
+                        os.path.relpath(png.resolve(), Path(out_dir).resolve())
+                    ).as_posix(),
+                    "map": rec.get("method"),
+                    "points": rec.get("points"),
+                    "trustworthiness": rec.get("trustworthiness"),
+                }
+            )
+    return maps
 
 
 def read_tables(out_dir: Path) -> dict[str, dict[str, Any]]:

@@ -38,6 +38,10 @@ KNN_STAGE: tuple[str, str] = ("knn", "kNN classifier")
 #: Every evaluation stage whose results make a job's ``metrics.json`` a result.
 EVAL_STAGES: tuple[tuple[str, str], ...] = (*STAGES, KNN_STAGE)
 
+#: The 2-D map of the test features (``stage=embed``, ``metrics["embed"]``): no accuracy to
+#: average, but a finished job's result all the same; the report links each job's picture.
+EMBED_STAGE: tuple[str, str] = ("embed", "Map of the test features")
+
 #: ``metrics.json`` key of a probe of the random-init encoder: ``linear_random_init`` etc.
 #: (``stage.random_init=true``), the baseline a pretrained encoder has to beat.
 RANDOM_INIT_SUFFIX = "_random_init"
@@ -120,7 +124,7 @@ def load_job(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
 
     ``state`` is ``completed`` (usable for averaging), ``failed`` or ``incomplete``.
     Fields relied on: ``status.json``: ``status``, ``error``, ``stage``; ``metrics.json``:
-    ``run``, ``pretrain``, ``linear``, ``fewshot``, ``knn``.
+    ``run``, ``pretrain``, ``linear``, ``fewshot``, ``knn``, ``embed``.
     """
     rel = job_dir.relative_to(sweep_dir).as_posix()
     job: dict[str, Any] = {
@@ -140,7 +144,7 @@ def load_job(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         status, status_err = None, "status.json is not a JSON object"
     job["metrics"] = metrics
     has_probe = isinstance(metrics, dict) and any(
-        isinstance(metrics.get(s), dict) for s, _ in EVAL_STAGES
+        isinstance(metrics.get(s), dict) for s, _ in (*EVAL_STAGES, EMBED_STAGE)
     )
     declared = str(status.get("status")) if isinstance(status, dict) else None
     if isinstance(status, dict):
@@ -159,7 +163,7 @@ def load_job(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     elif metrics is None:
         job["error"] = "no metrics.json"
     elif not has_probe:
-        job["error"] = "metrics.json has no linear, fewshot or knn results" + (
+        job["error"] = "metrics.json has no linear, fewshot, knn or embed results" + (
             " (pretrain-only job)" if isinstance(metrics.get("pretrain"), dict) else ""
         )
     elif declared not in (None, "completed"):

@@ -3,7 +3,9 @@
 ``group_accuracy.png`` and ``per_class_accuracy.png``; when the runs have them,
 ``knn_curves.png`` (the kNN monitor's accuracy and Many / Medium / Few against the epoch) and
 ``diagnostics.png`` (per class, the dense / pruned disagreement and the class's share of the
-contrastive loss against its D_i count, at the last diagnosed epoch).
+contrastive loss against its D_i count, at the last diagnosed epoch). A job of
+``stage=embed`` draws ``embed.png`` in its own directory (:func:`plot_embedding`: the 2-D map
+of its test features by class and by Many / Medium / Few).
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ GROUP_PLOT = "group_accuracy.png"
 PER_CLASS_PLOT = "per_class_accuracy.png"
 KNN_PLOT = "knn_curves.png"
 DIAGNOSTICS_PLOT = "diagnostics.png"
+#: A ``stage=embed`` job's map, in the job directory (``<stage key>.png``: ``embed.png``, and
+#: ``embed_random_init.png`` for the random-init baseline)
+EMBED_PLOT = "embed.png"
+#: Many / Medium / Few on the map: the names, and colours that stay apart from each other
+EMBED_GROUPS = (
+    ("many", "Many", "#1f77b4"),
+    ("medium", "Medium", "#2ca02c"),
+    ("few", "Few", "#d62728"),
+)
 
 
 def _figure(width: float, height: float, ncols: int):
@@ -283,3 +294,63 @@ def write_pretrain_plots(metrics: Mapping[str, Any], out_dir: Path) -> dict[str,
     if plot_diagnostics(groups, out_dir / DIAGNOSTICS_PLOT):
         written["diagnostics"] = out_dir / DIAGNOSTICS_PLOT
     return written
+
+
+def plot_embedding(
+    coords: np.ndarray,
+    labels: np.ndarray,
+    groups: Mapping[str, Sequence[int]],
+    path: Path,
+    class_names: Sequence[str] | None = None,
+    title: str = "",
+) -> None:
+    """A 2-D map of test features [N, 2] in two panels: coloured by class (a legend up to 20
+    classes, a colour bar beyond), and by the class's Many / Medium / Few group (``groups``:
+    group -> class ids, named in the legend up to five classes a group; a class in none of
+    them is grey), the small groups drawn last so the tail stays visible. ``title`` heads the
+    figure."""
+    coords = np.asarray(coords, dtype=float)
+    labels = np.asarray(labels).astype(int)
+    n_classes = int(max(labels.max(initial=-1) + 1, len(class_names or [])))
+    size = float(np.clip(20000 / max(len(labels), 1), 1.0, 12.0))
+    fig, axes = _figure(13, 6.2, 2)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    ax = axes[0]
+    ax.set_title("by class")
+    if n_classes <= 20:
+        import matplotlib as mpl
+
+        cmap = mpl.colormaps["tab10" if n_classes <= 10 else "tab20"]
+        for c in range(n_classes):
+            sel = labels == c
+            if not sel.any():
+                continue
+            name = class_names[c] if class_names and c < len(class_names) else str(c)
+            ax.scatter(*coords[sel].T, s=size, color=cmap(c), label=name, linewidths=0)
+        ax.legend(fontsize=7, markerscale=max(1.0, 16 / size) ** 0.5, loc="best", ncol=2)
+    else:
+        points = ax.scatter(*coords.T, s=size, c=labels, cmap="turbo", linewidths=0)
+        fig.colorbar(points, ax=ax, label="class id")
+    ax = axes[1]
+    ax.set_title("by group (Many / Medium / Few of D_i)")
+    group_of = {int(c): g for g in groups for c in groups[g]}
+    member = np.asarray([group_of.get(int(c), "") for c in labels])
+    other = member == ""
+    if other.any():
+        ax.scatter(*coords[other].T, s=size, color="#bbbbbb", label="no group", linewidths=0)
+    for key, name, color in EMBED_GROUPS:
+        sel = member == key
+        if sel.any():
+            ids = list(groups.get(key) or [])
+            which = f"{len(ids)} classes"
+            if class_names and len(ids) <= 5 and all(0 <= c < len(class_names) for c in ids):
+                which = ", ".join(class_names[c] for c in ids)
+            ax.scatter(*coords[sel].T, s=size, color=color, label=f"{name}: {which}", linewidths=0)
+    ax.legend(fontsize=8, markerscale=max(1.0, 16 / size) ** 0.5, loc="best")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_aspect("equal", adjustable="datalim")
+    fig.tight_layout()
+    fig.savefig(path, bbox_inches="tight")

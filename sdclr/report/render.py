@@ -209,6 +209,37 @@ def _knn_stage_section(methods: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
 
 
+def _markdown_target(path: str) -> str:
+    return f"<{path}>" if any(c in path for c in " ()") else path
+
+
+def _embed_maps_section(maps: Sequence[Mapping[str, Any]]) -> list[str]:
+    """One line per job's map of its test features (``stage=embed``), linking its PNG."""
+    if not maps:
+        return []
+    out = [
+        "",
+        "## Maps of the test features",
+        "",
+        "Each job's 2-D map of its test features (`stage=embed`), coloured by class (left) and "
+        "by Many / Medium / Few (right); paths relative to this report.",
+        "",
+    ]
+    for m in maps:
+        what = {"tsne": "t-SNE", "pca": "PCA"}.get(str(m.get("map")), str(m.get("map")))
+        trust = as_float(m.get("trustworthiness"))
+        details = [m["method"], f"{what} of {m.get('points')} test images"]
+        if trust is not None:
+            details.append(f"trustworthiness {trust:.3f}")
+        if m["stage"].endswith(RANDOM_INIT_SUFFIX):
+            details.append("random init")
+        out.append(
+            f"- `{m['job']}` ({', '.join(details)}): "
+            f"![{m['job']} {m['stage']}]({_markdown_target(m['image'])})"
+        )
+    return out
+
+
 def _fmt_p(p: float | None) -> str:
     return "-" if p is None else f"{p:.4g}"
 
@@ -327,6 +358,7 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             "",
             f"![Dense/pruned disagreement and loss share against class count]({DIAGNOSTICS_PLOT})",
         ]
+    out += _embed_maps_section(summary.get("embed_maps") or [])
     problems = summary["failed"] + summary["incomplete"]
     out += ["", "## Failed and incomplete jobs", ""]
     out.append(format_table([_job_row(j) for j in problems]) if problems else "None.")

@@ -154,6 +154,35 @@ class Tracker:
         except Exception as e:
             warnings.warn(f"W&B file logging failed ({e}); continuing", stacklevel=2)
 
+    def log_artifact(
+        self,
+        name: str,
+        kind: str,
+        files: dict[str, Path],
+        metadata: dict[str, Any] | None = None,
+        description: str | None = None,
+    ) -> bool:
+        """Log ``files`` (``{name in the artifact: path}``) as a W&B artifact of type ``kind``,
+        an output of this run (``run.log_artifact``; a new version each time the same name is
+        logged). W&B copies the files to its staging folder (under ``WANDB_DATA_DIR``) until
+        they are uploaded, so the job's own files may change afterwards. Returns whether it
+        was logged; never raises."""
+        if self.wandb_run is None:
+            return False
+        try:
+            import wandb
+
+            artifact = wandb.Artifact(
+                name, type=kind, description=description, metadata=metadata or {}
+            )
+            for inside, path in files.items():
+                artifact.add_file(str(path), name=inside)
+            self.wandb_run.log_artifact(artifact, aliases=["latest"])
+            return True
+        except Exception as e:
+            warnings.warn(f"W&B artifact {name} failed ({e}); continuing", stacklevel=2)
+            return False
+
     def finish(self, exit_code: int = 0) -> None:
         if self.wandb_run is not None:
             try:

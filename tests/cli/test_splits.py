@@ -18,8 +18,9 @@ def test_splits_command_writes_lists_for_a_folder(tree, tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "exp 20 -> 2" in out
-    one = (tmp_path / "folder" / "split1" / "D_i.txt").read_text()
-    two = (tmp_path / "folder" / "split2" / "D_i.txt").read_text()
+    (folder,) = (tmp_path / "folder").iterdir()  # <out>/<data.name>/<folder key>/split<i>
+    one = (folder / "split1" / "D_i.txt").read_text()
+    two = (folder / "split2" / "D_i.txt").read_text()
     assert one != two  # each split draws its own class order
     rc = main(
         ["--out", str(tmp_path), "--splits", "1", "data=folder", *args, "data.head_count=400"]

@@ -1,5 +1,6 @@
 """The kNN classifier stage (sdclr.cli.stages, ``stage=knn``): the monitor's numbers on the
-same model and data, a hand computation, its settings and where it sits in ``stage=all``."""
+same model and data, a hand computation, its settings and where it sits in ``stage=all``; and
+the map of the test features (``stage=embed``) on the same kind of job."""
 
 from __future__ import annotations
 
@@ -109,3 +110,42 @@ def test_stage_all_runs_the_knn_classifier_only_when_asked():
         "fewshot",
     ]
     assert planned_stages(compose_config(["stage=knn"])) == ["knn"]
+
+
+def test_embed_stage_maps_the_subsampled_test_features_and_writes_the_png(tmp_path):
+    """stage=embed (embed_encoder) on a job like knn's: the class-stratified subsample of the
+    test set, encoded as the kNN classifier does, laid out (PCA here, exact) from the same
+    features as by hand; the PNG, the coordinates and the W&B image in the job directory."""
+    import numpy as np
+
+    from sdclr.cli.stages import embed_encoder
+    from sdclr.eval.embed import embed_2d, stratified_subsample
+
+    cfg = tiny_cfg("embed.method=pca", "embed.max_points=9", "embed.batch_size=4", "seed=3")
+    model = tiny_model(cfg, dtype=torch.float64)
+    test, test_labels = images(15, seed=1), torch.arange(15) % 3
+    job = tiny_job(cfg, images(3), torch.arange(3), torch.arange(3), test, test_labels)
+    logged = {}
+    job.data.classes = ["cat", "dog", "emu"]
+    job.dir, job.checkpoint = tmp_path, tmp_path / "pretrain.pt"
+    job.tracker = SimpleNamespace(log_files=lambda images: logged.update(images))
+
+    out = embed_encoder(job, model, "embed")
+
+    idx = stratified_subsample(test_labels.numpy(), 9, seed=3)
+    assert np.bincount(test_labels.numpy()[idx]).tolist() == [3, 3, 3]
+    saved = np.load(tmp_path / "embed.npz")
+    assert saved["test_index"].tolist() == idx.tolist()
+    model.eval()
+    with torch.no_grad():
+        x = normalize(to_float(test[torch.as_tensor(idx)]), list(cfg.data.mean), list(cfg.data.std))
+        ref, info = embed_2d(model.backbone(x.double()).float(), "pca")
+    np.testing.assert_allclose(saved["coords"], ref, atol=1e-5)
+    assert out["explained_variance"] == pytest.approx(info["explained_variance"], abs=1e-6)
+    assert out["points"] == 9 and out["test_images"] == 15 and out["method"] == "pca"
+    assert out["path"] == str(tmp_path / "embed.png") and logged == {
+        "embed": tmp_path / "embed.png"
+    }
+    assert (tmp_path / "embed.png").read_bytes()[:4] == b"\x89PNG"
+    assert out["groups"] == GROUPS3 and out["class_counts"] == [9, 5, 2]
+    assert set(out) >= {"trustworthiness", "silhouette_features", "silhouette_map", "seconds"}

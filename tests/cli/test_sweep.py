@@ -130,3 +130,25 @@ def test_every_job_of_a_multirun_composes_the_sweep_dir_it_started_with(
     assert {sweep_group(d) for d in dirs} == {"2026-11-22_23-59-58"}
     # the clock is really read: a sweep composed now gets a directory of its own
     assert str(_master(loader, launcher).hydra.sweep.dir).endswith("2026-11-23/03-10-00")
+
+
+def test_the_sweep_objective_is_read_from_the_metrics_by_its_dotted_path(capsys):
+    from sdclr.cli.sweep import sweep_objective
+
+    metrics = {"linear": {"acc": 41.5, "few": 12}, "pretrain": {"epochs": 2}}
+    assert sweep_objective(metrics, "linear.acc", searching=True) == 41.5
+    assert sweep_objective(metrics, "linear.few", searching=True) == 12.0
+    assert sweep_objective(metrics, None, searching=True) is None
+    assert capsys.readouterr().err == ""
+
+
+def test_a_missing_objective_warns_only_a_searching_sweeper(capsys):
+    from sdclr.cli.sweep import sweep_objective
+
+    metrics = {"pretrain": {"epochs": 2}}  # stage=pretrain: no probe ran
+    assert sweep_objective(metrics, "linear.acc", searching=False) is None
+    assert capsys.readouterr().err == ""
+    assert sweep_objective(metrics, "linear.acc", searching=True) is None
+    err = capsys.readouterr().err
+    assert err.startswith("warning: sweep.objective=linear.acc") and "pretrain" in err
+    assert sweep_objective({"linear": {"acc": True}}, "linear.acc", searching=False) is None

@@ -32,3 +32,15 @@ def test_the_knn_classifiers_settings_are_drift_but_not_its_batch_size():
     assert config_differences(current, to_container(compose_config(["knn.k=20"]))) == [
         "knn.k: None -> 20"
     ]
+
+
+def test_the_maps_settings_are_drift_but_not_its_batch_size():
+    from sdclr.config.derived import to_container
+
+    current = to_container(compose_config([]))
+    saved = {k: v for k, v in current.items() if k != "embed"}  # from before stage=embed
+    assert config_differences(saved, current) == []
+    assert config_differences(current, to_container(compose_config(["embed.batch_size=64"]))) == []
+    assert config_differences(current, to_container(compose_config(["embed.method=pca"]))) == [
+        "embed.method: 'tsne' -> 'pca'"
+    ]

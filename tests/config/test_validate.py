@@ -42,8 +42,13 @@ from sdclr.errors import ConfigError
         ("knn.k=0", "knn.k"),
         ("knn.temperature=0", "knn.temperature"),
         ("knn.batch_size=0", "knn.batch_size"),
+        ("embed.method=umap", "embed.method"),
+        ("embed.max_points=1", "embed.max_points"),
+        ("embed.perplexity=0", "embed.perplexity"),
+        ("embed.batch_size=0", "embed.batch_size"),
         ("distributed.timeout_min=0", "distributed.timeout_min"),
         ("distributed.timeout_min=-5", "distributed.timeout_min"),
+        ("logger.artifact=true", "logger.artifact"),  # W&B artifacts need logger=wandb
     ],
 )
 def test_out_of_range_values_name_the_key(override, key):

@@ -42,17 +42,40 @@ def test_scan_finds_classes_and_the_test_folder(tree):
 def test_generated_lists_are_saved_with_their_fingerprint(tree, tmp_path):
     cfg = _cfg(root=str(tree), test_dir="val", val_per_class=2, fewshot_per_class=2)
     data, split = load_file_dataset(cfg.data, cfg.split, tmp_path)
-    out = tmp_path / "folder" / "split1"
+    (out,) = (tmp_path / "folder").glob("*/split1")  # <split.dir>/<data.name>/<folder key>/
     meta = json.loads((out / "meta.json").read_text())
     assert meta["classes"] == data.classes and meta["test"] == "val/ folder"
     d_i = np.bincount(data.train_y[split.D_i], minlength=12)
     assert d_i.tolist() == [c - 2 for c in TREE_COUNTS]  # profile none: the folder as it is
     assert len(data.test_paths) == 6 * 12
-    again, split2 = load_file_dataset(cfg.data, cfg.split, tmp_path)  # read back, no rescan
+    again, split2 = load_file_dataset(cfg.data, cfg.split, tmp_path)  # read back, not redrawn
     assert again.train_paths == data.train_paths and np.array_equal(split2.D_i, split.D_i)
     (out / "D_i.txt").write_text((out / "D_i.txt").read_text().replace(" 0\n", " 1\n", 1))
     with pytest.raises(DataError, match="fingerprint"):
         load_file_dataset(cfg.data, cfg.split, tmp_path)
+
+
+def test_two_folders_never_share_their_generated_lists(tree, tmp_path):
+    """The lists are kept under a key of the scanned folder: a second folder under the same
+    data.name and split.dir (here the tree less three images of its first class) gets lists of
+    its own, not the first folder's; an identical copy reads the same lists."""
+    other = tmp_path / "other"
+    shutil.copytree(tree, other)
+    first = sorted((other / "train").iterdir())[0]
+    for f in sorted(first.iterdir())[:3]:
+        f.unlink()
+    splits = tmp_path / "splits"
+    common = dict(test_dir="val", val_per_class=2, fewshot_per_class=2)
+    a, _ = load_file_dataset(_cfg(root=str(tree), **common).data, _cfg().split, splits)
+    b, split_b = load_file_dataset(_cfg(root=str(other), **common).data, _cfg().split, splits)
+    assert len(list((splits / "folder").glob("*/split1"))) == 2
+    assert len(b.train_paths) == len(a.train_paths) - 3
+    assert np.bincount(b.train_y[split_b.D_i], minlength=12)[0] == TREE_COUNTS[0] - 3 - 2
+    copy = tmp_path / "copy"
+    shutil.copytree(tree, copy)
+    c, _ = load_file_dataset(_cfg(root=str(copy), **common).data, _cfg().split, splits)
+    assert c.train_paths == a.train_paths
+    assert len(list((splits / "folder").glob("*/split1"))) == 2
 
 
 def test_exp_profile_drawn_from_a_folder_and_a_carved_test_set(tree, tmp_path):
@@ -216,7 +239,8 @@ def test_generated_imagenet_style_lists_draw_s_b_apart_and_say_so(tree, tmp_path
     )
     data, split = load_file_dataset(cfg.data, cfg.split, tmp_path)
     assert split.source.startswith("generated lists") and split.kind == "generated"
-    meta = json.loads((tmp_path / "imagenet100_lt" / "split1" / "meta.json").read_text())
+    (out,) = (tmp_path / "imagenet100_lt").glob("*/split1")
+    meta = json.loads((out / "meta.json").read_text())
     assert "drawn apart from D_i" in meta["fewshot"]
     y = data.train_y
     assert np.bincount(y[split.S_b], minlength=12).tolist() == [4] * 12

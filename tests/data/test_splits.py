@@ -233,6 +233,27 @@ def test_split_dir_is_where_generated_cifar_splits_live(cifar10_labels, tmp_path
         resolve_split(cfg.split, cfg.data, cifar10_labels)
 
 
+def test_without_split_dir_generated_splits_are_read_and_written_in_the_cache(
+    cifar10_labels, tmp_path
+):
+    """split.dir null: <data.cache_dir>/splits first, then the split files sdclr ships; a split
+    neither has is generated into the cache, never into the package (or the checkout)."""
+    shipped = {f: f.stat().st_mtime_ns for f in SPLITS_DIR.rglob("*") if f.is_file()}
+    cfg = compose_config(["split=split2", "split.source=generated", f"data.cache_dir={tmp_path}"])
+    s = resolve_split(cfg.split, cfg.data, cifar10_labels)
+    assert s.source == f"file {SPLITS_DIR / 'cifar10' / 'split2.npz'}"
+    assert not (tmp_path / "splits").exists()
+    mine = tmp_path / "splits" / "cifar10" / "split2.npz"  # python -m sdclr.splits writes here
+    save_split(cifar10_split(cifar10_labels, 2), mine)
+    assert resolve_split(cfg.split, cfg.data, cifar10_labels).source == f"file {mine}"
+    cfg = compose_config(
+        ["data=cifar100_lt", "split.source=generated", f"data.cache_dir={tmp_path}"]
+    )
+    s = resolve_split(cfg.split, cfg.data, np.arange(50000) % 100)
+    assert s.kind == "generated" and (tmp_path / "splits" / "cifar100" / "split1.npz").is_file()
+    assert {f: f.stat().st_mtime_ns for f in SPLITS_DIR.rglob("*") if f.is_file()} == shipped
+
+
 def test_split_file_refuses_another_copy_of_the_data(cifar10_labels, tmp_path):
     s = cifar10_split(cifar10_labels, 1)
     path = tmp_path / "split1.npz"

@@ -10,26 +10,14 @@ import sys
 import time
 from pathlib import Path
 
-from runs import TINY, ok
+from runs import ONE_EPOCH, ok
 from wandb_log import records
 
 from sdclr.utils.tracking import sweep_group
 
 REPO = Path(__file__).resolve().parents[2]
 
-FAST = [
-    *[
-        a
-        for a in TINY
-        if not a.startswith(("pretrain.epochs", "pretrain.warmup", "linear.", "few"))
-    ],
-    "pretrain.epochs=1",
-    "pretrain.warmup_epochs=0",
-    "linear.epochs=1",
-    "linear.milestones=[1]",
-    "fewshot.epochs=1",
-    "fewshot.milestones=[1]",
-]
+FAST = ONE_EPOCH
 
 
 def wandb_group(job: Path) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 from runs import TINY, ok
 from wandb_log import logged_keys, media_types, run_config
@@ -117,3 +118,38 @@ def test_resumed_run_reattaches_to_the_same_wandb_run(tmp_path, env):
     ok(subprocess.run([*args, "stage=all"], capture_output=True, text=True, env=env, timeout=600))
     ids = {p.name.rsplit("-", 1)[-1] for p in (job / "wandb").glob("offline-run-*")}
     assert ids == {run_id}  # the second invocation logged into the same run
+
+
+def test_logger_artifact_logs_the_checkpoint_and_the_export(tmp_path, env):
+    from wandb_log import artifacts
+
+    job = tmp_path / "job"
+    env = dict(env, WANDB_MODE="offline", WANDB_DATA_DIR=str(tmp_path / "wandb-data"))
+    out = ok(
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sdclr",
+                "logger=wandb",
+                "logger.artifact=true",
+                *TINY,
+                "stage=pretrain",
+                f"hydra.run.dir={job}",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
+    )
+    run_id = json.loads((job / "status.json").read_text())["wandb_id"]
+    assert f"W&B artifacts: checkpoint-{run_id}, backbone-{run_id}" in out.stdout
+    (log,) = (job / "wandb").glob("offline-run-*/run-*.wandb")
+    found = artifacts(log)
+    assert set(found[f"checkpoint-{run_id}"]["files"]) == {"pretrain.pt"}
+    staged = found[f"backbone-{run_id}"]["files"]
+    assert set(staged) == {"model.safetensors", "config.json"}
+    assert all(Path(p).is_file() and str(tmp_path / "wandb-data") in p for p in staged.values())
+    config = json.loads((job / "export" / "config.json").read_text())
+    assert config["architecture"] == "resnet18" and config["sdclr"]["cifar_stem"] is True

@@ -197,3 +197,46 @@ def test_a_sweep_without_the_knn_classifier_has_no_knn_table(sweep: Path):
     assert "## kNN classifier" not in md
     summary = json.loads((sweep / "report.json").read_text())
     assert all(m["knn_stage"]["n"] == 0 for m in summary["methods"])
+
+
+def test_the_report_links_each_jobs_map_of_its_test_features(tmp_path):
+    """A job of stage=embed (nothing else in its metrics) is a finished job, and the report
+    links its embed.png (and the random-init map) relative to the report; a recorded map
+    whose PNG is gone is left out."""
+    sweep = tmp_path / "sweep"
+    fake_job(sweep, "0_probes", "SDCLR p=0.9 dual-BN head3", "SDCLR", 1, 50.0)
+    run = {"method": "SimCLR", "label": "SimCLR shared-BN head2", "split": 1}
+    for name, keys in (("1_embed", ("embed", "embed_random_init")), ("2_gone", ("embed",))):
+        job = sweep / name
+        job.mkdir()
+        metrics = {"run": run}
+        for key in keys:
+            png = job / f"{key}.png"
+            metrics[key] = {
+                "path": str(png),
+                "method": "tsne",
+                "points": 500,
+                "trustworthiness": 0.9,
+            }
+            if name != "2_gone":
+                png.write_bytes(PNG_MAGIC)
+        (job / "metrics.json").write_text(json.dumps(metrics))
+        (job / "status.json").write_text(json.dumps({"status": "completed"}))
+    md = build_report(sweep, tmp_path / "out")
+    summary = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert summary["counts"]["completed"] == 3 and summary["counts"]["incomplete"] == 0
+    assert [(m["job"], m["stage"]) for m in summary["embed_maps"]] == [
+        ("1_embed", "embed"),
+        ("1_embed", "embed_random_init"),
+    ]
+    section = md[md.index("## Maps of the test features") :]
+    assert "![1_embed embed](../sweep/1_embed/embed.png)" in section
+    assert "![1_embed embed_random_init](../sweep/1_embed/embed_random_init.png)" in section
+    assert "t-SNE of 500 test images, trustworthiness 0.900" in section
+    assert "2_gone" not in section
+    # in the sweep directory itself (the report at the end of a multirun): 1_embed/embed.png
+    assert "](1_embed/embed.png)" in build_report(sweep)
+
+
+def test_a_sweep_without_maps_has_no_maps_section(sweep: Path):
+    assert "## Maps of the test features" not in build_report(sweep)
