@@ -88,7 +88,7 @@ from sdclr.train.step import (
     train_step,
 )
 from sdclr.utils.distributed import resolve_device
-from sdclr.utils.io import REPO
+from sdclr.utils.io import REPO, write_atomically
 from sdclr.utils.memory import keep_freed_memory
 from sdclr.utils.precision import StepSettings, autocast, step_settings
 
@@ -989,9 +989,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _write_atomic(path: Path, text: str) -> None:
     """Replace ``path`` whole: a reader (or a kill) never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def parse_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> BenchOptions:

@@ -25,6 +25,7 @@ from sdclr.data.run_data import RunData
 from sdclr.errors import CheckpointError, ConfigError
 from sdclr.models.checkpoint import check_checkpoint_file, load_latest
 from sdclr.utils.distributed import is_main_process
+from sdclr.utils.io import write_atomically
 from sdclr.utils.runlog import note, warn
 from sdclr.utils.tracking import Tracker
 
@@ -64,9 +65,8 @@ def write_json(path: Path, obj: Any) -> None:
     """Replace ``path`` with ``obj`` as JSON (rank 0 only; a crash leaves the old file)."""
     if not is_main_process():
         return  # under torchrun, rank 0 alone writes the job's files
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str))
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, default=str)
+    write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def write_status(job_dir: Path, status: dict[str, Any]) -> None:

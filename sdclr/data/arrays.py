@@ -29,7 +29,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 
 from sdclr.errors import ConfigError, DataError
-from sdclr.utils.io import CONF_DIR, natural_key
+from sdclr.utils.io import CONF_DIR, natural_key, write_atomically
 from sdclr.utils.progress import progress_bar
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".tif", ".tiff")
@@ -215,10 +215,9 @@ def _read_cache(path: Path, source: Source) -> ImageData:
 
 
 def _write_cache(path: Path, data: ImageData) -> None:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: numpy adds no suffix to the name
             np.savez(
                 f,
                 train_x=data.train_x,
@@ -227,7 +226,10 @@ def _write_cache(path: Path, data: ImageData) -> None:
                 test_y=data.test_y,
                 classes=np.array(data.classes),
             )
-        os.replace(tmp, path)
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, write)
     except OSError:
         pass  # caching is an optimisation; a read-only cache dir must not stop a run
 

@@ -43,7 +43,7 @@ from sdclr.data.splits import (
     verify_checksums,
 )
 from sdclr.errors import DataError
-from sdclr.utils.io import natural_key
+from sdclr.utils.io import natural_key, write_atomically
 
 LIST_SUBSETS = ("pool", "val", "test", *SUBSETS)
 LISTS_VERSION = 1
@@ -210,9 +210,8 @@ def read_list(path: Path, num_classes: int | None = None) -> tuple[list[str], np
 
 def write_list(path: Path, paths: list[str], labels: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(f"{p} {int(y)}\n" for p, y in zip(paths, labels)))
-    tmp.replace(path)
+    text = "".join(f"{p} {int(y)}\n" for p, y in zip(paths, labels))
+    write_atomically(path, lambda tmp: tmp.write_text(text))
 
 
 def check_files_exist(root: Path, paths: list[str], what: str) -> None:

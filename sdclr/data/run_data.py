@@ -25,6 +25,7 @@ from sdclr.data.banks import FileImages, Images, TensorImages, decode_resized
 from sdclr.data.files import load_file_dataset
 from sdclr.data.splits import Split, apply_fraction, resolve_split, splits_dir, stratified_fraction
 from sdclr.errors import ConfigError
+from sdclr.utils.io import write_atomically
 
 
 @dataclass
@@ -179,12 +180,15 @@ def _resized_cache(
         )
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_name(cache.name + f".tmp{os.getpid()}.npy")
-            np.save(tmp, arr)
-            os.replace(tmp, cache)
+            write_atomically(cache, lambda tmp: _save_array(tmp, arr))
         except OSError:
             pass  # caching is an optimisation
     full = torch.zeros((len(paths), 3, size, size), dtype=torch.uint8, device=device)
     if len(used):
         full[torch.as_tensor(used, device=device)] = torch.from_numpy(np.asarray(arr)).to(device)
     return full
+
+
+def _save_array(path: Path, arr: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: numpy adds no suffix to the name
+        np.save(f, arr)

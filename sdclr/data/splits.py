@@ -36,7 +36,7 @@ import numpy as np
 
 from sdclr.data.arrays import base_name, labels_fingerprint
 from sdclr.errors import DataError
-from sdclr.utils.io import OFFICIAL_SPLITS_DIR, SPLITS_DIR
+from sdclr.utils.io import OFFICIAL_SPLITS_DIR, SPLITS_DIR, write_atomically
 
 GENERATOR_VERSION = 1
 POOL_SEED = 0  # the pool/validation division is shared by all splits
@@ -273,16 +273,15 @@ def save_split(split: Split, path: Path) -> None:
         "source": split.source,
         "generator_version": GENERATOR_VERSION,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        np.savez_compressed(
-            f,
-            meta=np.array(json.dumps(meta)),
-            pool=split.pool,
-            val=split.val,
-            **{name: split.subset(name) for name in SUBSETS},
-        )
-    tmp.replace(path)
+    subsets = {name: split.subset(name) for name in SUBSETS}
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: numpy adds no suffix to the name
+            np.savez_compressed(
+                f, meta=np.array(json.dumps(meta)), pool=split.pool, val=split.val, **subsets
+            )
+
+    write_atomically(path, write)
 
 
 def load_split_file(path: Path, labels: np.ndarray, fix_hint: str = "") -> Split:

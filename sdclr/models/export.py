@@ -21,7 +21,6 @@ in ``pretrained_cfg.notes``.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import torch
 from sdclr.errors import SdclrError
 from sdclr.models.backbone import dense_state_dict
 from sdclr.models.checkpoint import check_checkpoint_file, load_encoder
+from sdclr.utils.io import write_atomically
 
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
@@ -199,10 +199,7 @@ def _make_folder(folder: Path) -> None:
 
 def _write(path: Path, write) -> None:
     """``write(tmp)`` then rename over ``path``: a failed write leaves no half file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        write(str(tmp))
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: write(str(tmp)))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise ExportError(f"cannot write {path} ({e.strerror or e}); pass a writable --out") from e

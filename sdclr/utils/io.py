@@ -1,6 +1,7 @@
 """Paths of what sdclr ships, computed once from where the package is (never from the
 working directory): its Hydra configs and its split files; the source checkout, when there is
-one; and the natural sort key used wherever names are listed.
+one; the natural sort key used wherever names are listed; and the one way files are replaced
+whole (:func:`write_atomically`).
 
 The repository keeps the configs in ``conf/`` and the split files in ``splits/``, next to the
 package; a wheel carries them inside it as package data, ``sdclr/conf`` and
@@ -11,7 +12,9 @@ installed wheel finds them inside the package, and a source tree or an editable 
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -48,3 +51,18 @@ def natural_key(text: str) -> list[int | str]:
     split alternates text and digits, so two keys always compare text with text and numbers
     with numbers."""
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
+
+
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Replace ``path`` whole: ``write(tmp)`` fills a temporary file beside it (a hidden name
+    with this process's id, so two processes never share one), which is then renamed over
+    ``path``. A reader never sees half a file, a crash or a kill leaves the old one, and a
+    failed write leaves no temporary behind (the error is raised)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
