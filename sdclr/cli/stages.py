@@ -268,6 +268,16 @@ def evaluated_encoder(job: Job, stage: str) -> tuple[torch.nn.Module, dict[str, 
     return model, payload, source
 
 
+def evaluated_backbone(job: Job, model: torch.nn.Module) -> torch.nn.Module:
+    """``model``'s backbone on the job's device, in the memory format pretraining used
+    (channels_last where the run's numerics say so): how the probes, the kNN classifier and
+    the map see an encoder, as the kNN monitor saw it during pretraining."""
+    backbone = model.to(job.device).backbone
+    if step_settings(job.cfg, job.device).channels_last:
+        backbone.to(memory_format=torch.channels_last)
+    return backbone
+
+
 def probe_encoder(
     job: Job, stage: str, model: torch.nn.Module, stop: StopSignal, name: str
 ) -> dict[str, Any]:
@@ -275,9 +285,7 @@ def probe_encoder(
     ``model``'s backbone, checked for collapse; ``name`` titles its progress, log and
     warning."""
     cfg, device, data, split = job.cfg, job.device, job.data, job.data.split
-    backbone = model.to(device).backbone
-    if step_settings(cfg, device).channels_last:  # as in pretraining (and the bench's probe)
-        backbone.to(memory_format=torch.channels_last)
+    backbone = evaluated_backbone(job, model)
     probe_cfg = cfg[stage]
     train_idx = split.pool if stage == "linear" else split.S_b
     gen = torch.Generator(device=device).manual_seed(
@@ -335,9 +343,7 @@ def knn_encoder(job: Job, model: torch.nn.Module) -> dict[str, Any]:
     the split; in the probes' format plus k, temperature and the image counts."""
     cfg, device, data = job.cfg, job.device, job.data
     k, temperature, batch_size = knn_settings(cfg)
-    backbone = model.to(device).backbone
-    if step_settings(cfg, device).channels_last:  # as in pretraining, where the monitor runs
-        backbone.to(memory_format=torch.channels_last)
+    backbone = evaluated_backbone(job, model)
     pool = torch.as_tensor(data.split.pool, device=device)
     t0 = time.time()
     result = knn_monitor(
@@ -384,9 +390,7 @@ def embed_encoder(job: Job, model: torch.nn.Module, name: str) -> dict[str, Any]
     cfg, device, data = job.cfg, job.device, job.data
     emb, seed = cfg.embed, int(cfg.seed)
     batch_size = int(cfg.monitor.batch_size if emb.batch_size is None else emb.batch_size)
-    backbone = model.to(device).backbone
-    if step_settings(cfg, device).channels_last:  # as the kNN classifier
-        backbone.to(memory_format=torch.channels_last)
+    backbone = evaluated_backbone(job, model)
     labels = data.test_labels.cpu().numpy().astype(np.int64)
     idx = stratified_subsample(labels, emb.max_points, seed)
     how = {"tsne": "t-SNE", "pca": "PCA"}[str(emb.method)]
