@@ -18,6 +18,18 @@ from PIL import Image
 TREE_COUNTS = [60, 45, 34, 26, 20, 15, 11, 9, 8, 7, 6, 6]  # 12 classes, long-tailed
 
 
+def folder_args(tree: Path) -> list[str]:
+    """``data=folder`` on a tree written by :func:`write_tree`: its val/ as the test set, 2
+    validation and 2 few-shot images per class (the smallest classes hold 6)."""
+    return [
+        "data=folder",
+        f"data.root={tree}",
+        "data.test_dir=val",
+        "data.val_per_class=2",
+        "data.fewshot_per_class=2",
+    ]
+
+
 def tiny_imagenet_images(
     archive: Path, classes: int, train_per_class: int, test_per_class: int
 ) -> dict[str, dict[str, list[bytes]]]:

@@ -4,8 +4,10 @@ settings of `make demo`, the call, and the exit-status check."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 # Same code path as `make demo`, shrunk: 2% of the data, narrow ResNet-18, few epochs.
@@ -68,3 +70,24 @@ def subprocess_env(data_root: Path, cache_dir: Path) -> dict[str, str]:
     )
     e.pop("WANDB_API_KEY", None)
     return e
+
+
+def read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""
+
+
+def seen_while_running(
+    proc: subprocess.Popen, paths: list[Path], line: re.Pattern, timeout: float
+) -> bool:
+    """Wait until every file in ``paths`` holds a match of ``line``; True when they were read
+    while ``proc`` was still running (what was read was written before it ended)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        texts = [read(p) for p in paths]
+        running = proc.poll() is None  # polled after the reads
+        if all(line.search(t) for t in texts):
+            return running
+        if not running:
+            return False
+        time.sleep(0.5)
+    raise AssertionError(f"no {line.pattern!r} in {timeout} s: {[read(p)[-2000:] for p in paths]}")

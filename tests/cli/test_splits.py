@@ -3,18 +3,15 @@ draw per split, never overwritten; on conftest's small ImageNet-style ``tree``."
 
 from __future__ import annotations
 
+from imagetree import folder_args
+
 
 def test_splits_command_writes_lists_for_a_folder(tree, tmp_path, capsys):
     from sdclr.cli.splits import main
 
-    args = [
-        f"data.root={tree}",
-        "data.test_dir=val",
-        "data.val_per_class=2",
-        "data.fewshot_per_class=2",
-    ]
+    args = folder_args(tree)
     profile = ["data.profile=exp", "data.head_count=20", "data.tail_count=2"]
-    rc = main(["--out", str(tmp_path), "--splits", "1,2", "data=folder", *args, *profile])
+    rc = main(["--out", str(tmp_path), "--splits", "1,2", *args, *profile])
     assert rc == 0
     out = capsys.readouterr().out
     assert "exp 20 -> 2" in out
@@ -22,7 +19,5 @@ def test_splits_command_writes_lists_for_a_folder(tree, tmp_path, capsys):
     one = (folder / "split1" / "D_i.txt").read_text()
     two = (folder / "split2" / "D_i.txt").read_text()
     assert one != two  # each split draws its own class order
-    rc = main(
-        ["--out", str(tmp_path), "--splits", "1", "data=folder", *args, "data.head_count=400"]
-    )
+    rc = main(["--out", str(tmp_path), "--splits", "1", *args, "data.head_count=400"])
     assert rc == 0 and "exists" in capsys.readouterr().out  # never overwritten

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from imagetree import folder_args
 from tiny import tiny_cfg
 
 from sdclr.data import run_data
@@ -28,15 +29,11 @@ def test_the_host_memory_is_measured_for_a_cpu_run():
 
 def test_the_refusal_comes_before_any_decoding(tree, tmp_path, monkeypatch):
     cfg = tiny_cfg(
-        "data=folder",
-        f"data.root={tree}",
+        *folder_args(tree),
         f"split.dir={tmp_path / 'splits'}",
         "data.image_size=32",
         "data.eval_resize=36",
         "data.cache_size=40",
-        "data.test_dir=val",
-        "data.val_per_class=2",
-        "data.fewshot_per_class=2",
         f"data.cache_dir={tmp_path / 'cache'}",
         "device=cpu",
     )

@@ -264,17 +264,13 @@ def test_a_corrupt_image_met_by_a_probe_is_one_line_and_keeps_the_pretraining(
 ):
     """Images of a folder are decoded per batch, so a file damaged after the scan is met in
     the middle of the run (here by the linear probe, after pretraining finished)."""
-    from imagetree import write_tree
+    from imagetree import folder_args, write_tree
 
     tree = tmp_path / "tree"
     write_tree(tree, data_root / "tiny-imagenet-32.tar.gz", [30, 20, 12, 8], test_per_class=4)
     job = tmp_path / "job"
     args = [
-        "data=folder",
-        f"data.root={tree}",
-        "data.test_dir=val",
-        "data.val_per_class=2",
-        "data.fewshot_per_class=2",
+        *folder_args(tree),
         f"split.dir={tmp_path / 'splits'}",
         "data.image_size=32",
         "data.eval_resize=36",

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from imagetree import TREE_COUNTS, write_list
+from imagetree import TREE_COUNTS, folder_args, write_list
 from runs import sdclr
 
 from sdclr.data.files import scan_folder
@@ -44,11 +44,7 @@ def test_folder_and_list_file_runs_end_to_end(tree, tmp_path, env):
     job = tmp_path / "folder-job"
     r = _run(
         [
-            "data=folder",
-            f"data.root={tree}",
-            "data.test_dir=val",
-            "data.val_per_class=2",
-            "data.fewshot_per_class=2",
+            *folder_args(tree),
             "data.workers=2",
             f"split.dir={tmp_path / 'splits'}",
             f"hydra.run.dir={job}",

@@ -8,10 +8,8 @@ import json
 import re
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-from runs import TINY
+from runs import TINY, read, seen_while_running
 
 PRETRAIN = re.compile(
     r"^(?:\[[0-9: -]+\] )?pretrain epoch (\d)/4  loss \S+  lr \S+  mask 0\.100  \d+ img/s  "
@@ -27,25 +25,6 @@ PROBE = re.compile(
 TIMEOUT_S = 900
 
 
-def read(path: Path) -> str:
-    return path.read_text() if path.exists() else ""
-
-
-def first_seen_while_running(proc: subprocess.Popen, paths: list[Path]) -> bool:
-    """Wait until every file in ``paths`` holds a pretrain epoch line; True when they were
-    read while ``proc`` was still running (what was read was written before it ended)."""
-    deadline = time.monotonic() + TIMEOUT_S
-    while time.monotonic() < deadline:
-        texts = [read(p) for p in paths]
-        running = proc.poll() is None  # polled after the reads
-        if all(PRETRAIN.search(t) for t in texts):
-            return running
-        if not running:
-            return False
-        time.sleep(0.5)
-    raise AssertionError(f"no epoch line in {TIMEOUT_S} s: {[read(p)[-2000:] for p in paths]}")
-
-
 def test_epoch_lines_are_written_as_the_run_goes(tmp_path, env):
     job = tmp_path / "job"
     stdout, stderr = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
@@ -58,7 +37,8 @@ def test_epoch_lines_are_written_as_the_run_goes(tmp_path, env):
             [sys.executable, "-m", "sdclr", *args], stdout=out, stderr=err, env=env
         )
         try:
-            assert first_seen_while_running(proc, [stdout, job / "run.log"]), read(stderr)[-3000:]
+            paths = [stdout, job / "run.log"]
+            assert seen_while_running(proc, paths, PRETRAIN, TIMEOUT_S), read(stderr)[-3000:]
             assert proc.wait(timeout=TIMEOUT_S) == 0, read(stderr)[-3000:]
         finally:
             if proc.poll() is None:

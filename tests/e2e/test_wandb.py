@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-from runs import TINY, ok
+from runs import TINY, ok, sdclr
 from wandb_log import logged_keys, media_types, run_config
 
 
@@ -16,20 +14,14 @@ def test_offline_wandb_run_has_the_expected_keys(tmp_path, env):
     env = dict(env, WANDB_MODE="", WANDB_DISABLE_GIT="true")
     env.pop("WANDB_MODE")
     ok(
-        subprocess.run(
+        sdclr(
             [
-                sys.executable,
-                "-m",
-                "sdclr",
                 "logger=wandb",
                 *TINY,
                 "pretrain.log_every=1",
                 f"hydra.run.dir={job}",
             ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
+            env,
         )
     )
     runs = list((job / "wandb").glob("offline-run-*"))
@@ -84,21 +76,15 @@ def test_wandb_failure_never_stops_a_run(tmp_path, env):
         WANDB_INIT_TIMEOUT="5",
     )
     out = ok(
-        subprocess.run(
+        sdclr(
             [
-                sys.executable,
-                "-m",
-                "sdclr",
                 "logger=wandb",
                 "logger.mode=online",
                 *TINY,
                 "stage=pretrain",
                 f"hydra.run.dir={job}",
             ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
+            env,
         )
     )
     assert json.loads((job / "status.json").read_text())["status"] == "completed"
@@ -107,15 +93,11 @@ def test_wandb_failure_never_stops_a_run(tmp_path, env):
 
 def test_resumed_run_reattaches_to_the_same_wandb_run(tmp_path, env):
     job = tmp_path / "job"
-    args = [sys.executable, "-m", "sdclr", "logger=wandb", *TINY, f"hydra.run.dir={job}"]
-    ok(
-        subprocess.run(
-            [*args, "stage=pretrain"], capture_output=True, text=True, env=env, timeout=600
-        )
-    )
+    args = ["logger=wandb", *TINY, f"hydra.run.dir={job}"]
+    ok(sdclr([*args, "stage=pretrain"], env))
     run_id = json.loads((job / "status.json").read_text())["wandb_id"]
     assert run_id
-    ok(subprocess.run([*args, "stage=all"], capture_output=True, text=True, env=env, timeout=600))
+    ok(sdclr([*args, "stage=all"], env))
     ids = {p.name.rsplit("-", 1)[-1] for p in (job / "wandb").glob("offline-run-*")}
     assert ids == {run_id}  # the second invocation logged into the same run
 
@@ -126,21 +108,15 @@ def test_logger_artifact_logs_the_checkpoint_and_the_export(tmp_path, env):
     job = tmp_path / "job"
     env = dict(env, WANDB_MODE="offline", WANDB_DATA_DIR=str(tmp_path / "wandb-data"))
     out = ok(
-        subprocess.run(
+        sdclr(
             [
-                sys.executable,
-                "-m",
-                "sdclr",
                 "logger=wandb",
                 "logger.artifact=true",
                 *TINY,
                 "stage=pretrain",
                 f"hydra.run.dir={job}",
             ],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=600,
+            env,
         )
     )
     run_id = json.loads((job / "status.json").read_text())["wandb_id"]

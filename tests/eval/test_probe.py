@@ -57,13 +57,15 @@ def probe_cfg(**kw):
 GROUPS = {"many": [0], "medium": [1], "few": [2]}
 
 
-def _settings():
-    return EvalSettings(3, GROUPS, [0.5] * 3, [0.25] * 3, batch_size=64)
+def _settings(classes=3, groups=GROUPS):
+    return EvalSettings(classes, groups, [0.5] * 3, [0.25] * 3, batch_size=64)
 
 
-def _run(cfg, encoder=None, seed=0):
-    images, labels = colour_images(40, 0)
-    test_x, test_y = colour_images(10, 1)
+def _run(cfg, encoder=None, seed=0, log=None, data=None, settings=None):
+    """The probe of ``encoder`` (default MeanColour) on ``data`` (training images and labels,
+    test images and labels; default the three colour classes, 40 and 10 per class), every
+    fourth training image held out for validation."""
+    (images, labels), (test_x, test_y) = data or (colour_images(40, 0), colour_images(10, 1))
     idx = np.arange(len(labels))
     return train_probe(
         encoder or MeanColour(),
@@ -74,9 +76,10 @@ def _run(cfg, encoder=None, seed=0):
         test_x,
         test_y,
         cfg,
-        _settings(),
+        settings or _settings(),
         torch.Generator().manual_seed(seed),
         progress=False,
+        log=log,
     )
 
 

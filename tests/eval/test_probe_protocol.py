@@ -15,9 +15,10 @@ from torch import nn
 from sdclr.config.compose import compose_config
 from sdclr.eval import probe as probe_module
 from sdclr.eval.collapse import collapse_reason
-from sdclr.eval.features import EvalSettings, extract_bank_features
-from sdclr.eval.probe import _accuracies, train_probe
-from tests.eval.test_probe import GROUPS, Loud, MeanColour, colour_images, probe_cfg
+from sdclr.eval.features import extract_bank_features
+from sdclr.eval.probe import _accuracies
+from tests.eval.test_probe import GROUPS, Loud, MeanColour, _settings, colour_images, probe_cfg
+from tests.eval.test_probe import _run as probe_run
 
 # --- the reference's loops, transcribed -------------------------------------------------
 
@@ -49,29 +50,15 @@ def _reference_imagenet_lrs(epochs: int, milestones: list[int], lr: float) -> li
     return used
 
 
-def _settings(classes=3, groups=GROUPS):
-    return EvalSettings(classes, groups, [0.5] * 3, [0.25] * 3, batch_size=64)
-
-
 def _run(cfg, encoder=None, seed=0, log=None, classes=3, n_per_class=40):
-    images, labels = colour_images(n_per_class, 0) if classes == 3 else _many_classes(0)
-    test_x, test_y = colour_images(10, 1) if classes == 3 else _many_classes(1)
-    idx = np.arange(len(labels))
-    groups = GROUPS if classes == 3 else {"many": [0, 1], "medium": [2, 3], "few": [4, 5, 6, 7]}
-    return train_probe(
-        encoder or MeanColour(),
-        images,
-        labels,
-        idx[idx % 4 != 0],
-        idx[idx % 4 == 0],
-        test_x,
-        test_y,
-        cfg,
-        _settings(classes, groups),
-        torch.Generator().manual_seed(seed),
-        progress=False,
-        log=log,
-    )
+    """tests/eval/test_probe.py's probe run, on the three colour classes or (``classes=8``)
+    on :func:`_many_classes`."""
+    if classes == 3:
+        data, groups = (colour_images(n_per_class, 0), colour_images(10, 1)), GROUPS
+    else:
+        data = (_many_classes(0), _many_classes(1))
+        groups = {"many": [0, 1], "medium": [2, 3], "few": [4, 5, 6, 7]}
+    return probe_run(cfg, encoder, seed, log, data, _settings(classes, groups))
 
 
 def _many_classes(seed, n_per_class=24):
@@ -119,33 +106,23 @@ def test_every_epochs_lr_is_the_references(data, stage, reference):
         assert used[lo - 1 : hi] == pytest.approx([lr] * (hi - lo + 1))
 
 
+#: (lr_step, val_every, select_metric) of the linear and the few-shot probe, by data config
+PROBE_DEFAULTS = {
+    ("cifar10_lt", "cifar100_lt", "folder"): (
+        ("epoch_start", 1, "top1"),
+        ("epoch_start", 5, "top1"),
+    ),
+    ("imagenet100_lt", "imagenet_lt_exp"): (("epoch_end", 2, "top5"), ("epoch_end", 10, "top5")),
+}
+
+
 def test_per_dataset_probe_defaults():
-    for data in ("cifar10_lt", "cifar100_lt", "folder"):
-        cfg = compose_config([f"data={data}"])
-        assert (cfg.linear.lr_step, cfg.linear.val_every, cfg.linear.select_metric) == (
-            "epoch_start",
-            1,
-            "top1",
-        )
-        assert (cfg.fewshot.lr_step, cfg.fewshot.val_every, cfg.fewshot.select_metric) == (
-            "epoch_start",
-            5,
-            "top1",
-        )
-        assert not cfg.linear.normalize and not cfg.fewshot.normalize
-    for data in ("imagenet100_lt", "imagenet_lt_exp"):
-        cfg = compose_config([f"data={data}"])
-        assert (cfg.linear.lr_step, cfg.linear.val_every, cfg.linear.select_metric) == (
-            "epoch_end",
-            2,
-            "top5",
-        )
-        assert (cfg.fewshot.lr_step, cfg.fewshot.val_every, cfg.fewshot.select_metric) == (
-            "epoch_end",
-            10,
-            "top5",
-        )
-        assert not cfg.linear.normalize and not cfg.fewshot.normalize
+    for datasets, (linear, fewshot) in PROBE_DEFAULTS.items():
+        for data in datasets:
+            cfg = compose_config([f"data={data}"])
+            for probe, expected in ((cfg.linear, linear), (cfg.fewshot, fewshot)):
+                assert (probe.lr_step, probe.val_every, probe.select_metric) == expected, data
+            assert not cfg.linear.normalize and not cfg.fewshot.normalize
     cfg = compose_config(["data=imagenet100_lt", "linear.val_every=1", "fewshot.normalize=true"])
     assert cfg.linear.val_every == 1 and cfg.fewshot.normalize
 
