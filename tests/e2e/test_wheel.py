@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from runs import subprocess_env
+from imagetree import folder_args
+from runs import seen_while_running, subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
 # 1 epoch of everything at 2 % of CIFAR-10 (tests/runs.py's TINY, shortened)
@@ -160,30 +161,42 @@ def test_help_and_config_work_outside_the_checkout(installed, env):
     assert "index: 3" in out and "pretrain_set: D_b" in out
 
 
-def wait_for_epoch_line(proc: subprocess.Popen, log: Path, timeout: int = 600) -> bool:
-    """Wait until ``log`` holds the first pretrain epoch line; True when it was read while
-    ``proc`` was still running (the line was written as the run went, not at its end)."""
+#: the first pretrain epoch's line of the tiny run below
+FIRST_EPOCH = re.compile(r"pretrain epoch 1/2  loss ")
+
+
+def job_dirs(inst: Installed) -> set[Path]:
+    """The job directories under the working directory's default outputs/runs/<date>/."""
+    return set((inst.work / "outputs" / "runs").glob("*/*"))
+
+
+def new_job(inst: Installed, before: set[Path], timeout: float = 300) -> Path:
+    """The one job directory that appeared since ``before`` (waits for it)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        text = log.read_text() if log.exists() else ""
-        running = proc.poll() is None  # polled after the read
-        if re.search(r"pretrain epoch 1/2  loss ", text):
-            return running
-        if not running:
-            return False
-        time.sleep(0.5)
-    raise AssertionError(f"no epoch line in {log} after {timeout} s")
+    while not (new := job_dirs(inst) - before):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no new job directory under {inst.work / 'outputs' / 'runs'}")
+        time.sleep(0.2)
+    (job,) = new
+    return job
+
+
+def run_job(cmd: list, inst: Installed) -> Path:
+    """Run ``cmd`` (an sdclr run with Hydra's default job directory); its job directory."""
+    before = job_dirs(inst)
+    run(cmd, inst)
+    return new_job(inst, before, timeout=0)
 
 
 def test_a_tiny_run_reads_the_shipped_split_files_and_logs_as_it_goes(installed, env):
     """The default run (the reference's split 1, checked against the shipped SHA256SUMS):
-    pretraining and both probes, its job directory under the working directory, its run.log
+    pretraining and both probes, its job directory where Hydra puts it by default, its run.log
     growing line by line while it runs (stdout to a file, as under SLURM or nohup)."""
-    job = installed.work / "outputs" / "tiny"
     args = [a for a in TINY1 if not a.startswith(("pretrain.epochs", "pretrain.warmup"))]
-    args += ["pretrain.epochs=2", "pretrain.warmup_epochs=1", f"hydra.run.dir={job}"]
+    args += ["pretrain.epochs=2", "pretrain.warmup_epochs=1"]
     env = {k: v for k, v in installed.env.items() if k != "PYTHONUNBUFFERED"}
     stdout = installed.work / "tiny.out"
+    before = job_dirs(installed)
     with stdout.open("w") as out:
         proc = subprocess.Popen(
             [str(installed.bin / "sdclr"), *args],
@@ -193,10 +206,13 @@ def test_a_tiny_run_reads_the_shipped_split_files_and_logs_as_it_goes(installed,
             cwd=installed.work,
         )
         try:
-            assert wait_for_epoch_line(proc, job / "run.log"), "run.log was written at the end"
+            job = new_job(installed, before)
+            seen = seen_while_running(proc, [job / "run.log"], FIRST_EPOCH, timeout=600)
+            assert seen, "run.log was written at the end"
             assert proc.wait(timeout=600) == 0, stdout.read_text()[-3000:]
         finally:
             proc.kill()
+    assert job.name.endswith("_cifar10_lt_split1_sdclr-p90"), job
     assert re.search(r"^(\[[0-9: -]+\] )?pretrain epoch 2/2  ", stdout.read_text(), re.M)
     m = json.loads((job / "metrics.json").read_text())
     assert m["run"]["split_source"] == "official"
@@ -208,14 +224,13 @@ def test_a_tiny_run_reads_the_shipped_split_files_and_logs_as_it_goes(installed,
 def test_knn_embed_and_the_timm_export_on_the_runs_checkpoint(installed, env):
     """What a researcher asks of the checkpoint afterwards, without retraining: the kNN
     classifier, the 2-D map of the test features, and the export that plain timm loads."""
-    ckpt = installed.work / "outputs" / "tiny" / "checkpoints" / "pretrain.pt"
+    (ckpt,) = (installed.work / "outputs" / "runs").glob("*/*/checkpoints/pretrain.pt")
     small = ["data.fraction=0.02", "smoke=true", "device=cpu", f"stage.checkpoint={ckpt}"]
-    knn_job, embed_job = installed.work / "knn", installed.work / "embed"
-    run([installed.bin / "sdclr", "stage=knn", *small, f"hydra.run.dir={knn_job}"], installed)
+    knn_job = run_job([installed.bin / "sdclr", "stage=knn", *small], installed)
     knn = json.loads((knn_job / "metrics.json").read_text())["knn"]
     assert {"acc", "many", "medium", "few"} <= set(knn)
-    embed_args = ["stage=embed", "embed.max_points=100", *small, f"hydra.run.dir={embed_job}"]
-    run([installed.bin / "sdclr", *embed_args], installed)
+    embed_args = ["stage=embed", "embed.max_points=100", *small]
+    embed_job = run_job([installed.bin / "sdclr", *embed_args], installed)
     embed = json.loads((embed_job / "metrics.json").read_text())["embed"]
     assert (embed_job / "embed.png").stat().st_size > 0 and embed["points"] == 100
 
@@ -242,14 +257,7 @@ def test_generated_splits_and_lists_go_where_the_user_writes(installed, tree, en
     assert (mine / "cifar10" / "split2.npz").is_file()
 
     cache = installed.work / "cache"
-    folder = [
-        "data=folder",
-        f"data.root={tree}",
-        "data.test_dir=val",
-        "data.val_per_class=2",
-        "data.fewshot_per_class=2",
-        f"data.cache_dir={cache}",
-    ]
+    folder = [*folder_args(tree), f"data.cache_dir={cache}"]
     job = installed.work / "folder-job"
     small = [
         "data.image_size=32",
