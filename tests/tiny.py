@@ -20,7 +20,7 @@ from sdclr.eval.features import EvalSettings
 from sdclr.eval.monitor import Diagnostics, KnnMonitor, TrainingMonitor, stratified_sample
 from sdclr.models.checkpoint import build_from_spec, model_spec
 from sdclr.models.contrastive import build_model
-from sdclr.train.loop import pretrain
+from sdclr.train.loop import Checkpointing, pretrain
 
 # --- configs composed at toy sizes ---------------------------------------------------------
 
@@ -64,7 +64,7 @@ def run_pretrain(cfg, model, method, imgs, log=None, monitor=None, gen_seed=0, *
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "c.pt"
         result = pretrain(
-            cfg, model, method, imgs, gen, path, {}, log, False, monitor=monitor, **kw
+            cfg, model, method, imgs, gen, Checkpointing(path), log, False, monitor=monitor, **kw
         )
         return result, load_checkpoint_raw(path)
 

@@ -75,7 +75,7 @@ from sdclr.data.banks import FileImages
 from sdclr.data.splits import Split, resolve_split
 from sdclr.errors import SdclrError
 from sdclr.eval.features import EvalSettings
-from sdclr.eval.probe import train_probe
+from sdclr.eval.probe import ProbeData, fit_probe
 from sdclr.methods.simclr import SimCLR
 from sdclr.models.backbone import create_backbone
 from sdclr.models.contrastive import build_model
@@ -490,14 +490,11 @@ def _time_probe(bench: Bench) -> dict[str, Any]:
         cfg.epochs = max(1, min(int(bench.probe_epochs), int(cfg.epochs)))
     cfg.milestones = [m for m in cfg.milestones if m < cfg.epochs]
     images, labels = bench.images, torch.from_numpy(data.train_y).to(device)
-    r = train_probe(
+    test_images = images.new_tensor(data.test_x[test_idx])
+    test_labels = labels.new_tensor(data.test_y[test_idx])
+    r = fit_probe(
         model.backbone,
-        images,
-        labels,
-        pool,
-        val_idx,
-        images.new_tensor(data.test_x[test_idx]),
-        labels.new_tensor(data.test_y[test_idx]),
+        ProbeData.of(images, labels, pool, val_idx, test_images, test_labels),
         cfg,
         EvalSettings(
             num_classes=10,

@@ -45,7 +45,7 @@ from sdclr.models.checkpoint import (
 )
 from sdclr.report.jobs import RANDOM_INIT_SUFFIX
 from sdclr.report.plots import plot_embedding
-from sdclr.train.loop import pretrain
+from sdclr.train.loop import Checkpointing, pretrain
 from sdclr.utils.distributed import convert_sync_batchnorm, world_size
 from sdclr.utils.precision import step_settings
 from sdclr.utils.runlog import note, progress_line, warn
@@ -131,15 +131,17 @@ def run_pretrain(job: Job, stage: str, stop: StopSignal) -> None:
         method,
         pretrain_bank,
         gen,
-        job.checkpoint,
-        {
-            "spec": spec,
-            "config": job.plan.config,
-            "config_hash": config_hash(job.plan.config),
-            "wandb_id": job.wandb_id,
-        },
+        Checkpointing(
+            job.checkpoint,
+            {
+                "spec": spec,
+                "config": job.plan.config,
+                "config_hash": config_hash(job.plan.config),
+                "wandb_id": job.wandb_id,
+            },
+            resume_from=job.plan.previous,
+        ),
         log=lambda r, step, kind="pretrain": job.tracker.log(r, kind, step),
-        resume_from=job.plan.previous,
         stop=stop,
         monitor=training_monitor(job, pretrain_bank),
     )

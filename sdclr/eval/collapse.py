@@ -38,7 +38,7 @@ def chance_level(val_labels: np.ndarray) -> tuple[float, float]:
 
 def collapse_reason(result: Mapping[str, Any], val_labels: np.ndarray, stage: str) -> str | None:
     """Why the probe result of ``stage`` (``linear`` / ``fewshot``; the dict of
-    :func:`sdclr.eval.probe.train_probe`) is not a result, or None when it is."""
+    :func:`sdclr.eval.probe.fit_probe`) is not a result, or None when it is."""
     rate = f"lr {result.get('lr'):g}" if result.get("lr") is not None else "its rate"
     if result.get("diverged_epoch") is not None or result.get("best_val_acc") is None:
         return (

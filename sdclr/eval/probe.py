@@ -22,7 +22,6 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -181,28 +180,20 @@ class ProbeData:
     test_images: Images
     test_labels: torch.Tensor
 
-
-def train_probe(
-    backbone: nn.Module,
-    images: torch.Tensor | Images,
-    labels: torch.Tensor,
-    train_idx: np.ndarray,
-    val_idx: np.ndarray,
-    test_images: torch.Tensor | Images,
-    test_labels: torch.Tensor,
-    cfg,
-    settings: EvalSettings,
-    generator: torch.Generator,
-    **options: Any,
-) -> dict:
-    """:func:`fit_probe` on loose arrays: ``images`` and ``test_images`` are uint8
-    ``[N, 3, H, W]`` tensors or image banks, ``train_idx`` and ``val_idx`` positions in
-    ``images``; ``options`` are :func:`fit_probe`'s keywords (crop, desc, progress, log,
-    stop)."""
-    data = ProbeData(
-        as_images(images), labels, train_idx, val_idx, as_images(test_images), test_labels
-    )
-    return fit_probe(backbone, data, cfg, settings, generator, **options)
+    @classmethod
+    def of(
+        cls,
+        images: torch.Tensor | Images,
+        labels: torch.Tensor,
+        train_idx: np.ndarray,
+        val_idx: np.ndarray,
+        test_images: torch.Tensor | Images,
+        test_labels: torch.Tensor,
+    ) -> ProbeData:
+        """The probe's data where the images may also be uint8 ``[N, 3, H, W]`` tensors."""
+        return cls(
+            as_images(images), labels, train_idx, val_idx, as_images(test_images), test_labels
+        )
 
 
 def fit_probe(

@@ -67,11 +67,9 @@ def pretrain(
     method: Method,
     images: torch.Tensor | Images,
     generator: torch.Generator,
-    checkpoint_path: Path,
-    extra_state: dict[str, Any],
+    checkpoints: Checkpointing,
     log=None,
     progress: bool = True,
-    resume_from: dict[str, Any] | None = None,
     stop: StopSignal | None = None,
     monitor: TrainingMonitor | None = None,
 ) -> dict[str, Any]:
@@ -86,11 +84,13 @@ def pretrain(
     signal) hold everything needed to continue exactly: weights, optimiser, the method's
     state (momentum network, queue, predictor), the BCL loss memory and strengths, position
     in the epoch (its permutation and batch index), the current mask, the monitor's curves
-    and every RNG state. ``resume_from`` is such a checkpoint.
+    and every RNG state; they go to ``checkpoints.path`` with ``checkpoints.extra`` beside them,
+    and the run continues ``checkpoints.resume_from`` (such a checkpoint) when it is given.
     """
     p = cfg.pretrain
+    resume_from = checkpoints.resume_from
     run = start_run(cfg, model, method, as_images(images), generator, resume_from, monitor)
-    run.log, run.checkpoint, run.extra_state = log, checkpoint_path, extra_state
+    run.log, run.checkpoints = log, checkpoints
     state = run.state
     position, state.position = state.position, None  # set: the run stopped inside an epoch
     model.train()
@@ -126,6 +126,17 @@ def pretrain(
     return pretrain_result(run, resumed=resume_from is not None)
 
 
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where a run's checkpoints go (``path``), the keys every one carries beside the
+    training state (``extra``: the model spec, the config, ...), and the loaded checkpoint the
+    run continues (``resume_from``; None starts afresh)."""
+
+    path: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+    resume_from: dict[str, Any] | None = None
+
+
 @dataclass
 class Run:
     """One pretraining run: the live objects (their resumable records in ``state``), the
@@ -146,8 +157,7 @@ class Run:
     knn: KnnMonitor | None = None
     diag: Diagnostics | None = None
     log: Callable[..., None] | None = None
-    checkpoint: Path | None = None
-    extra_state: dict[str, Any] = field(default_factory=dict)
+    checkpoints: Checkpointing | None = None
     started: float = 0.0  # time.time() when this process began training
 
     @property
@@ -184,7 +194,7 @@ class Run:
             finished=epoch == self.cfg.pretrain.epochs and position is None,
             seconds=self.seconds(),
         )
-        save_checkpoint(self.checkpoint, {**payload, **self.extra_state})
+        save_checkpoint(self.checkpoints.path, {**payload, **self.checkpoints.extra})
 
     def measure_knn(self, epochs_done: int) -> float:
         """The kNN monitor's entry after ``epochs_done`` epochs (on every rank, each encoding
@@ -195,7 +205,7 @@ class Run:
         return entry["acc"]
 
     def interrupt_message(self, signum: int | None, epoch: int) -> str:
-        return _interrupt_message(signum, epoch, self.state.step, self.checkpoint)
+        return _interrupt_message(signum, epoch, self.state.step, self.checkpoints.path)
 
 
 def start_run(

@@ -9,8 +9,8 @@ here (or, for state of the epoch in progress, one field of :class:`EpochPosition
 
 The payload keys are those every checkpoint of this suite has had (old ones resume): model,
 optimizer, method_state, epoch, step, position, masks, mask_density, epoch_losses,
-temperatures, boost, knn, diagnostics, rng, finished, seconds, plus the run's ``extra_state``
-(spec, config, config_hash, wandb_id).
+temperatures, boost, knn, diagnostics, rng, finished, seconds, plus the run's
+``Checkpointing.extra`` (spec, config, config_hash, wandb_id).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from sdclr.eval.features import EvalSettings
-from sdclr.eval.probe import train_probe
+from sdclr.eval.probe import ProbeData, fit_probe
 
 
 class MeanColour(nn.Module):
@@ -67,14 +67,9 @@ def _run(cfg, encoder=None, seed=0, log=None, data=None, settings=None):
     fourth training image held out for validation."""
     (images, labels), (test_x, test_y) = data or (colour_images(40, 0), colour_images(10, 1))
     idx = np.arange(len(labels))
-    return train_probe(
+    return fit_probe(
         encoder or MeanColour(),
-        images,
-        labels,
-        idx[idx % 4 != 0],
-        idx[idx % 4 == 0],
-        test_x,
-        test_y,
+        ProbeData.of(images, labels, idx[idx % 4 != 0], idx[idx % 4 == 0], test_x, test_y),
         cfg,
         settings or _settings(),
         torch.Generator().manual_seed(seed),
@@ -91,14 +86,9 @@ def test_probe_learns_a_separable_problem_and_reports_by_group():
     groups = {"many": [0], "medium": [1], "few": [2]}
     encoder = MeanColour()
     before = encoder.bn.running_mean.clone()
-    r = train_probe(
+    r = fit_probe(
         encoder,
-        images,
-        labels,
-        train_idx,
-        val_idx,
-        test_x,
-        test_y,
+        ProbeData.of(images, labels, train_idx, val_idx, test_x, test_y),
         probe_cfg(),
         EvalSettings(3, groups, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25], batch_size=64),
         torch.Generator().manual_seed(0),

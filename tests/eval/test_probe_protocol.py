@@ -86,7 +86,7 @@ def _many_classes(seed, n_per_class=24):
 )
 def test_every_epochs_lr_is_the_references(data, stage, reference):
     """The dataset's own probe section (30 epochs at [10, 20] or 100 at [40, 60], lr 30),
-    run through train_probe: the lr each epoch trained at (its log record) is the one the
+    run through fit_probe: the lr each epoch trained at (its log record) is the one the
     reference's loop gives that epoch."""
     cfg = compose_config([f"data={data}"])[stage].copy()
     cfg.augment, cfg.batch_size = False, 1024  # fixed features, one step per epoch

@@ -24,7 +24,7 @@ from sdclr.augment.boost import BoostConfig
 from sdclr.methods.registry import build_method
 from sdclr.methods.simclr import ContrastiveMethod
 from sdclr.train.bcl import strengths
-from sdclr.train.loop import pretrain
+from sdclr.train.loop import Checkpointing, pretrain
 from sdclr.utils.schedule import cosine_temperature
 from sdclr.utils.signals import Interrupted
 
@@ -70,8 +70,9 @@ def test_mask_changes_only_at_epoch_starts():
 
     with tempfile.TemporaryDirectory() as d:
         result = pretrain(
-            cfg, model, method, images, gen, Path(d) / "c.pt", {}, log=None, progress=False
-        )
+            cfg, model, method, images, gen, Checkpointing(Path(d) / "c.pt"), log=None,
+            progress=False,
+        )  # fmt: skip
     assert OmegaConf.is_config(cfg) and len(result["mask_density"]) == 3
     assert len(seen) == 9  # 3 epochs x 3 steps
     for epoch in (1, 2, 3):
@@ -195,7 +196,7 @@ def test_interrupted_moco_resumes_its_queue_momentum_network_and_bcl_memory_exac
     with tempfile.TemporaryDirectory() as d:
         ref_path = Path(d) / "ref.pt"
         ref = pretrain(
-            cfg, model, method, imgs, gen, ref_path, {}, None, False,
+            cfg, model, method, imgs, gen, Checkpointing(ref_path), None, False,
             monitor=tiny_monitor(cfg, imgs, labels, knn_every=2),
         )  # fmt: skip
         reference = torch.load(ref_path, weights_only=False)
@@ -205,7 +206,7 @@ def test_interrupted_moco_resumes_its_queue_momentum_network_and_bcl_memory_exac
         stop = StopAfter(method, 4)  # epoch 2, after its first step
         with pytest.raises(Interrupted):
             pretrain(
-                cfg, model, method, imgs, gen, path, {}, None, False,
+                cfg, model, method, imgs, gen, Checkpointing(path), None, False,
                 stop=stop, monitor=tiny_monitor(cfg, imgs, labels, knn_every=2),
             )  # fmt: skip
         saved = torch.load(path, weights_only=False)
@@ -216,8 +217,8 @@ def test_interrupted_moco_resumes_its_queue_momentum_network_and_bcl_memory_exac
         model, method, gen = fresh(7)
         gen.manual_seed(99)
         resumed = pretrain(
-            cfg, model, method, imgs, gen, path, {}, None, False,
-            resume_from=load_checkpoint_raw(path),
+            cfg, model, method, imgs, gen,
+            Checkpointing(path, resume_from=load_checkpoint_raw(path)), None, False,
             monitor=tiny_monitor(cfg, imgs, labels, knn_every=2),
         )  # fmt: skip
         final = torch.load(path, weights_only=False)
