@@ -14,8 +14,15 @@ import numpy as np
 from sdclr.config.compose import compose_config
 from sdclr.config.derived import uses_files
 from sdclr.data.arrays import load_arrays
-from sdclr.data.files import generate_lists, generated_lists_dir, scan_data_folder, scan_key
-from sdclr.data.splits import SUBSETS, generate_split, save_split, split_path, splits_dir
+from sdclr.data.files import generate_lists, generated_lists_dir, lists_key, scan_data_folder
+from sdclr.data.splits import (
+    SUBSETS,
+    Recipe,
+    generate_split,
+    save_split,
+    split_path,
+    splits_dir,
+)
 from sdclr.errors import SdclrError
 
 
@@ -52,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg.data.fewshot_per_class,
                 cfg.data.name,
             )
-            path = split_path(cfg.data.name, i, out)
+            path = split_path(cfg.data.name, i, out, Recipe.of(cfg.data))
             save_split(split, path)
             counts = {s: split.counts(s, data.train_y) for s in SUBSETS}
             order = np.argsort(-counts["D_i"], kind="stable")
@@ -71,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 def _write_file_lists(cfg, indices: list[int], out: Path) -> int:
     scan = scan_data_folder(cfg.data)
     for i in indices:
-        folder = generated_lists_dir(out, cfg.data.name, scan_key(scan), i)
+        folder = generated_lists_dir(out, cfg.data.name, lists_key(scan, cfg.data), i)
         if (folder / "meta.json").is_file():
             print(f"{folder}: exists (delete it to generate again)")
             continue

@@ -18,9 +18,11 @@ Where the items come from:
   folder of unlabelled images), a split is generated with the configured profile, and its lists
   are saved under ``<split.dir>/<data.name>/<folder key>/split<i>/`` (split.dir defaults to
   ``<data.cache_dir>/splits``) with a ``meta.json`` holding the fingerprint of the lists. The
-  folder key (:func:`scan_key`) is a fingerprint of the scanned folder, its classes and
-  training and test items: lists made from one folder are never read for another. Later runs
-  scan the folder again and read the saved lists, like the CIFAR split files.
+  folder key (:func:`lists_key`) is a fingerprint of the scanned folder (its classes and
+  training and test items) and of the data settings that draw the lists from it (profile,
+  imbalance, head and tail counts, validation, test and few-shot images per class): lists made
+  from one folder, or with other settings, are never read for another. Later runs scan the
+  folder again and read the saved lists, like the CIFAR split files.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -397,6 +400,28 @@ def scan_key(scan: FolderScan) -> str:
     return h.hexdigest()[:16]
 
 
+def lists_key(scan: FolderScan, data_cfg) -> str:
+    """The folder key of the lists generated from ``scan`` with ``data_cfg``: the folder's
+    identity (:func:`scan_key`) and the data settings that change the lists drawn from it,
+    hashed (:func:`list_recipe`)."""
+    recipe = json.dumps(list_recipe(data_cfg), sort_keys=True)
+    return hashlib.sha256(f"{scan_key(scan)} {recipe}".encode()).hexdigest()[:16]
+
+
+def list_recipe(data_cfg) -> dict[str, Any]:
+    """The settings :func:`generate_lists` draws a split of a folder with: the profile and
+    what shapes it (none of that for ``profile=none``; the imbalance factor only without a
+    tail count; the exponent only for ``pareto``), and the validation, test and few-shot images
+    per class."""
+    d = data_cfg
+    keys = ["profile", "val_per_class", "test_per_class", "fewshot_per_class"]
+    if d.profile != "none":
+        keys += ["head_count", "tail_count"]
+        keys += ["imbalance_factor"] if d.tail_count is None else []
+        keys += ["pareto_exponent"] if d.profile == "pareto" else []
+    return {k: d[k] for k in keys}
+
+
 def scan_data_folder(data_cfg) -> FolderScan:
     d = data_cfg
     return scan_folder(Path(d.root).expanduser().absolute(), d.train_dir, d.test_dir, d.class_list)
@@ -404,7 +429,7 @@ def scan_data_folder(data_cfg) -> FolderScan:
 
 def generated_lists_dir(splits_dir: Path, dataset: str, key: str, index: int) -> Path:
     """``<splits_dir>/<data.name>/<folder key>/split<i>``: the generated lists of split
-    ``index`` of the folder scanned as ``key`` (:func:`scan_key`)."""
+    ``index`` whose folder and settings give ``key`` (:func:`lists_key`)."""
     return Path(splits_dir) / dataset / key / f"split{index}"
 
 
@@ -539,7 +564,7 @@ def load_file_dataset(data_cfg, split_cfg, splits_dir: Path) -> tuple[FileData, 
     if split_cfg.source == "official":
         return load_official_lists(d, split_cfg, root)
     scan = scan_data_folder(d)
-    out = generated_lists_dir(splits_dir, d.name, scan_key(scan), int(split_cfg.index))
+    out = generated_lists_dir(splits_dir, d.name, lists_key(scan, d), int(split_cfg.index))
     meta_path = out / "meta.json"
     if not meta_path.is_file():
         generate_lists(d, int(split_cfg.index), out, scan)

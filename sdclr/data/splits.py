@@ -20,7 +20,10 @@ shuffle, which makes S_b a subset of D_i and of D_b by construction (CIFAR). Ima
 splits draw S_b apart from D_i, from the class's whole pool, as the reference's 1 % list was.
 
 A split file (``.npz``) records the number of training images and a fingerprint of their
-labels, so it can never be applied to another copy or order of the data by accident.
+labels, so it can never be applied to another copy or order of the data by accident. A
+generated file is also named by its :class:`Recipe` (imbalance factor, validation and few-shot
+images per class), and a generated split read back is checked to hold the recipe asked for, so
+``data.imbalance_factor=50`` never trains on the factor-100 file of the same index.
 """
 
 from __future__ import annotations
@@ -82,6 +85,49 @@ class Split:
 
     def counts(self, name: str, labels: np.ndarray) -> np.ndarray:
         return np.bincount(labels[self.subset(name)], minlength=self.num_classes)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a generated CIFAR-style split depends on besides its index and the labels: the
+    imbalance factor of D_i's profile and the validation and few-shot images per class (the
+    data config's ``imbalance_factor``, ``val_per_class``, ``fewshot_per_class``)."""
+
+    imbalance_factor: float
+    val_per_class: int
+    fewshot_per_class: int
+
+    @classmethod
+    def of(cls, data_cfg) -> Recipe:
+        d = data_cfg
+        return cls(float(d.imbalance_factor), int(d.val_per_class), int(d.fewshot_per_class))
+
+    @property
+    def tag(self) -> str:
+        """The file-name part, e.g. ``if100_val500_fs45``."""
+        return f"if{self.imbalance_factor:g}_val{self.val_per_class}_fs{self.fewshot_per_class}"
+
+    def mismatch(self, split: Split, labels: np.ndarray) -> str | None:
+        """How ``split`` differs from what this recipe draws on ``labels``, as the config keys
+        that would have made it; None when it is this recipe's."""
+        count = {name: split.counts(name, labels) for name in ("pool", "val", "S_b")}
+        if (count["val"] != self.val_per_class).any():
+            return f"{_span(count['val'])} validation images per class, not {self.val_per_class}"
+        if (count["S_b"] != self.fewshot_per_class).any():
+            return f"{_span(count['S_b'])} few-shot images per class, not {self.fewshot_per_class}"
+        profile = profile_counts(int(count["pool"].min()), split.num_classes, self.imbalance_factor)
+        held = sorted(split.counts("D_i", labels).tolist(), reverse=True)
+        if held != profile:
+            return (
+                f"a D_i of {held[0]} -> {held[-1]} images per class, not the imbalance factor "
+                f"{self.imbalance_factor:g}'s {profile[0]} -> {profile[-1]}"
+            )
+        return None
+
+
+def _span(counts: np.ndarray) -> str:
+    low, high = int(counts.min()), int(counts.max())
+    return str(low) if low == high else f"{low} to {high}"
 
 
 def profile_counts(head: int, num_classes: int, imbalance_factor: float) -> list[int]:
@@ -256,10 +302,14 @@ def generate_split(
 # --- files --------------------------------------------------------------------------------
 
 
-def split_path(dataset: str, index: int, splits_dir: Path = SPLITS_DIR) -> Path:
-    """``<splits_dir>/<cifar10|cifar100|...>/split<i>.npz``; by default the split files sdclr
-    ships (read-only)."""
-    return Path(splits_dir) / base_name(dataset) / f"split{index}.npz"
+def split_path(
+    dataset: str, index: int, splits_dir: Path = SPLITS_DIR, recipe: Recipe | None = None
+) -> Path:
+    """``<splits_dir>/<cifar10|cifar100|...>/split<i>_<recipe tag>.npz``, where generated splits
+    are written; without a recipe ``split<i>.npz``, the name of the split files sdclr ships
+    (read-only; their recipe is checked by content when they are read)."""
+    name = f"split{index}_{recipe.tag}.npz" if recipe is not None else f"split{index}.npz"
+    return Path(splits_dir) / base_name(dataset) / name
 
 
 def save_split(split: Split, path: Path) -> None:
@@ -443,6 +493,18 @@ def load_official_split(
             )
     counts = np.sort(np.bincount(labels[arrays["D_i"]], minlength=num_classes))[::-1]
     if list(counts) != list(expected_profile):
+        val_counts = np.bincount(labels[arrays["val"]], minlength=num_classes)
+        if (val_counts == val_counts[0]).all():
+            # a balanced validation list: the data is in the files' order, so it is the config
+            # that asks for another profile than the files hold
+            expected = list(expected_profile)
+            raise DataError(
+                f"the official D_i of split {index} has {counts[0]} -> {counts[-1]} images per "
+                f"class (imbalance {counts[0] / counts[-1]:g}), but data.imbalance_factor, "
+                f"train_per_class and val_per_class ask for {expected[0]} -> {expected[-1]}: "
+                f"the reference's files hold their one profile. For another, add "
+                f"split.source=generated"
+            )
         raise DataError(
             f"the official D_i of split {index} gives per-class counts {list(counts)} on this "
             f"data instead of the profile {list(expected_profile)}: the reference files index "
@@ -510,28 +572,47 @@ def resolve_split(split_cfg, data_cfg, labels: np.ndarray) -> Split:
         )
     if split_cfg.source == "file":
         return load_split_file(Path(split_cfg.file).expanduser(), labels)
-    path = split_path(data_cfg.name, split_cfg.index, splits_dir(split_cfg, data_cfg.cache_dir))
+    recipe = Recipe.of(data_cfg)
+    folder = splits_dir(split_cfg, data_cfg.cache_dir)
+    path = split_path(data_cfg.name, split_cfg.index, folder, recipe)
+    if path.is_file():
+        return _with_recipe(load_split_file(path, labels), recipe, labels, path)
     shipped = split_path(data_cfg.name, split_cfg.index)
-    if not path.is_file() and not split_cfg.dir and shipped.is_file():
-        path = shipped  # the committed file: what the generator makes for the canonical order
-    if not path.is_file():
-        # Datasets without committed files (e.g. a CIFAR-100 copy seen for the first time):
-        # generate, check against the profile, and keep the file in the user's splits folder.
-        split = generate_split(
-            labels,
-            data_cfg.num_classes,
-            split_cfg.index,
-            data_cfg.val_per_class,
-            data_cfg.imbalance_factor,
-            data_cfg.fewshot_per_class,
-            data_cfg.name,
+    if not split_cfg.dir and shipped.is_file():
+        # the committed file: what the generator makes for the canonical order, read when it
+        # was made with the recipe asked for (CIFAR-10's are imbalance 100, 500 val, 45 shots)
+        split = load_split_file(shipped, labels)
+        if recipe.mismatch(split, labels) is None:
+            return split
+    # Not generated yet (a CIFAR-100 copy seen for the first time, another imbalance factor):
+    # generate, and keep the file in the user's splits folder.
+    split = generate_split(
+        labels,
+        data_cfg.num_classes,
+        split_cfg.index,
+        data_cfg.val_per_class,
+        data_cfg.imbalance_factor,
+        data_cfg.fewshot_per_class,
+        data_cfg.name,
+    )
+    try:
+        save_split(split, path)
+    except OSError:
+        pass  # a folder it cannot write: the split is deterministic, so unsaved is safe
+    return split
+
+
+def _with_recipe(split: Split, recipe: Recipe, labels: np.ndarray, path: Path) -> Split:
+    """``split``, read from ``path`` as the generated split of ``recipe``; an error when it
+    holds another (a file renamed or written by hand)."""
+    wrong = recipe.mismatch(split, labels)
+    if wrong is not None:
+        raise DataError(
+            f"split file {path} holds {wrong}, which its name ({recipe.tag}) and the config "
+            f"ask for; delete it to generate the split again, or pass a file of your own with "
+            f"split.source=file split.file=PATH"
         )
-        try:
-            save_split(split, path)
-        except OSError:
-            pass  # a folder it cannot write: the split is deterministic, so unsaved is safe
-        return split
-    return load_split_file(path, labels, "Generate it with `python -m sdclr.splits`.")
+    return split
 
 
 # --- fraction -----------------------------------------------------------------------------

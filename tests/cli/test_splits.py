@@ -1,5 +1,5 @@
 """python -m sdclr.splits (sdclr.cli.splits): split lists written for an image folder, one
-draw per split, never overwritten; on conftest's small ImageNet-style ``tree``."""
+draw per split and settings, never overwritten; on conftest's small ImageNet-style ``tree``."""
 
 from __future__ import annotations
 
@@ -19,5 +19,10 @@ def test_splits_command_writes_lists_for_a_folder(tree, tmp_path, capsys):
     one = (folder / "split1" / "D_i.txt").read_text()
     two = (folder / "split2" / "D_i.txt").read_text()
     assert one != two  # each split draws its own class order
-    rc = main(["--out", str(tmp_path), "--splits", "1", *args, "data.head_count=400"])
+    rc = main(["--out", str(tmp_path), "--splits", "1", *args, *profile])
     assert rc == 0 and "exists" in capsys.readouterr().out  # never overwritten
+    # other settings draw other lists: a folder key of their own, the first lists kept
+    rc = main(["--out", str(tmp_path), "--splits", "1", *args, "data.tail_count=4", *profile[:2]])
+    assert rc == 0 and "exp 20 -> 4" in capsys.readouterr().out
+    assert len(list((tmp_path / "folder").iterdir())) == 2
+    assert (folder / "split1" / "D_i.txt").read_text() == one

@@ -78,6 +78,31 @@ def test_two_folders_never_share_their_generated_lists(tree, tmp_path):
     assert len(list((splits / "folder").glob("*/split1"))) == 2
 
 
+def test_other_profile_settings_get_their_own_generated_lists(tree, tmp_path):
+    """The lists' key was the folder's alone: a run with another profile read the lists drawn
+    for the first one. Now the settings that draw them are part of the key."""
+    root = tmp_path / "classes"
+    shutil.copytree(tree / "train", root)
+    splits = tmp_path / "splits"
+    common = dict(root=str(root), profile="exp", head_count=20, val_per_class=1, test_per_class=2)
+    fewshot = dict(fewshot_per_class=1)
+    steep, steep_split = load_file_dataset(
+        _cfg(**common, **fewshot, tail_count=2).data, _cfg().split, splits
+    )
+    mild, mild_split = load_file_dataset(
+        _cfg(**common, **fewshot, tail_count=3).data, _cfg().split, splits
+    )
+    for data, split, tail in ((steep, steep_split, 2), (mild, mild_split, 3)):
+        counts = sorted(np.bincount(data.train_y[split.D_i], minlength=12).tolist(), reverse=True)
+        assert counts == long_tail_profile("exp", 12, 20, tail=tail)
+    assert len(list((splits / "folder").glob("*/split1"))) == 2
+    again, again_split = load_file_dataset(
+        _cfg(**common, **fewshot, tail_count=2).data, _cfg().split, splits
+    )
+    assert np.array_equal(again_split.D_i, steep_split.D_i)
+    assert len(list((splits / "folder").glob("*/split1"))) == 2
+
+
 def test_exp_profile_drawn_from_a_folder_and_a_carved_test_set(tree, tmp_path):
     root = tmp_path / "classes"
     shutil.copytree(tree / "train", root)  # <root>/<class>/*, no test folder

@@ -218,7 +218,7 @@ def test_split_dir_is_where_generated_cifar_splits_live(cifar10_labels, tmp_path
         ["split=split2", "split.source=generated", f"split.dir={tmp_path / 'mine'}"]
     )
     split = resolve_split(cfg.split, cfg.data, cifar10_labels)
-    written = tmp_path / "mine" / "cifar10" / "split2.npz"
+    written = tmp_path / "mine" / "cifar10" / "split2_if100_val500_fs45.npz"
     assert written.is_file()
     committed = load_split_file(SPLITS_DIR / "cifar10" / "split2.npz", cifar10_labels)
     for name in ("pool", "val", "D_i", "D_b", "S_b"):
@@ -229,7 +229,7 @@ def test_split_dir_is_where_generated_cifar_splits_live(cifar10_labels, tmp_path
     again = resolve_split(cfg.split, cfg.data, cifar10_labels)
     assert np.array_equal(again.D_i, split.D_i)
     written.write_bytes(b"not an npz")
-    with pytest.raises(DataError, match="split2.npz"):
+    with pytest.raises(DataError, match="split2_if100_val500_fs45.npz"):
         resolve_split(cfg.split, cfg.data, cifar10_labels)
 
 
@@ -243,15 +243,52 @@ def test_without_split_dir_generated_splits_are_read_and_written_in_the_cache(
     s = resolve_split(cfg.split, cfg.data, cifar10_labels)
     assert s.source == f"file {SPLITS_DIR / 'cifar10' / 'split2.npz'}"
     assert not (tmp_path / "splits").exists()
-    mine = tmp_path / "splits" / "cifar10" / "split2.npz"  # python -m sdclr.splits writes here
+    # python -m sdclr.splits writes here
+    mine = tmp_path / "splits" / "cifar10" / "split2_if100_val500_fs45.npz"
     save_split(cifar10_split(cifar10_labels, 2), mine)
     assert resolve_split(cfg.split, cfg.data, cifar10_labels).source == f"file {mine}"
     cfg = compose_config(
         ["data=cifar100_lt", "split.source=generated", f"data.cache_dir={tmp_path}"]
     )
     s = resolve_split(cfg.split, cfg.data, np.arange(50000) % 100)
-    assert s.kind == "generated" and (tmp_path / "splits" / "cifar100" / "split1.npz").is_file()
+    assert (
+        s.kind == "generated"
+        and (tmp_path / "splits" / "cifar100" / "split1_if100_val50_fs4.npz").is_file()
+    )
     assert {f: f.stat().st_mtime_ns for f in SPLITS_DIR.rglob("*") if f.is_file()} == shipped
+
+
+def test_another_imbalance_factor_gets_its_own_generated_split(cifar10_labels, tmp_path):
+    """The generated file was named by dataset and index alone: data.imbalance_factor=50 read
+    the shipped imbalance-100 split2.npz. Now each recipe has its file, the shipped one is read
+    only for its own recipe, and a file whose counts are not its name's stops the run."""
+    over = ["split=split2", "split.source=generated", f"data.cache_dir={tmp_path}"]
+    cfg = compose_config([*over, "data.imbalance_factor=50"])
+    s = resolve_split(cfg.split, cfg.data, cifar10_labels)
+    held = sorted(s.counts("D_i", cifar10_labels).tolist(), reverse=True)
+    assert held == profile_counts(4500, 10, 50) and held[-1] == 90
+    mine = tmp_path / "splits" / "cifar10" / "split2_if50_val500_fs45.npz"
+    assert s.kind == "generated" and mine.is_file()
+    assert resolve_split(cfg.split, cfg.data, cifar10_labels).source == f"file {mine}"
+    default = compose_config(over)
+    assert resolve_split(default.split, default.data, cifar10_labels).source == (
+        f"file {SPLITS_DIR / 'cifar10' / 'split2.npz'}"
+    )
+    shots = compose_config([*over, "data.fewshot_per_class=10"])
+    assert (
+        resolve_split(shots.split, shots.data, cifar10_labels).counts("S_b", cifar10_labels) == 10
+    ).all()
+    shutil.copy(SPLITS_DIR / "cifar10" / "split2.npz", mine)  # a factor-100 file, renamed
+    with pytest.raises(DataError, match=r"split2_if50_val500_fs45\.npz holds a D_i of 4500 -> 45"):
+        resolve_split(cfg.split, cfg.data, cifar10_labels)
+
+
+def test_official_splits_with_another_imbalance_factor_say_to_generate(cifar10_labels):
+    """The reference's files hold imbalance 100; the profile check blamed the data's order."""
+    cfg = compose_config(["data.imbalance_factor=50"])
+    with pytest.raises(DataError, match="imbalance 100.*add split.source=generated") as e:
+        resolve_split(cfg.split, cfg.data, cifar10_labels)
+    assert "order" not in str(e.value)
 
 
 def test_split_file_refuses_another_copy_of_the_data(cifar10_labels, tmp_path):

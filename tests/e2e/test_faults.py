@@ -247,7 +247,7 @@ def test_a_truncated_split_file_at_resume_is_one_line_and_keeps_the_checkpoint(t
     ok(sdclr(args, env))
     job = tmp_path / "job"
     truncate(job / "checkpoints" / "pretrain.pt")  # as if stopped during epoch 2
-    damaged = splits / "cifar10" / "split1.npz"
+    damaged = splits / "cifar10" / "split1_if100_val500_fs45.npz"  # the first run wrote it
     truncate(damaged, 200)
     before = {p.name: p.read_bytes() for p in (job / "checkpoints").iterdir()}
     status = (job / "status.json").read_bytes()

@@ -254,7 +254,7 @@ def test_generated_splits_and_lists_go_where_the_user_writes(installed, tree, en
     mine = installed.work / "mysplits"
     args = ["--splits", "2", "data=cifar10_lt", "split.source=generated", f"split.dir={mine}"]
     run([installed.bin / "python", "-m", "sdclr.splits", *args], installed)
-    assert (mine / "cifar10" / "split2.npz").is_file()
+    assert (mine / "cifar10" / "split2_if100_val500_fs45.npz").is_file()
 
     cache = installed.work / "cache"
     folder = [*folder_args(tree), f"data.cache_dir={cache}"]
