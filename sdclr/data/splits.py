@@ -221,6 +221,33 @@ def generate_split(
         raise DataError(
             f"labels go up to {len(per_class) - 1} but the data config says {num_classes} classes"
         )
+    pool_by_class, val, test = _divide_pool(labels, num_classes, val_per_class, test_per_class)
+    pool_sizes = [len(p) for p in pool_by_class]
+    keep_all = isinstance(profile, str) and profile == "none"
+    counts, balanced = _d_i_counts(pool_sizes, profile, imbalance_factor)
+    _check_fewshot(fewshot_per_class, pool_sizes, counts, fewshot_in_d_i)
+    sets = _draw_subsets(
+        pool_by_class, index, counts, balanced, keep_all, fewshot_per_class, fewshot_in_d_i
+    )
+    return Split(
+        dataset=dataset,
+        index=index,
+        num_classes=num_classes,
+        pool=np.sort(np.concatenate(pool_by_class)),
+        val=np.sort(np.concatenate(val)),
+        **{name: np.sort(np.concatenate(v)) for name, v in sets.items()},
+        n_train=len(labels),
+        fingerprint=labels_fingerprint(labels),
+        source=f"generated (seed {index}, generator v{GENERATOR_VERSION})",
+        test=np.sort(np.concatenate(test)) if test_per_class else None,
+    )
+
+
+def _divide_pool(
+    labels: np.ndarray, num_classes: int, val_per_class: int, test_per_class: int
+) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """Each class's images, shuffled once for all splits (:data:`POOL_SEED`), divided into
+    test (first), validation and the probe pool: per class, ``(pool, val, test)``."""
     rng_pool = np.random.default_rng([POOL_SEED, GENERATOR_VERSION])
     pool_by_class, val, test = [], [], []
     held = val_per_class + test_per_class
@@ -237,42 +264,67 @@ def generate_split(
         test.append(idx[:test_per_class])
         val.append(idx[test_per_class:held])
         pool_by_class.append(idx[held:])
-    pool_sizes = [len(p) for p in pool_by_class]
-    keep_all = isinstance(profile, str) and profile == "none"
-    if keep_all:
+    return pool_by_class, val, test
+
+
+def _d_i_counts(
+    pool_sizes: list[int], profile: list[int] | str | None, imbalance_factor: float
+) -> tuple[list[int], int]:
+    """D_i's images per rank (largest first) and D_b's per class: the CIFAR rule, the given
+    profile, or (``"none"``) every pool image with D_b the largest balanced subset no bigger
+    than D_i."""
+    num_classes = len(pool_sizes)
+    if isinstance(profile, str) and profile == "none":
         counts = sorted(pool_sizes, reverse=True)
-    elif profile is None:
+        return counts, min(sum(counts) // num_classes, min(pool_sizes))
+    if profile is None:
         counts = profile_counts(int(min(pool_sizes)), num_classes, imbalance_factor)
     else:
         counts = [int(c) for c in profile]
         if len(counts) != num_classes:
             raise DataError(f"the profile has {len(counts)} counts for {num_classes} classes")
-    balanced = sum(counts) // num_classes
-    if keep_all:  # the largest balanced subset no bigger than D_i
-        balanced = min(balanced, min(pool_sizes))
+    return counts, sum(counts) // num_classes
+
+
+def _check_fewshot(
+    fewshot_per_class: int, pool_sizes: list[int], counts: list[int], in_d_i: bool
+) -> None:
     if fewshot_per_class < 1:
         raise DataError("data.fewshot_per_class must be >= 1")
-    if fewshot_in_d_i and fewshot_per_class > min(counts):
+    if in_d_i and fewshot_per_class > min(counts):
         raise DataError(
             f"the few-shot set asks for {fewshot_per_class} images per class, but "
             f"the smallest class of D_i has {min(counts)}; lower "
             f"data.fewshot_per_class or data.imbalance_factor"
         )
-    short = [c for c in range(num_classes) if pool_sizes[c] < fewshot_per_class]
+    short = [c for c in range(len(pool_sizes)) if pool_sizes[c] < fewshot_per_class]
     if short:
         raise DataError(
             f"class {short[0]} has {pool_sizes[short[0]]} pool images, fewer than "
             f"data.fewshot_per_class={fewshot_per_class}; lower it"
         )
 
+
+def _draw_subsets(
+    pool_by_class: list[np.ndarray],
+    index: int,
+    counts: list[int],
+    balanced: int,
+    keep_all: bool,
+    fewshot_per_class: int,
+    fewshot_in_d_i: bool,
+) -> dict[str, list[np.ndarray]]:
+    """Split ``index``'s draw: its class order (rank k to a class, :func:`_assign_ranks`), and
+    per class a shuffle of the pool whose prefixes are D_i, D_b and (CIFAR) S_b; S_b of
+    ImageNet-style splits from a stream of its own, so that D_i and D_b stay as they were."""
+    num_classes = len(pool_by_class)
     rng = np.random.default_rng([index, GENERATOR_VERSION])
-    # S_b of ImageNet-style splits: its own stream, so that D_i and D_b stay as they were
     rng_fewshot = np.random.default_rng([index, GENERATOR_VERSION, 1])
     order = rng.permutation(num_classes)  # order[k] = the class with the k-th largest count
     if keep_all:
         ranked = [int(c) for c in order]
     else:
-        ranked = _assign_ranks(order, pool_sizes, counts)
+        ranked = _assign_ranks(order, [len(p) for p in pool_by_class], counts)
     sets: dict[str, list[np.ndarray]] = {name: [] for name in SUBSETS}
     for k, c in enumerate(ranked):
         shuffled = rng.permutation(pool_by_class[c])
@@ -285,18 +337,7 @@ def generate_split(
             rng_fewshot.permutation(pool_by_class[c])[:fewshot_per_class]
             for c in range(num_classes)
         ]
-    return Split(
-        dataset=dataset,
-        index=index,
-        num_classes=num_classes,
-        pool=np.sort(np.concatenate(pool_by_class)),
-        val=np.sort(np.concatenate(val)),
-        **{name: np.sort(np.concatenate(v)) for name, v in sets.items()},
-        n_train=len(labels),
-        fingerprint=labels_fingerprint(labels),
-        source=f"generated (seed {index}, generator v{GENERATOR_VERSION})",
-        test=np.sort(np.concatenate(test)) if test_per_class else None,
-    )
+    return sets
 
 
 # --- files --------------------------------------------------------------------------------

@@ -283,19 +283,46 @@ def _paired_section(paired: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def render_markdown(summary: Mapping[str, Any]) -> str:
-    counts = summary["counts"]
-    out = [f"# Sweep report: `{summary['sweep_dir']}`", "", _header(counts), ""]
-    out.append(
+    """The sweep report of ``summary`` (:func:`sdclr.report.build.summarize_sweep`), section by
+    section: the probes, the kNN classifier, paired comparisons, pretraining, the kNN monitor,
+    the plots and maps, and what did not make it into the averages."""
+    methods = summary["methods"]
+    out = _intro(summary["sweep_dir"], summary["counts"])
+    out += _probe_sections(methods, summary.get("published") or {})
+    out += _knn_stage_section(methods)
+    out += _paired_section(summary.get("paired") or [])
+    out += _pretrain_section(methods)
+    out += _knn_monitor_section(methods)
+    out += _plots_section(summary.get("plots", {}))
+    out += _embed_maps_section(summary.get("embed_maps") or [])
+    out += _problems_section(summary["failed"] + summary["incomplete"])
+    out += _collapsed_section(summary.get("collapsed") or [])
+    out += _missing_section(summary["counts"], summary["missing"])
+    if summary["warnings"]:
+        out += ["", "## Warnings", ""] + [f"- {w}" for w in summary["warnings"]]
+    return "\n".join(out) + "\n"
+
+
+def _intro(sweep_dir: str, counts: Mapping[str, Any]) -> list[str]:
+    return [
+        f"# Sweep report: `{sweep_dir}`",
+        "",
+        _header(counts),
+        "",
         "Each cell is mean ± std over the splits of the completed jobs of that method; the ± "
         "is the **population** standard deviation (numpy `ddof=0`). `n` is the number of "
         "splits (jobs) averaged. The Std column is each job's balancedness: the population "
         "std of its (Many, Medium, Few) accuracies, then averaged like the others; like every "
         "accuracy here it is in percentage points (the reference's analysis script gives it as "
         "a fraction, 100 times smaller). "
-        "Failed and incomplete jobs, and collapsed probes, are never averaged in."
-    )
-    methods = summary["methods"]
-    published = summary.get("published") or {}
+        "Failed and incomplete jobs, and collapsed probes, are never averaged in.",
+    ]
+
+
+def _probe_sections(
+    methods: Sequence[Mapping[str, Any]], published: Mapping[str, Any]
+) -> list[str]:
+    out: list[str] = []
     for stage, title in STAGES:
         out += ["", f"## {title}", ""]
         rows = _stage_rows(methods, stage, published)
@@ -304,9 +331,11 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             out += ["", f"Rows marked {PUBLISHED_MARK}: {published['source']}."]
         if stage == "linear" and rows:
             out += _why_not_published(methods)
-    out += _knn_stage_section(methods)
-    out += _paired_section(summary.get("paired") or [])
-    pre_rows = [
+    return out
+
+
+def _pretrain_section(methods: Sequence[Mapping[str, Any]]) -> list[str]:
+    rows = [
         {
             "Method": m["label"],
             "n": m["pretrain"]["n"],
@@ -321,9 +350,11 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         for m in methods
         if m["pretrain"]["n"]
     ]
-    if pre_rows:
-        out += ["", "## Pretraining", "", format_table(pre_rows)]
-    knn_rows = []
+    return ["", "## Pretraining", "", format_table(rows)] if rows else []
+
+
+def _knn_monitor_section(methods: Sequence[Mapping[str, Any]]) -> list[str]:
+    rows = []
     for m in methods:
         k = m.get("knn")
         if not k:
@@ -331,18 +362,22 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         row = {"Method": m["label"], "n": k["n"], "Epoch": ", ".join(map(str, k["epoch"]))}
         for key, col in METRICS[:4]:
             row[col] = format_mean_std(k[key]["mean"], k[key]["std"])
-        knn_rows.append(row)
-    if knn_rows:
-        out += [
-            "",
-            "## kNN monitor (last monitored epoch)",
-            "",
-            "Weighted kNN (probe pool as the bank, the test set as queries) during pretraining; "
-            "a learning curve, not a replacement for the probes.",
-            "",
-            format_table(knn_rows),
-        ]
-    out += [
+        rows.append(row)
+    if not rows:
+        return []
+    return [
+        "",
+        "## kNN monitor (last monitored epoch)",
+        "",
+        "Weighted kNN (probe pool as the bank, the test set as queries) during pretraining; "
+        "a learning curve, not a replacement for the probes.",
+        "",
+        format_table(rows),
+    ]
+
+
+def _plots_section(plots: Mapping[str, Any]) -> list[str]:
+    out = [
         "",
         "## Plots",
         "",
@@ -350,7 +385,6 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         "",
         f"![Per-class accuracy against class count in D_i]({PER_CLASS_PLOT})",
     ]
-    plots = summary.get("plots", {})
     if "knn_curves" in plots:
         out += ["", f"![kNN monitor accuracy against the epoch]({KNN_PLOT})"]
     if "diagnostics" in plots:
@@ -358,44 +392,50 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
             "",
             f"![Dense/pruned disagreement and loss share against class count]({DIAGNOSTICS_PLOT})",
         ]
-    out += _embed_maps_section(summary.get("embed_maps") or [])
-    problems = summary["failed"] + summary["incomplete"]
-    out += ["", "## Failed and incomplete jobs", ""]
-    out.append(format_table([_job_row(j) for j in problems]) if problems else "None.")
-    collapsed = summary.get("collapsed") or []
-    if collapsed:
-        out += [
-            "",
-            "## Collapsed probes (not averaged)",
-            "",
-            "A probe whose loss went non-finite or whose validation top-1 stayed at chance level "
-            "is no result of the encoder; rerun it with a learning-rate grid "
-            "(`stage=linear stage.checkpoint=... linear.lrs=[...]`) or, when its reason names a "
-            "runaway feature scale, with normalised features (`linear.normalize=true`).",
-            "",
-            format_table(
-                [
-                    {
-                        "Job": c["job"],
-                        "Method": c["method"],
-                        "Stage": c["stage"],
-                        "Split": c["split"],
-                        "Reason": c["reason"] or "-",
-                    }
-                    for c in collapsed
-                ]
-            ),
-        ]
-    if counts["expected"] is not None:
-        out += ["", "## Missing jobs", ""]
-        out.append(
-            f"The sweep expected {counts['expected']} jobs; {counts['job_dirs']} job dirs found."
-        )
-        if summary["missing"]:
-            out += ["Override combinations with no job dir:", ""]
-            out += [f"- `{' '.join(combo)}`" for combo in summary["missing"]]
-        else:
-            out.append("Every override combination has a job dir.")
-    if summary["warnings"]:
-        out += ["", "## Warnings", ""] + [f"- {w}" for w in summary["warnings"]]
-    return "\n".join(out) + "\n"
+    return out
+
+
+def _problems_section(problems: Sequence[Mapping[str, Any]]) -> list[str]:
+    table = format_table([_job_row(j) for j in problems]) if problems else "None."
+    return ["", "## Failed and incomplete jobs", "", table]
+
+
+def _collapsed_section(collapsed: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not collapsed:
+        return []
+    rows = [
+        {
+            "Job": c["job"],
+            "Method": c["method"],
+            "Stage": c["stage"],
+            "Split": c["split"],
+            "Reason": c["reason"] or "-",
+        }
+        for c in collapsed
+    ]
+    return [
+        "",
+        "## Collapsed probes (not averaged)",
+        "",
+        "A probe whose loss went non-finite or whose validation top-1 stayed at chance level "
+        "is no result of the encoder; rerun it with a learning-rate grid "
+        "(`stage=linear stage.checkpoint=... linear.lrs=[...]`) or, when its reason names a "
+        "runaway feature scale, with normalised features (`linear.normalize=true`).",
+        "",
+        format_table(rows),
+    ]
+
+
+def _missing_section(counts: Mapping[str, Any], missing: Sequence[Sequence[str]]) -> list[str]:
+    if counts["expected"] is None:
+        return []
+    out = ["", "## Missing jobs", ""]
+    out.append(
+        f"The sweep expected {counts['expected']} jobs; {counts['job_dirs']} job dirs found."
+    )
+    if missing:
+        out += ["Override combinations with no job dir:", ""]
+        out += [f"- `{' '.join(combo)}`" for combo in missing]
+    else:
+        out.append("Every override combination has a job dir.")
+    return out
