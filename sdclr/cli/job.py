@@ -35,12 +35,15 @@ ALL_STAGES = ("pretrain", "linear", "fewshot")
 def planned_stages(cfg: DictConfig) -> list[str]:
     """The stages ``cfg`` asks for, in order: ``stage=all`` is pretrain, linear, fewshot, with
     ``stage.knn`` the kNN classifier right after pretraining (under torchrun every rank takes
-    part in it, so it must not wait behind the probes that rank 0 alone runs)."""
+    part in it, so it must not wait behind the probes that rank 0 alone runs) and
+    ``stage.embed`` the map of the test features last."""
     if cfg.stage.name != "all":
         return [str(cfg.stage.name)]
     stages = list(ALL_STAGES)
     if cfg.stage.knn:
         stages.insert(1, "knn")
+    if cfg.stage.embed:
+        stages.append("embed")
     return stages
 
 

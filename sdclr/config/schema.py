@@ -270,6 +270,8 @@ class StageConfig:
     checkpoint: str | None = None
     # stage=all also runs the kNN classifier (after pretraining, before the probes)
     knn: bool = False
+    # stage=all also draws the map of the test features (stage=embed; last, on rank 0)
+    embed: bool = False
     # also run each probe (and the kNN classifier) on the same architecture at its random
     # initialisation (seeded by ``seed``), the baseline pretraining has to beat:
     # ``<stage>_random_init`` in metrics.json

@@ -406,6 +406,12 @@ def _check_runtime(cfg: DictConfig) -> None:
         f"stage=knn for the kNN classifier alone, or drop stage.knn",
     )
     _check(
+        not cfg.stage.embed or cfg.stage.name in ("all", "embed"),
+        "stage.embed",
+        f"adds the map of the test features to stage=all, and stage={cfg.stage.name} is one "
+        f"stage; use stage=embed for the map alone, or drop stage.embed",
+    )
+    _check(
         not cfg.logger.get("artifact", False) or cfg.logger.name == "wandb",
         "logger.artifact",
         "logs the checkpoint and its export as W&B artifacts, and needs logger=wandb (without "

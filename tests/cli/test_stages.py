@@ -112,6 +112,17 @@ def test_stage_all_runs_the_knn_classifier_only_when_asked():
     assert planned_stages(compose_config(["stage=knn"])) == ["knn"]
 
 
+def test_stage_all_draws_the_map_last_only_when_asked():
+    assert planned_stages(compose_config(["stage.embed=true", "stage.knn=true"])) == [
+        "pretrain",
+        "knn",
+        "linear",
+        "fewshot",
+        "embed",
+    ]
+    assert planned_stages(compose_config(["stage=embed", "stage.embed=true"])) == ["embed"]
+
+
 def test_embed_stage_maps_the_subsampled_test_features_and_writes_the_png(tmp_path):
     """stage=embed (embed_encoder) on a job like knn's: the class-stratified subsample of the
     test set, encoded as the kNN classifier does, laid out (PCA here, exact) from the same

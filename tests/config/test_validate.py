@@ -39,6 +39,7 @@ from sdclr.errors import ConfigError
         ("linear.val_every=0", "linear.val_every"),
         ("stage=pretrain stage.random_init=true", "stage.random_init"),
         ("stage=linear stage.knn=true", "stage.knn"),  # stage.knn adds it to stage=all
+        ("stage=knn stage.embed=true", "stage.embed"),
         ("knn.k=0", "knn.k"),
         ("knn.temperature=0", "knn.temperature"),
         ("knn.batch_size=0", "knn.batch_size"),

@@ -161,6 +161,27 @@ def test_stage_all_adds_the_knn_classifier_when_asked(sdclr_job, tmp_path, env):
     assert json.loads((copy / "status.json").read_text())["status"] == "completed"
 
 
+def test_stage_all_draws_the_map_when_asked(sdclr_job, tmp_path, env):
+    """As for stage.knn: the finished job run again with stage.embed=true draws the map of its
+    own checkpoint alone, after the probes it already has."""
+    job, _ = sdclr_job
+    copy = tmp_path / "job"
+    shutil.copytree(job, copy)
+    before = json.loads((copy / "metrics.json").read_text())
+    # the job's own embed.* settings (the defaults): another value would be config drift
+    args = ["stage.embed=true", "prune=p90", "split=split1", *TINY]
+    out = ok(sdclr([*args, f"hydra.run.dir={copy}"], env))
+    m = json.loads((copy / "metrics.json").read_text())
+    assert set(m) == set(before) | {"embed"}
+    assert all(m[s] == before[s] for s in ("pretrain", "linear", "fewshot"))
+    assert m["embed"]["checkpoint"] == str(copy / "checkpoints" / "pretrain.pt")
+    assert m["embed"]["path"] == str(copy / "embed.png") and (copy / "embed.png").is_file()
+    r = m["embed"]
+    assert r["method"] == "tsne" and r["points"] == min(5000, r["test_images"])  # smoke: 200
+    assert "fewshot: already finished" in out.stdout
+    assert f"embed: t-SNE map of {r['points']} test images" in out.stdout
+
+
 def test_probe_without_checkpoint_or_with_another_backbone_is_refused(sdclr_job, tmp_path, env):
     job, _ = sdclr_job
     out = sdclr(["stage=fewshot", *TINY, f"hydra.run.dir={tmp_path / 'x'}"], env)
