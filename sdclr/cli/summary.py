@@ -12,14 +12,10 @@ from omegaconf import DictConfig, OmegaConf
 from sdclr.config.derived import bn_mode, head_depth, method_label, method_title
 from sdclr.data.run_data import RunData
 from sdclr.data.splits import paper_split_note
-from sdclr.report.build import build_report, read_tables
+from sdclr.report.build import build_report, read_tables, report_plots
 from sdclr.report.jobs import EVAL_STAGES, RANDOM_INIT_SUFFIX
 from sdclr.report.paired import accuracy_gain
 from sdclr.report.plots import (
-    DIAGNOSTICS_PLOT,
-    GROUP_PLOT,
-    KNN_PLOT,
-    PER_CLASS_PLOT,
     write_pretrain_plots,
 )
 from sdclr.report.render import format_job_metrics
@@ -86,15 +82,7 @@ def job_report(job_dir: Path, metrics: dict[str, Any], tracker: Tracker) -> None
         tracker.log_files(images=plots)
         return
     build_report(job_dir, out)
-    tracker.log_files(
-        tables=read_tables(out),
-        images={
-            "group_accuracy": out / GROUP_PLOT,
-            "per_class_accuracy": out / PER_CLASS_PLOT,
-            "knn_curves": out / KNN_PLOT,
-            "diagnostics": out / DIAGNOSTICS_PLOT,
-        },
-    )
+    tracker.log_files(tables=read_tables(out), images=report_plots(out))
 
 
 def print_summary(cfg: DictConfig, metrics: dict[str, Any], job_dir: Path) -> None:

@@ -170,8 +170,21 @@ def read_tables(out_dir: Path) -> dict[str, dict[str, Any]]:
     return report_tables(json.loads((Path(out_dir) / "report.json").read_text(encoding="utf-8")))
 
 
+def report_plots(out_dir: Path) -> dict[str, Path]:
+    """The report's plots in ``out_dir`` by their W&B names (those not drawn are absent on
+    disk, and :meth:`sdclr.utils.tracking.Tracker.log_files` skips them)."""
+    out = Path(out_dir)
+    return {
+        "group_accuracy": out / GROUP_PLOT,
+        "per_class_accuracy": out / PER_CLASS_PLOT,
+        "knn_curves": out / KNN_PLOT,
+        "diagnostics": out / DIAGNOSTICS_PLOT,
+    }
+
+
 def log_to_wandb(sweep_dir: Path, out_dir: Path, project: str) -> None:
-    """The report's tables (as ``wandb.Table``) and plots, in a run of the sweep's group."""
+    """The report's tables (as ``wandb.Table``), plots and the jobs' maps of their test
+    features (``maps/<job>/<embed or embed_random_init>``), in a run of the sweep's group."""
     from types import SimpleNamespace
 
     group = sweep_group(sweep_dir)
@@ -182,13 +195,10 @@ def log_to_wandb(sweep_dir: Path, out_dir: Path, project: str) -> None:
     tracker.start_wandb(
         logger_cfg, {"sweep_dir": str(sweep_dir)}, name=f"report-{group}", group=group
     )
-    tracker.log_files(
-        tables=read_tables(out_dir),
-        images={
-            "group_accuracy": Path(out_dir) / GROUP_PLOT,
-            "per_class_accuracy": Path(out_dir) / PER_CLASS_PLOT,
-            "knn_curves": Path(out_dir) / KNN_PLOT,
-            "diagnostics": Path(out_dir) / DIAGNOSTICS_PLOT,
-        },
-    )
+    summary = json.loads((Path(out_dir) / "report.json").read_text(encoding="utf-8"))
+    maps = {
+        f"maps/{m['job']}/{m['stage']}": Path(out_dir) / m["image"]
+        for m in summary.get("embed_maps") or []
+    }
+    tracker.log_files(tables=report_tables(summary), images={**report_plots(out_dir), **maps})
     tracker.finish()

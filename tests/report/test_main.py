@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+from PIL import Image
 
 from sdclr.report.__main__ import main
 
@@ -27,6 +30,12 @@ def test_wandb_gets_the_reports_tables_as_tables(tmp_path: Path, monkeypatch, ca
     monkeypatch.setenv("WANDB_SILENT", "true")
     monkeypatch.setenv("WANDB_DISABLE_GIT", "true")
     sweep = write_sweep(tmp_path)
+    # job 0 also drew its map (stage.embed): the report's run carries it as an image
+    png = sweep / "0" / "embed.png"
+    Image.new("RGB", (8, 8), "white").save(png)
+    metrics = json.loads((sweep / "0" / "metrics.json").read_text())
+    metrics["embed"] = {"path": str(png), "method": "pca", "points": 100}
+    (sweep / "0" / "metrics.json").write_text(json.dumps(metrics))
     out = tmp_path / "report"
     assert main([str(sweep), "--out", str(out), "--wandb"]) == 0
     (log,) = out.glob("wandb/offline-run-*/run-*.wandb")
@@ -35,4 +44,5 @@ def test_wandb_gets_the_reports_tables_as_tables(tmp_path: Path, monkeypatch, ca
     for name in ("linear", "fewshot", "paired_differences", "per_class_accuracy", "problems"):
         assert types[f"results/{name}"] == "table-file", (name, types)
     assert types["group_accuracy"] == "image-file"
+    assert types["maps/0/embed"] == "image-file"
     assert "## Paired differences" in capsys.readouterr().out
