@@ -592,6 +592,9 @@ def load_file_dataset(data_cfg, split_cfg, splits_dir: Path) -> tuple[FileData, 
             d.name,
             d.val_per_class,
             class_names=list(meta["classes"]),
+            # the scan just listed every one of these files: its key is the lists' folder,
+            # and their fingerprint proves them unedited, so no file is looked up again
+            check_exist=False,
         )
     except DataError as e:
         raise DataError(
