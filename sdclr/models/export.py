@@ -80,7 +80,7 @@ def export_backbone(checkpoint: str | Path, out: str | Path, force: bool = False
             + (f", channels={tuple(spec['channels'])}" if spec["channels"] else "")
             + ")"
             + (
-                "; m.conv1 = torch.nn.Conv2d(3, m.conv1.out_channels, 3, 1, 1, bias=False);"
+                f"; m.conv1 = {cifar_stem_conv('m.conv1.out_channels')};"
                 " m.maxpool = torch.nn.Identity()"
                 if spec["cifar_stem"]
                 else ""
@@ -93,14 +93,19 @@ def export_backbone(checkpoint: str | Path, out: str | Path, force: bool = False
     return info
 
 
+def cifar_stem_conv(width: int | str) -> str:
+    """The CIFAR stem's ``conv1`` as Python source, ``width`` output channels (a number or an
+    expression): what every printed load statement builds in place of timm's stem."""
+    return f"torch.nn.Conv2d(3, {width}, 3, 1, 1, bias=False)"
+
+
 def load_lines(cifar_stem: bool, stem_width: int, folder: str = "DIR") -> list[str]:
     """The statements (after ``import timm, torch``) that load an export in ``folder``."""
     if not cifar_stem:
         return [f"model = timm.create_model({'local-dir:' + folder!r}, pretrained=True)"]
     return [
         f"model = timm.create_model({'local-dir:' + folder!r})",
-        f"model.conv1, model.maxpool = torch.nn.Conv2d(3, {stem_width}, 3, 1, 1, bias=False), "
-        f"torch.nn.Identity()",
+        f"model.conv1, model.maxpool = {cifar_stem_conv(stem_width)}, torch.nn.Identity()",
         f"timm.models.load_checkpoint(model, {folder + '/' + WEIGHTS!r})",
     ]
 
@@ -125,7 +130,7 @@ def timm_config(
         notes.append(
             f"CIFAR stem: conv1 is a 3x3 stride-1 conv (padding 1, {stem_width} channels) and "
             f"there is no max-pool; timm cannot build this from a config, so set "
-            f"model.conv1 = torch.nn.Conv2d(3, {stem_width}, 3, 1, 1, bias=False) and "
+            f"model.conv1 = {cifar_stem_conv(stem_width)} and "
             f"model.maxpool = torch.nn.Identity() before loading {WEIGHTS} (see sdclr.load)."
         )
     pretrained_cfg = {
