@@ -46,7 +46,7 @@ from sdclr.utils.joblock import JobLock, busy_message, holder
 from sdclr.utils.memory import keep_freed_memory
 from sdclr.utils.rng import seed_everything
 from sdclr.utils.runlog import append_to, job_log
-from sdclr.utils.signals import Interrupted, StopSignal
+from sdclr.utils.signals import Interrupted, StopSignal, signal_name
 from sdclr.utils.tracking import Tracker
 from sdclr.utils.tracking import sweep_group as sweep_group_of
 
@@ -98,16 +98,30 @@ def run(
         exit_code = 1
         try:
             with StopSignal() as stop:
-                for stage in plan.todo:
-                    job.write_status("running", stage, wandb_id=job.wandb_id)
-                    STAGES[stage](job, stage, stop)
-                    job.write_metrics()
+                run_stages(job, plan.todo, stop)
                 exit_code = 0
         finally:
             if exit_code:
                 job.tracker.finish(exit_code)
         finish_job(job)
     return job.metrics
+
+
+def run_stages(job: Job, stages: list[str], stop: StopSignal) -> None:
+    """Run ``stages`` in order, writing the metrics after each. A signal that arrived during
+    a stage which finishes whatever it is told (the kNN classifier, the map, the last
+    pretraining epoch) stops the run before the next stage starts, rather than at the end of
+    that stage's first epoch; the finished stages are kept."""
+    for stage in stages:
+        if stop.requested:
+            raise Interrupted(
+                f"{signal_name(stop.signum)} received: stopped before the {stage} stage, the "
+                f"stages before it are kept; run the same command again to go on",
+                stop.signum,
+            )
+        job.write_status("running", stage, wandb_id=job.wandb_id)
+        STAGES[stage](job, stage, stop)
+        job.write_metrics()
 
 
 def start_job(

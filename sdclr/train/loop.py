@@ -58,7 +58,7 @@ from sdclr.utils.distributed import rank as get_rank
 from sdclr.utils.precision import StepSettings, step_settings
 from sdclr.utils.progress import EpochLines, progress_bar
 from sdclr.utils.schedule import warmup_cosine
-from sdclr.utils.signals import Interrupted, StopSignal
+from sdclr.utils.signals import Interrupted, StopSignal, signal_name
 
 
 def pretrain(
@@ -467,12 +467,9 @@ def pretrain_result(run: Run, resumed: bool) -> dict[str, Any]:
 
 
 def _interrupt_message(signum: int | None, epoch: int, step: int, path: Path) -> str:
-    import signal
-
-    name = signal.Signals(signum).name if signum else "signal"
     return (
-        f"{name} received: stopped at epoch {epoch}, step {step}; checkpoint written to "
-        f"{path}. Run the same command again (same job directory) to resume"
+        f"{signal_name(signum)} received: stopped at epoch {epoch}, step {step}; checkpoint "
+        f"written to {path}. Run the same command again (same job directory) to resume"
     )
 
 

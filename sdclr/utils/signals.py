@@ -19,6 +19,11 @@ from typing import Any
 from sdclr.errors import SdclrError
 
 
+def signal_name(signum: int | None) -> str:
+    """``SIGTERM``, ``SIGUSR2``, ...; ``signal`` when none is known."""
+    return signal.Signals(signum).name if signum else "signal"
+
+
 def requeue_signals() -> tuple[signal.Signals, ...]:
     """The signals that mean "time is nearly up, checkpoint and requeue": USR2, and the one
     ``SUBMITIT_PREEMPT_SIGNAL`` names when submitit is told to use another."""
