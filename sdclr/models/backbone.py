@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +23,10 @@ def create_backbone(name: str, cifar_stem: bool, channels: list[int] | None = No
     """A timm ResNet returning pooled features (``num_classes=0``), initialised as the
     reference code does: Kaiming-normal (fan_out, relu) convs, BN weight 1 / bias 0, no
     zero-initialised residual BN."""
+    # imported here, not at the top: timm brings torchvision's ops and torch._dynamo (about 4 s
+    # on a 2-core machine), which a run that stops on a bad config value never needs
+    import timm
+
     kwargs = {"num_classes": 0, "pretrained": False, "zero_init_last": False}
     if channels is not None:
         kwargs["channels"] = tuple(int(c) for c in channels)
