@@ -375,10 +375,10 @@ def save_split(split: Split, path: Path) -> None:
     write_atomically(path, write)
 
 
-def load_split_file(path: Path, labels: np.ndarray, fix_hint: str = "") -> Split:
+def load_split_file(path: Path, labels: np.ndarray) -> Split:
     """Load a split file and check it was made for exactly this training set."""
     if not path.is_file():
-        raise DataError(f"split file {path} not found. {fix_hint}")
+        raise DataError(f"split file {path} not found; point split.file at an existing one")
     try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
