@@ -30,6 +30,18 @@ def folder_args(tree: Path) -> list[str]:
     ]
 
 
+#: A run on such a tree small enough for a test: 32 px images, the narrow ResNet-18, one
+#: pretraining epoch of batches of 16, no warm-up.
+SMALL_FOLDER_RUN = [
+    "data.image_size=32",
+    "data.eval_resize=36",
+    "backbone.channels=[8,16,32,64]",
+    "pretrain.epochs=1",
+    "pretrain.warmup_epochs=0",
+    "pretrain.batch_size=16",
+]
+
+
 def tiny_imagenet_images(
     archive: Path, classes: int, train_per_class: int, test_per_class: int
 ) -> dict[str, dict[str, list[bytes]]]:

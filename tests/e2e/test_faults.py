@@ -264,7 +264,7 @@ def test_a_corrupt_image_met_by_a_probe_is_one_line_and_keeps_the_pretraining(
 ):
     """Images of a folder are decoded per batch, so a file damaged after the scan is met in
     the middle of the run (here by the linear probe, after pretraining finished)."""
-    from imagetree import folder_args, write_tree
+    from imagetree import SMALL_FOLDER_RUN, folder_args, write_tree
 
     tree = tmp_path / "tree"
     write_tree(tree, data_root / "tiny-imagenet-32.tar.gz", [30, 20, 12, 8], test_per_class=4)
@@ -272,12 +272,7 @@ def test_a_corrupt_image_met_by_a_probe_is_one_line_and_keeps_the_pretraining(
     args = [
         *folder_args(tree),
         f"split.dir={tmp_path / 'splits'}",
-        "data.image_size=32",
-        "data.eval_resize=36",
-        "backbone.channels=[8,16,32,64]",
-        "pretrain.epochs=1",
-        "pretrain.warmup_epochs=0",
-        "pretrain.batch_size=16",
+        *SMALL_FOLDER_RUN,
         "linear.epochs=1",
         "fewshot.epochs=1",
         "linear.eval_batch_size=64",

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from imagetree import folder_args
+from imagetree import SMALL_FOLDER_RUN, folder_args
 from runs import seen_while_running, subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -260,12 +260,7 @@ def test_generated_splits_and_lists_go_where_the_user_writes(installed, tree, en
     folder = [*folder_args(tree), f"data.cache_dir={cache}"]
     job = installed.work / "folder-job"
     small = [
-        "data.image_size=32",
-        "data.eval_resize=36",
-        "backbone.channels=[8,16,32,64]",
-        "pretrain.epochs=1",
-        "pretrain.warmup_epochs=0",
-        "pretrain.batch_size=16",
+        *SMALL_FOLDER_RUN,
         "stage=pretrain",
         "smoke=true",
         "device=cpu",
