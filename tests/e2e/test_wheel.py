@@ -255,6 +255,12 @@ def test_generated_splits_and_lists_go_where_the_user_writes(installed, tree, en
     args = ["--splits", "2", "data=cifar10_lt", "split.source=generated", f"split.dir={mine}"]
     run([installed.bin / "python", "-m", "sdclr.splits", *args], installed)
     assert (mine / "cifar10" / "split2_if100_val500_fs45.npz").is_file()
+    # another imbalance factor, as a user asks for it (no split.dir): its own file in
+    # $SDCLR_CACHE/splits, never the shipped imbalance-100 split2.npz
+    args = ["--splits", "2", "data=cifar10_lt", "data.imbalance_factor=50"]
+    out = run([installed.bin / "python", "-m", "sdclr.splits", *args], installed).stdout
+    own = Path(installed.env["SDCLR_CACHE"]) / "splits" / "cifar10" / "split2_if50_val500_fs45.npz"
+    assert f"{own}: D_i" in out and "counts [4500, " in out and ", 90]" in out
 
     cache = installed.work / "cache"
     folder = [*folder_args(tree), f"data.cache_dir={cache}"]
